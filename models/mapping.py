@@ -1,0 +1,26 @@
+"""Mapping network: w = MLP(concat(f_a, f_f)), broadcast to one style per style-conv layer (W+)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ProfileConfig
+from .layers import EqualLinear, normalize_2nd_moment
+
+
+class Mapping(nn.Module):
+    """concat(f_a, f_f) -> W+ = {w + dW_1, ..., w + dW_L} (StyleSync §3.1, §3.3)."""
+
+    def __init__(self, cfg: ProfileConfig) -> None:
+        super().__init__()
+        self.num_layers = cfg.num_layers
+        dims = [cfg.audio_dim + cfg.face_dim] + [cfg.w_dim] * cfg.mapping_layers
+        self.mlp = nn.Sequential(*(EqualLinear(i, o, activate=True) for i, o in zip(dims[:-1], dims[1:], strict=True)))
+
+    def forward(self, f_a: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
+        # f_a: [B, audio_dim]; f_f: [B, face_dim]; delta_w: [B, L, w_dim] personal offsets (zeros
+        # for the general model). Returns ws: [B, L, w_dim].
+        # Each part is brought to unit RMS first so that neither drowns the other.
+        w = self.mlp(torch.cat([normalize_2nd_moment(f_a), normalize_2nd_moment(f_f)], dim=1))  # [B, w_dim]
+        return w[:, None, :] + delta_w
