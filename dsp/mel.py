@@ -122,8 +122,7 @@ def _check_samples(samples: np.ndarray) -> np.ndarray:
         )
     if not np.issubdtype(samples.dtype, np.floating):
         raise AudioInputError(
-            f"expected float samples in [-1, 1], got dtype {samples.dtype}; "
-            "convert 16-bit PCM with samples / 32768"
+            f"expected float samples in [-1, 1], got dtype {samples.dtype}; convert 16-bit PCM with samples / 32768"
         )
     if not np.all(np.isfinite(samples)):
         raise AudioInputError("audio contains NaN or infinite samples; refusing to compute features")
@@ -277,7 +276,7 @@ class StreamingMelWindows:
         first = self.next_frame
         windows = mel_windows(self._frames, first, count, self.cfg, self._frames_offset)
         self.next_frame += count
-        drop = max(self.cfg.window_start(self.next_frame), 0) - self._frames_offset
+        drop = min(max(self.cfg.window_start(self.next_frame), 0) - self._frames_offset, self._frames.shape[1])
         if drop > 0:  # frames no later window reads
             self._frames = self._frames[:, drop:]
             self._frames_offset += drop

@@ -65,7 +65,8 @@ class Generator(nn.Module):
         # face_maps: L tensors [B, noise_ch, rows_l, width_l] (Eq. 1 already applied by the encoder).
         cfg = self.cfg
         batch = ws.shape[0]
-        assert ws.shape[1:] == (cfg.num_layers, cfg.w_dim), f"ws {tuple(ws.shape)}: expected [B, {cfg.num_layers}, {cfg.w_dim}]"
+        expected_ws = (cfg.num_layers, cfg.w_dim)
+        assert ws.shape[1:] == expected_ws, f"ws {tuple(ws.shape)}: expected [B, {cfg.num_layers}, {cfg.w_dim}]"
         assert len(face_maps) == cfg.num_layers, f"expected {cfg.num_layers} face maps, got {len(face_maps)}"
         for layer, (fmap, shape) in enumerate(zip(face_maps, cfg.face_map_shapes(), strict=True)):
             assert fmap.shape[1:] == shape, f"face map {layer}: {tuple(fmap.shape)}, expected [B, {shape}]"

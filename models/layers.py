@@ -146,12 +146,15 @@ class ModulatedConv2d(nn.Module):
     demod = 1 / sqrt(sum_{i,k} (W_oik s_i)^2 + eps). This equals convolving with per-sample weights
     W_oik * s_i * demod_o (the grouped form, kept in `forward_grouped` as the readable reference).
 
-    fp16 headroom: s is normalised to unit RMS before use. Demodulation cancels any common scale of s,
-    so the output is unchanged, but the pre-demodulation activation conv(x * s, W) then has about the
-    magnitude of x whatever the style's magnitude, instead of growing with it.
+    fp16 headroom: s is normalised to unit RMS before use (after dividing by its largest entry, so the
+    RMS itself cannot overflow). Demodulation cancels any common scale of s, so the output is unchanged,
+    but the pre-demodulation activation conv(x * s, W) then has about the magnitude of x whatever the
+    style's magnitude, instead of growing with it.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False
+    ) -> None:
         super().__init__()
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # StyleGAN2's "A": w -> style s
         self.conv = StyleInputConv(in_ch, out_ch, kernel, up)
@@ -159,7 +162,10 @@ class ModulatedConv2d(nn.Module):
         self.in_ch, self.out_ch = in_ch, out_ch
 
     def styles(self, w: torch.Tensor) -> torch.Tensor:  # [B, w_dim] -> [B, in]
-        return normalize_2nd_moment(self.affine(w))
+        s = self.affine(w)
+        # Dividing by the largest entry first keeps s.square() finite in fp16 for any style size.
+        s = s / s.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-4)
+        return normalize_2nd_moment(s)
 
     def demod_coefficients(self, s: torch.Tensor) -> torch.Tensor:  # [B, in] -> [B, out]
         weight_sq = self.conv.scaled_weight().square().sum(dim=(2, 3))  # [out, in]
@@ -187,5 +193,6 @@ class ModulatedConv2d(nn.Module):
         else:
             weight = weight.transpose(1, 2).reshape(batch * self.in_ch, self.out_ch, k, k)
             out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
-            out = F.conv2d(out, self.conv.blur.kernel[:1].expand(batch * self.out_ch, 1, 4, 4), padding=1, groups=batch * self.out_ch)
+            blur = self.conv.blur.kernel[:1].expand(batch * self.out_ch, 1, 4, 4)
+            out = F.conv2d(out, blur, padding=1, groups=batch * self.out_ch)
         return out.reshape(batch, self.out_ch, out.shape[-2], out.shape[-1])

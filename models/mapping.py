@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ class Mapping(nn.Module):
         super().__init__()
         self.num_layers = cfg.num_layers
         dims = [cfg.audio_dim + cfg.face_dim] + [cfg.w_dim] * cfg.mapping_layers
-        self.mlp = nn.Sequential(*(EqualLinear(i, o, activate=True) for i, o in zip(dims[:-1], dims[1:], strict=True)))
+        self.mlp = nn.Sequential(*(EqualLinear(i, o, activate=True) for i, o in itertools.pairwise(dims)))
 
     def forward(self, f_a: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
         # f_a: [B, audio_dim]; f_f: [B, face_dim]; delta_w: [B, L, w_dim] personal offsets (zeros

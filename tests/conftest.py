@@ -1,0 +1,34 @@
+"""Shared fixtures: the recordings in ../shared (never copied into the repository)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipstream.dsp import read_wav
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout (or $LIPSTREAM_SHARED/data). CI must have it: there a missing
+    folder fails the run instead of skipping the tests that read real recordings."""
+    root = Path(os.environ.get("LIPSTREAM_SHARED", REPO.parent / "shared")) / "data"
+    if not root.is_dir():
+        message = f"recordings not found at {root}; put the shared folder beside the checkout or set LIPSTREAM_SHARED"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def speech(shared_data: Path) -> np.ndarray:
+    """7.3 s of real English speech, 16 kHz mono float32."""
+    samples, rate = read_wav(shared_data / "speech" / "espeak_en.wav")
+    assert rate == 16_000
+    return samples
