@@ -1,0 +1,56 @@
+"""The `lipstream` console command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipstream.cli import main
+
+LIPSTREAM = Path(sys.executable).with_name("lipstream")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LIPSTREAM), *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_models_json_is_keyed_by_profile_and_rt_fits_its_budget() -> None:
+    result = run("models", "--json")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert set(reports) == {"rt", "hq"}
+    assert reports["rt"]["gflops_per_frame"] <= 1.5
+    assert reports["hq"]["face_size"] == 256 and reports["hq"]["style_layers"] == 14
+    for report in reports.values():
+        assert report["params"]["per_frame_path"] > 1_000_000
+        assert report["gflops_per_frame"] > 0
+
+
+def test_models_text_names_params_and_gflops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--profile", "rt", "--latency", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rt: 128px face, generates 64x128, L=10" in out
+    assert "GFLOPs" in out and "M params" in out
+    assert "PyTorch CPU latency per frame: median" in out
+
+
+def test_bad_arguments_get_a_usage_error() -> None:
+    result = run("models", "--profile", "fast")
+    assert result.returncode == 2
+    assert "invalid choice: 'fast'" in result.stderr
+    result = run("models", "--latency", "-1")
+    assert result.returncode == 2 and "--latency" in result.stderr
+
+
+def test_gpu_only_packages_are_never_imported_by_default() -> None:
+    code = (
+        "import sys, lipstream.cli, lipstream.models.report, lipstream.dsp; "
+        "lipstream.cli.main(['models', '--profile', 'rt']); "
+        "print(sorted(m for m in ('tensorrt', 'onnxruntime', 'pycuda', 'cuda') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
