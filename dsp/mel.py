@@ -129,6 +129,11 @@ def _check_samples(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float64, copy=False)
 
 
+def _preemphasise(x: np.ndarray, previous: float, cfg: MelConfig) -> np.ndarray:
+    """y[n] = x[n] - k x[n-1], where x[-1] is `previous` (0 at the start of a clip)."""
+    return x - cfg.preemphasis * np.concatenate([[previous], x[:-1]])
+
+
 def _frames_to_mel(frames: np.ndarray, cfg: MelConfig) -> np.ndarray:
     """Pre-emphasised, padded signal frames [T, n_fft] -> normalised log-mel [n_mels, T]."""
     magnitude = np.abs(np.fft.rfft(frames * cfg.hann, axis=1))  # [T, bins]
@@ -152,11 +157,8 @@ def melspectrogram(samples: np.ndarray, cfg: MelConfig | None = None) -> np.ndar
     """
     cfg = cfg or MelConfig()
     x = _check_samples(samples)
-    emphasised = np.empty_like(x)
-    emphasised[:1] = x[:1]
-    emphasised[1:] = x[1:] - cfg.preemphasis * x[:-1]
     pad = np.zeros(cfg.n_fft // 2)
-    signal = np.concatenate([pad, emphasised, pad])
+    signal = np.concatenate([pad, _preemphasise(x, 0.0, cfg), pad])
     return _frames_to_mel(_frame_signal(signal, 1 + len(x) // cfg.hop_length, cfg), cfg)
 
 
@@ -207,7 +209,7 @@ class StreamingMel:
             raise RuntimeError("this stream was flushed; start a new StreamingMel for new audio")
         x = _check_samples(samples)
         if x.size:
-            emphasised = x - self.cfg.preemphasis * np.concatenate([[self._last_sample], x[:-1]])
+            emphasised = _preemphasise(x, self._last_sample, self.cfg)
             self._last_sample = float(x[-1])
             self.samples_in += x.size
             self._pending = np.concatenate([self._pending, emphasised])

@@ -75,7 +75,9 @@ def profile_report(name: str, latency_runs: int = 0, seed: int = 0) -> dict:
         )
         / 1e9,
     }
-    report["params"]["per_frame_path"] = sum(report["params"][k] for k in ("audio_encoder", "mapping", "generator"))
+    params = report["params"]
+    params["per_frame_path"] = params["audio_encoder"] + params["mapping"] + params["generator"]
+    params["inference_total"] = params["per_frame_path"] + params["face_encoder"] + params["delta_w"]
     if latency_runs > 0:
         report["latency_ms"] = measure_latency_ms(render, latency_runs)
         report["torch_threads"] = torch.get_num_threads()

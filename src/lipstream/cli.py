@@ -15,7 +15,10 @@ def _format_models(reports: dict[str, dict]) -> str:
     for name, r in reports.items():
         p = r["params"]
         rows, width = r["output_shape"]
-        lines.append(f"{name}: {r['face_size']}px face, generates {rows}x{width}, L={r['style_layers']} style layers")
+        lines.append(
+            f"{name}: {r['face_size']}px face, generates {rows}x{width}, L={r['style_layers']} style layers, "
+            f"{p['inference_total'] / 1e6:.2f} M params for inference"
+        )
         lines.append(
             f"  per frame (E_a + mapping + G): {p['per_frame_path'] / 1e6:.2f} M params, "
             f"{r['gflops_per_frame']:.3f} GFLOPs"
