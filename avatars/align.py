@@ -1,0 +1,142 @@
+"""Alignment: a similarity transform from a frame to the profile's canonical face crop, its
+smoothing over time, the crop itself, and pasting a crop back with a feathered mask.
+
+Geometry is in units of d, the distance between the eye centres, measured on mediapipe landmarks of
+real talking-head clips. The crop is a square of side 3.4 d with the eye line at 0.33 of its height:
+forehead to below the chin (with room for the jaw to open) and cheek to cheek fit inside, and the
+bottom half of the crop runs from the nose tip to below the chin.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+CROP_SIDE_D = 3.4  # crop side, in eye distances
+EYE_LINE = 0.33  # height of the eye line, as a fraction of the crop side
+
+# Points that do not move when the mouth does (eye corners and the nose bridge), with their mean
+# position in d units relative to the midpoint of the eyes; the alignment is fitted to these.
+STABLE_POINTS = {33: (-0.73, -0.02), 133: (-0.27, 0.02), 362: (0.27, 0.02), 263: (0.73, -0.02), 168: (0.0, -0.06)}
+LEFT_EYE, RIGHT_EYE = (33, 133), (362, 263)
+LIP_TOP, LIP_BOTTOM = 13, 14
+
+
+def to_crop_units(points_d: np.ndarray, size: int) -> np.ndarray:
+    """Canonical positions [K, 2] in d units -> pixel positions in a crop of side `size`."""
+    unit = size / CROP_SIDE_D
+    return np.stack([size / 2 + points_d[:, 0] * unit, EYE_LINE * size + points_d[:, 1] * unit], axis=1)
+
+
+def eye_distance(landmarks: np.ndarray) -> np.ndarray:
+    """Eye-centre distance of landmarks [..., 478, 2], pixels. Returns [...]."""
+    left = landmarks[..., LEFT_EYE, :].mean(axis=-2)
+    right = landmarks[..., RIGHT_EYE, :].mean(axis=-2)
+    return np.linalg.norm(right - left, axis=-1)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + uniform scale + translation taking src [K, 2] to dst [K, 2]. [2, 3]"""
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - src_mean, dst - dst_mean
+    denom = (s**2).sum()
+    a = (s * d).sum() / denom  # s cos(theta)
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / denom  # s sin(theta)
+    rot = np.array([[a, -b], [b, a]])
+    return np.concatenate([rot, (dst_mean - rot @ src_mean)[:, None]], axis=1)
+
+
+def frame_to_crop(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Per-frame transforms from the frame to the canonical crop. landmarks [N, 478, 2] -> [N, 2, 3]."""
+    index = list(STABLE_POINTS)
+    target = to_crop_units(np.array(list(STABLE_POINTS.values())), size)
+    return np.stack([fit_similarity(points[index].astype(np.float64), target) for points in landmarks])
+
+
+def smooth_transforms(transforms: np.ndarray, sigma: float) -> np.ndarray:
+    """Zero-phase Gaussian smoothing over time of similarity transforms [N, 2, 3] (sigma in frames).
+
+    Similarities [[a, -b, tx], [b, a, ty]] form a linear space, so a weighted mean of them is one too.
+    """
+    if sigma <= 0 or len(transforms) < 2:
+        return transforms.copy()
+    return gaussian_filter1d(transforms, sigma, axis=0, mode="nearest")
+
+
+def invert(transform: np.ndarray) -> np.ndarray:
+    """Inverse of an affine transform [2, 3]."""
+    return cv2.invertAffineTransform(transform)
+
+
+def crop_centres(transforms: np.ndarray, size: int) -> np.ndarray:
+    """Where the crop's centre falls in each frame, pixels. [N, 2, 3] -> [N, 2]"""
+    centre = np.array([size / 2, size / 2, 1.0])
+    return np.stack([invert(t) @ centre for t in transforms])
+
+
+def centre_jitter(transforms: np.ndarray, size: int) -> float:
+    """Mean movement of the crop centre between consecutive frames, pixels of the source per frame."""
+    centres = crop_centres(transforms, size)
+    return float(np.linalg.norm(np.diff(centres, axis=0), axis=1).mean()) if len(centres) > 1 else 0.0
+
+
+def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """points [..., 2] through an affine [2, 3]."""
+    return points @ transform[:, :2].T + transform[:, 2]
+
+
+def warp_to_crop(frame: np.ndarray, transform: np.ndarray, size: int) -> np.ndarray:
+    """The canonical crop [size, size, 3] uint8 of frame [H, W, 3] uint8.
+
+    When the face is larger than the crop, the frame is first shrunk with area averaging, so that
+    the crop is not aliased.
+    """
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    if scale < 0.9:
+        frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        transform = transform.copy()
+        transform[:, :2] /= scale
+    return cv2.warpAffine(frame, transform, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def paste_back(frame: np.ndarray, crop: np.ndarray, transform: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend a crop into its frame through the inverse transform.
+
+    frame: [H, W, 3] uint8; crop: [S, S, 3] uint8 or float in 0..255; transform: frame -> crop [2, 3];
+    mask: [S, S] float in [0, 1], the crop's weight (feathered). Only the face's bounding box is
+    touched. Returns a new frame [H, W, 3] uint8.
+    """
+    size = crop.shape[0]
+    height, width = frame.shape[:2]
+    back = invert(transform)
+    corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64), back)
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    box = back.copy()
+    box[:, 2] -= (x0, y0)  # into the box's own coordinates
+    box_size = (x1 - x0, y1 - y0)
+    pasted = cv2.warpAffine(crop.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)
+    weight = cv2.warpAffine(mask.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)[..., None]
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip gap over eye distance, per frame. [N, 478, 2] -> [N]"""
+    gap = np.linalg.norm(landmarks[:, LIP_TOP] - landmarks[:, LIP_BOTTOM], axis=-1)
+    return gap / np.maximum(eye_distance(landmarks), 1e-6)
+
+
+def choose_reference(landmarks: np.ndarray) -> int:
+    """The frame used as the reference for every template frame: the one whose mouth opening is
+    nearest the clip's 75th percentile, so the generator sees the teeth and the inside of the mouth
+    as this person shows them while talking. One reference for all frames keeps that appearance steady.
+    """
+    opening = mouth_opening(landmarks)
+    return int(np.argmin(np.abs(opening - np.percentile(opening, 75))))

@@ -1,0 +1,294 @@
+"""`lipstream prepare`: a template video or photo -> a cached, validated avatar folder.
+
+Two streaming passes over the source, so no more than a batch of frames is ever decoded at once:
+1. landmarks of the main face in every frame -> smoothed crop transforms, reference frame choice;
+2. crops, masks, face-encoder features, silent renderings and JPEG frames, a batch at a time.
+Everything is written into a temporary folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import wave
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lipstream import __version__
+from lipstream.dsp import MelConfig
+from lipstream.models.weights import load_stylesync
+from lipstream.paths import avatars_dir, check_name
+from lipstream.progress import Progress
+
+from .align import (
+    centre_jitter,
+    choose_reference,
+    eye_distance,
+    frame_to_crop,
+    paste_back,
+    smooth_transforms,
+    warp_to_crop,
+)
+from .avatar import FORMAT_VERSION, MANIFEST, sha256_file
+from .errors import SourceError
+from .landmarks import FaceTracker
+from .masks import MASK_KINDS, crop_landmarks, lower_face_mask, paste_mask
+from .source import SourceInfo, iter_frames, probe, read_audio
+
+FPS = 25
+MAX_UPSCALE = 2.0  # a face enlarged more than this into the crop is too small for the profile
+BATCH = 16
+JPEG_QUALITY = 95
+
+
+@dataclass
+class PrepareResult:
+    path: Path
+    manifest: dict
+    seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.manifest["frame_count"] / self.seconds if self.seconds > 0 else 0.0
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """[B, H, W, 3] uint8 -> [B, 3, H, W] float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def region_to_crop(crop: np.ndarray, region: torch.Tensor) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with its bottom rows replaced by a generated region [3, rows, S] in [-1, 1]."""
+    canvas = crop.astype(np.float32)
+    rows = region.shape[1]
+    canvas[-rows:] = ((region.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    return canvas
+
+
+def write_jpeg(path: Path, rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    path.write_bytes(data.tobytes())
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+
+
+def ping_pong(count: int) -> np.ndarray:
+    """0, 1, ..., n-1, n-2, ..., 1: every step moves one frame, so the loop point is invisible."""
+    return np.concatenate([np.arange(count), np.arange(count - 2, 0, -1)]).astype(np.int32)
+
+
+def check_face_size(transforms: np.ndarray, landmarks: np.ndarray, profile: str, size: int) -> None:
+    scale = np.hypot(transforms[:, 0, 0], transforms[:, 1, 0])  # crop pixels per source pixel
+    worst = int(np.argmax(scale))
+    if scale[worst] > MAX_UPSCALE:
+        eyes = float(eye_distance(landmarks[worst]))
+        raise SourceError(
+            f"frame {worst}: the face is too small for the {profile} profile: its eyes are {eyes:.0f} px apart, "
+            f"and the {size}-px crop needs at least {size / 3.4 / MAX_UPSCALE:.0f} px (it would be enlarged "
+            f"{scale[worst]:.1f}x, which blurs it); use a closer or higher-resolution source"
+        )
+
+
+def track_face(info: SourceInfo, max_frames: int, show: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1. Returns (landmarks [N, 478, 2], detected [N] bool)."""
+    progress = Progress("landmarks", max_frames if info.kind == "video" else 1, enabled=show)
+    with FaceTracker(still_image=info.kind == "image") as tracker:
+        for frame in iter_frames(info, FPS, max_frames):
+            tracker.add(frame)
+            progress.step()
+        track = tracker.finish()
+    progress.close()
+    return track.landmarks, track.detected
+
+
+def nth_frame(info: SourceInfo, index: int) -> np.ndarray:
+    for i, frame in enumerate(iter_frames(info, FPS, index + 1)):
+        if i == index:
+            return frame
+    raise SourceError(f"{info.path}: frame {index} could not be decoded a second time")
+
+
+def prepare_avatar(
+    source: str | Path,
+    name: str,
+    profile: str = "rt",
+    mask: str = "ushape",
+    root: str | Path | None = None,
+    max_seconds: float = 10.0,
+    smoothing: float = 2.0,
+    weights: str | Path | None = None,
+    show_progress: bool = True,
+) -> PrepareResult:
+    """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache)."""
+    check_name(name)
+    if mask not in MASK_KINDS:
+        raise ValueError(f"unknown mask {mask!r}; choose one of: {', '.join(MASK_KINDS)}")
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    started = time.monotonic()
+    info = probe(source)
+    model, model_id = load_stylesync(profile, weights)
+    cfg = model.cfg
+    size = cfg.face_size
+    max_frames = max(1, round(max_seconds * FPS))
+
+    landmarks, detected = track_face(info, max_frames, show_progress)
+    count = len(landmarks)
+    raw = frame_to_crop(landmarks, size)
+    transforms = smooth_transforms(raw, smoothing)
+    check_face_size(transforms, landmarks, cfg.name, size)
+    reference_index = choose_reference(landmarks)
+
+    root = Path(root) if root is not None else avatars_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    partial = root / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        (partial / "frames").mkdir(parents=True)
+        (partial / "idle").mkdir()
+        (partial / "features").mkdir()
+        reference = warp_to_crop(nth_frame(info, reference_index), transforms[reference_index], size)
+        arrays = _render_frames(info, model, transforms, landmarks, reference, mask, partial, show_progress)
+        for key, value in arrays.items():
+            np.save(partial / key, value)
+        np.save(partial / "transforms.npy", transforms)
+        np.save(partial / "landmarks.npy", landmarks.astype(np.float32))
+        np.save(partial / "idle_loop.npy", ping_pong(count))
+        mel_cfg = MelConfig()
+        write_wav(
+            partial / "audio.wav",
+            read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame),
+            mel_cfg.sample_rate,
+        )
+        first = cv2.imread(str(partial / "frames" / "000000.jpg"))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "lipstream_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": {
+                "path": str(Path(source).resolve()),
+                "kind": info.kind,
+                "width": info.width,
+                "height": info.height,
+                "fps": info.fps,
+                "has_audio": info.has_audio,
+            },
+            "profile": cfg.name,
+            "model_id": model_id,
+            "mask": mask,
+            "fps": FPS,
+            "frame_size": [int(first.shape[1]), int(first.shape[0])],
+            "crop_size": size,
+            "region_rows": cfg.region_rows,
+            "style_layers": cfg.num_layers,
+            "frame_count": count,
+            "reference_frame": reference_index,
+            "reference_rule": "mouth opening nearest the 75th percentile of the clip",
+            "detected_frames": int(detected.sum()),
+            "interpolated_frames": int((~detected).sum()),
+            "smoothing_sigma_frames": smoothing,
+            "jitter_px_per_frame": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
+            "audio": {
+                "file": "audio.wav",
+                "sample_rate": mel_cfg.sample_rate,
+                "samples": count * mel_cfg.samples_per_frame,
+            },
+            "idle_loop": "ping-pong",
+        }
+        manifest["files"] = {
+            str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return PrepareResult(final, manifest, time.monotonic() - started)
+
+
+def _replace(partial: Path, final: Path) -> None:
+    """Moves the finished folder into place; an existing avatar of that name is replaced whole."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.inference_mode()
+def _render_frames(
+    info: SourceInfo,
+    model: torch.nn.Module,
+    transforms: np.ndarray,
+    landmarks: np.ndarray,
+    reference: np.ndarray,
+    mask_kind: str,
+    out: Path,
+    show: bool,
+) -> dict[str, np.ndarray]:
+    """Pass 2: crops, masks, features, silent renderings and JPEGs, BATCH frames at a time."""
+    cfg = model.cfg
+    size, count = cfg.face_size, len(transforms)
+    crops = np.zeros((count, size, size, 3), np.uint8)
+    masks = np.zeros((count, size, size), np.uint8)
+    paste = np.zeros((count, size, size), np.uint8)
+    maps = [np.zeros((count, *shape), np.float16) for shape in cfg.face_map_shapes()]
+    f_f = np.zeros((count, cfg.face_dim), np.float32)
+    delta_w = np.zeros((count, cfg.num_layers, cfg.w_dim), np.float32)
+    mel_cfg = MelConfig()
+    silence = torch.full((1, 1, mel_cfg.n_mels, mel_cfg.window_frames), -mel_cfg.max_abs_value)
+    reference_tensor = to_tensor(reference[None])
+    progress = Progress("prepare", count, enabled=show)
+
+    def flush(start: int, frames: list[np.ndarray]) -> None:
+        index = slice(start, start + len(frames))
+        face = model.encode_face(
+            to_tensor(crops[index]),
+            reference_tensor.expand(len(frames), -1, -1, -1),
+            torch.from_numpy(masks[index]).float()[:, None],
+        )
+        for layer, fmap in enumerate(face.maps):
+            maps[layer][index] = fmap.numpy()
+        f_f[index], delta_w[index] = face.f_f.numpy(), face.delta_w.numpy()
+        regions = model.render(silence.expand(len(frames), -1, -1, -1), face.f_f, face.delta_w, face.maps)
+        for offset, frame in enumerate(frames):
+            i = start + offset
+            write_jpeg(out / "frames" / f"{i:06d}.jpg", frame)
+            canvas = region_to_crop(crops[i], regions[offset])
+            idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0)
+            write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
+        progress.step(len(frames))
+
+    batch: list[np.ndarray] = []
+    start = 0
+    for i, frame in enumerate(iter_frames(info, FPS, count)):
+        crops[i] = warp_to_crop(frame, transforms[i], size)
+        masks[i] = lower_face_mask(mask_kind, crop_landmarks(landmarks[i], transforms[i]), size).astype(np.uint8)
+        paste[i] = np.round(paste_mask(masks[i].astype(np.float32), cfg.region_rows) * 255).astype(np.uint8)
+        batch.append(frame)
+        if len(batch) == BATCH:
+            flush(start, batch)
+            start, batch = start + BATCH, []
+    if batch:
+        flush(start, batch)
+    progress.close()
+    arrays = {"crops.npy": crops, "masks.npy": masks, "paste_masks.npy": paste}
+    arrays |= {f"features/maps_{layer:02d}.npy": m for layer, m in enumerate(maps)}
+    return arrays | {"features/f_f.npy": f_f, "features/delta_w.npy": delta_w}
