@@ -100,12 +100,28 @@ def warp_to_crop(frame: np.ndarray, transform: np.ndarray, size: int) -> np.ndar
     return cv2.warpAffine(frame, transform, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def paste_back(frame: np.ndarray, crop: np.ndarray, transform: np.ndarray, mask: np.ndarray) -> np.ndarray:
+DETAIL_FADE = 24.0  # grey levels of change over which the template's fine detail fades out
+
+
+def paste_back(
+    frame: np.ndarray,
+    crop: np.ndarray,
+    transform: np.ndarray,
+    mask: np.ndarray,
+    template_crop: np.ndarray | None = None,
+) -> np.ndarray:
     """Blend a crop into its frame through the inverse transform.
 
     frame: [H, W, 3] uint8; crop: [S, S, 3] uint8 or float in 0..255; transform: frame -> crop [2, 3];
     mask: [S, S] float in [0, 1], the crop's weight (feathered). Only the face's bounding box is
     touched. Returns a new frame [H, W, 3] uint8.
+
+    template_crop: the crop the frame itself gives ([S, S, 3]). When the face is larger than the crop,
+    the crop cannot carry the frame's finest detail (skin, stubble); with the template crop the paste
+    keeps that detail, frame - upsampled(template crop), wherever the new crop stays close to the
+    template, and fades it out where the new crop differs by DETAIL_FADE grey levels or more (an
+    opened mouth must not show the old lips' outline). An unchanged crop then gives the frame back
+    exactly. Without it, the upsampled crop replaces the frame under the mask.
     """
     size = crop.shape[0]
     height, width = frame.shape[:2]
@@ -120,9 +136,18 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, transform: np.ndarray, mask:
     box = back.copy()
     box[:, 2] -= (x0, y0)  # into the box's own coordinates
     box_size = (x1 - x0, y1 - y0)
-    pasted = cv2.warpAffine(crop.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)
-    weight = cv2.warpAffine(mask.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)[..., None]
+
+    def warp(image: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(image.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)
+
     region = out[y0:y1, x0:x1].astype(np.float32)
+    pasted = warp(crop)
+    weight = warp(mask)[..., None]
+    if template_crop is not None:
+        base = warp(template_crop)
+        change = np.abs(pasted - base).mean(axis=2, keepdims=True)
+        keep = np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0)
+        pasted = pasted + keep * (region - base)
     out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)
     return out
 

@@ -11,12 +11,7 @@ from .errors import SourceError
 
 NUM_LANDMARKS = 478
 MAX_GAP_FRAMES = 25  # a face missing for longer than 1 s is an error, not something to interpolate
-SIMILAR_SIZE = 0.8  # a second face at least this fraction of the main face's width is ambiguous
-
-
-def face_width(points: np.ndarray) -> float:
-    """Horizontal extent of one face's landmarks [478, 2], pixels."""
-    return float(points[:, 0].max() - points[:, 0].min())
+SIMILAR_SIZE = 0.8  # a second face at least this fraction of the main face's size is ambiguous
 
 
 @dataclass
@@ -32,21 +27,27 @@ class Track:
 
 
 class FaceTracker:
-    """Feed frames in order with `add`, then `finish` for the track. Raises SourceError on a frame
-    with several faces of similar size (when choosing the main face), or when no face is found."""
+    """Feed frames in order with `add`, then `finish` for the track.
 
-    def __init__(self, still_image: bool = False) -> None:
+    The full-range face detector finds the main face (up to about 5 m away, so a small face in a large
+    portrait frame is found too); the face mesh then runs on a square region around it, which later
+    frames take from the previous frame's landmarks. Detection runs again only when the mesh loses the
+    face. Raises SourceError when the first frame with faces has several of similar size.
+    """
+
+    def __init__(self) -> None:
         import mediapipe as mp  # heavy import, only needed while preparing avatars
 
+        self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=still_image, max_num_faces=4, refine_landmarks=True, min_detection_confidence=0.5
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
         self._points: list[np.ndarray | None] = []
-        self._centre: np.ndarray | None = None
-        self._width = 0.0
+        self._region: tuple[float, float, float] | None = None  # centre x, centre y, side of the search square
 
     def close(self) -> None:
         self._mesh.close()
+        self._detector.close()
 
     def __enter__(self) -> FaceTracker:
         return self
@@ -56,32 +57,57 @@ class FaceTracker:
 
     def add(self, rgb: np.ndarray) -> None:
         """rgb: [H, W, 3] uint8."""
-        height, width = rgb.shape[:2]
-        result = self._mesh.process(rgb)
-        faces = [
-            np.array([(p.x * width, p.y * height) for p in face.landmark], np.float32)
-            for face in (result.multi_face_landmarks or [])
-        ]
-        self._points.append(self._choose(faces, len(self._points)))
+        points = self._mesh_in(rgb, self._region) if self._region is not None else None
+        if points is None:
+            region = self._detect(rgb, len(self._points))
+            points = self._mesh_in(rgb, region) if region is not None else None
+        if points is not None:
+            low, high = points.min(axis=0), points.max(axis=0)
+            centre = (low + high) / 2
+            self._region = (float(centre[0]), float(centre[1]), 1.8 * float((high - low).max()))
+        self._points.append(points)
 
-    def _choose(self, faces: list[np.ndarray], index: int) -> np.ndarray | None:
-        if not faces:
-            return None
-        if self._centre is None:
-            faces.sort(key=face_width, reverse=True)
-            if len(faces) > 1 and face_width(faces[1]) >= SIMILAR_SIZE * face_width(faces[0]):
-                raise SourceError(
-                    f"frame {index}: {len(faces)} faces of similar size (widths "
-                    f"{face_width(faces[0]):.0f} and {face_width(faces[1]):.0f} px), so the presenter is "
-                    "ambiguous; crop or trim the source so that one face is clearly the largest"
+    def _detect(self, rgb: np.ndarray, index: int) -> tuple[float, float, float] | None:
+        height, width = rgb.shape[:2]
+        boxes = []
+        for detection in self._detector.process(rgb).detections or []:
+            box = detection.location_data.relative_bounding_box
+            boxes.append(
+                (
+                    (box.xmin + box.width / 2) * width,
+                    (box.ymin + box.height / 2) * height,
+                    max(box.width * width, box.height * height),
                 )
-            chosen = faces[0]
-        else:
-            chosen = min(faces, key=lambda f: float(np.linalg.norm(f.mean(axis=0) - self._centre)))
-            if np.linalg.norm(chosen.mean(axis=0) - self._centre) > 0.5 * self._width:
-                return None  # the main face is not among these; another person's face is
-        self._centre, self._width = chosen.mean(axis=0), face_width(chosen)
-        return chosen
+            )
+        if not boxes:
+            return None
+        if self._region is None:
+            boxes.sort(key=lambda b: b[2], reverse=True)
+            if len(boxes) > 1 and boxes[1][2] >= SIMILAR_SIZE * boxes[0][2]:
+                raise SourceError(
+                    f"frame {index}: {len(boxes)} faces of similar size ({boxes[0][2]:.0f} and {boxes[1][2]:.0f} px "
+                    "wide), so the presenter is ambiguous; crop or trim the source so that one face is clearly "
+                    "the largest"
+                )
+            chosen = boxes[0]
+        else:  # lost for a moment: take the face nearest to where the main face was, if it is near
+            chosen = min(boxes, key=lambda b: np.hypot(b[0] - self._region[0], b[1] - self._region[1]))
+            if np.hypot(chosen[0] - self._region[0], chosen[1] - self._region[1]) > self._region[2] / 2:
+                return None
+        return chosen[0], chosen[1], 2.2 * chosen[2]
+
+    def _mesh_in(self, rgb: np.ndarray, region: tuple[float, float, float]) -> np.ndarray | None:
+        height, width = rgb.shape[:2]
+        cx, cy, side = region
+        x0, y0 = max(int(cx - side / 2), 0), max(int(cy - side / 2), 0)
+        x1, y1 = min(int(cx + side / 2), width), min(int(cy + side / 2), height)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return None
+        result = self._mesh.process(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+        if not result.multi_face_landmarks:
+            return None
+        landmarks = result.multi_face_landmarks[0].landmark
+        return np.array([(x0 + p.x * (x1 - x0), y0 + p.y * (y1 - y0)) for p in landmarks], np.float32)
 
     def finish(self) -> Track:
         detected = np.array([p is not None for p in self._points])

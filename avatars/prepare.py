@@ -108,7 +108,7 @@ def check_face_size(transforms: np.ndarray, landmarks: np.ndarray, profile: str,
 def track_face(info: SourceInfo, max_frames: int, show: bool) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1. Returns (landmarks [N, 478, 2], detected [N] bool)."""
     progress = Progress("landmarks", max_frames if info.kind == "video" else 1, enabled=show)
-    with FaceTracker(still_image=info.kind == "image") as tracker:
+    with FaceTracker() as tracker:
         for frame in iter_frames(info, FPS, max_frames):
             tracker.add(frame)
             progress.step()
@@ -272,7 +272,7 @@ def _render_frames(
             i = start + offset
             write_jpeg(out / "frames" / f"{i:06d}.jpg", frame)
             canvas = region_to_crop(crops[i], regions[offset])
-            idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0)
+            idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0, crops[i])
             write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
         progress.step(len(frames))
 

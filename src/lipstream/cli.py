@@ -48,6 +48,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import prepare_avatar
+
+    result = prepare_avatar(
+        args.source,
+        args.name,
+        profile=args.profile,
+        mask=args.mask,
+        root=args.avatars,
+        max_seconds=args.max_seconds,
+        smoothing=args.smoothing,
+        weights=args.weights,
+        show_progress=not args.quiet,
+    )
+    m = result.manifest
+    jitter = m["jitter_px_per_frame"]
+    print(
+        f"avatar {args.name!r} ready at {result.path}\n"
+        f"  {m['frame_count']} frames ({m['interpolated_frames']} interpolated where no face was detected), "
+        f"reference frame {m['reference_frame']}, model {m['model_id']}\n"
+        f"  crop-centre jitter {jitter['raw']:.2f} px/frame raw, {jitter['smoothed']:.2f} smoothed\n"
+        f"  {result.frames_per_second:.1f} frames/s ({result.seconds:.1f} s)"
+    )
+    if args.sheet:
+        import cv2
+
+        from lipstream.avatars.sheet import contact_sheet
+
+        sheet = contact_sheet(Avatar.load(result.path, verify=False), index=m["frame_count"] // 2)
+        cv2.imwrite(str(args.sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        print(f"  contact sheet: {args.sheet}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipstream", description="Real-time lip-sync avatar server (StyleSync).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=int, default=0, metavar="N", help="also time N per-frame PyTorch CPU runs (median)"
     )
     models.set_defaults(func=cmd_models)
+
+    prepare = sub.add_parser("prepare", help="prepare a template video or photo as an avatar (once)")
+    prepare.add_argument("source", help="a video (any codec or frame rate PyAV reads) or a photo")
+    prepare.add_argument("--name", required=True, help="avatar name: letters, digits, '_', '-', '.'")
+    prepare.add_argument("--profile", choices=sorted(PROFILES), default="rt", help="model profile (default rt)")
+    prepare.add_argument(
+        "--mask", choices=("ushape", "pose"), default="ushape", help="lower-face mask (default ushape)"
+    )
+    prepare.add_argument("--max-seconds", type=float, default=10.0, help="use at most this much of the video (10)")
+    prepare.add_argument("--smoothing", type=float, default=2.0, help="crop smoothing, Gaussian sigma in frames (2)")
+    prepare.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
+    prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
+    prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
+    prepare.add_argument("--quiet", action="store_true", help="no progress display")
+    prepare.set_defaults(func=cmd_prepare)
     return parser
 
 
@@ -69,7 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "latency", 0) < 0:
         print("lipstream: --latency takes a number of runs >= 0", file=sys.stderr)
         return 2
-    return args.func(args)
+    from lipstream.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"lipstream {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

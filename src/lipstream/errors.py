@@ -1,0 +1,17 @@
+"""The errors a user can cause and fix: the CLI prints their message without a traceback."""
+
+from __future__ import annotations
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from lipstream.avatars.errors import AvatarError
+    from lipstream.dsp.mel import AudioInputError
+    from lipstream.dsp.wav import WavFormatError
+    from lipstream.models.config import UnknownProfileError
+    from lipstream.models.weights import WeightsError
+    from lipstream.paths import InvalidNameError
+
+    return (AvatarError, AudioInputError, WavFormatError, UnknownProfileError, WeightsError, InvalidNameError)
+
+
+USER_ERRORS = _user_errors()

@@ -1,0 +1,260 @@
+"""Avatar preparation on real clips: manifest, masks, paste-back, cache validation, and every error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import wave
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from lipstream.avatars import Avatar, AvatarCacheError, SourceError
+from lipstream.avatars.align import invert, paste_back, transform_points
+from lipstream.avatars.default import default_avatar, default_source
+from lipstream.avatars.masks import crop_landmarks, points_inside
+from lipstream.avatars.prepare import prepare_avatar
+from lipstream.models.weights import load_stylesync
+from lipstream.paths import InvalidNameError
+
+LIPS = sorted({i for edge in __import__("mediapipe").solutions.face_mesh.FACEMESH_LIPS for i in edge})
+
+
+def prepare(source: Path, root: Path, name: str, **kwargs: object) -> Avatar:
+    result = prepare_avatar(source, name, root=root, show_progress=False, **kwargs)
+    return Avatar.load(result.path)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("avatars")
+
+
+@pytest.fixture(scope="module")
+def anchor(shared_data: Path, root: Path) -> Avatar:
+    return prepare(shared_data / "talking" / "dfrf_cnn_anchor_71s.mp4", root, "anchor", max_seconds=1.2)
+
+
+@pytest.fixture(scope="module")
+def grid(shared_data: Path, root: Path) -> Avatar:
+    clip = sorted((shared_data / "grid_s1" / "video").glob("*.mp4"))[0]
+    return prepare(clip, root, "grid", max_seconds=1.0, mask="pose")
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def face_box_psnr(avatar: Avatar, index: int, pasted: np.ndarray) -> float:
+    frame = cv2.imread(str(avatar.frame_path(index)))[..., ::-1]
+    size = avatar.manifest["crop_size"]
+    corners = transform_points(
+        np.array([[0, 0], [size, size], [0, size], [size, 0]], float), invert(avatar.array("transforms.npy")[index])
+    )
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
+    error = (pasted[y0:y1, x0:x1].astype(float) - frame[y0:y1, x0:x1]) ** 2
+    return float(10 * np.log10(255**2 / max(error.mean(), 1e-10)))
+
+
+def test_manifest_describes_the_cache(anchor: Avatar) -> None:
+    m = anchor.manifest
+    _, model_id = load_stylesync("rt")
+    assert m["format_version"] == 1 and m["profile"] == "rt" and m["model_id"] == model_id
+    assert (m["fps"], m["frame_count"], m["frame_size"], m["crop_size"]) == (25, 30, [512, 512], 128)
+    assert m["interpolated_frames"] == 0 and m["detected_frames"] == 30
+    assert len(list((anchor.path / "frames").iterdir())) == len(list((anchor.path / "idle").iterdir())) == 30
+    assert set(m["files"]) >= {"crops.npy", "masks.npy", "transforms.npy", "audio.wav", "features/f_f.npy"}
+    maps = anchor.feature_maps()
+    assert [tuple(x.shape[1:]) for x in maps] == load_stylesync("rt")[0].cfg.face_map_shapes()
+    assert all(x.shape[0] == 30 and x.dtype == np.float16 for x in maps)
+    assert np.count_nonzero(anchor.array("features/delta_w.npy")) == 0
+
+
+def test_smoothing_reduces_crop_jitter(anchor: Avatar) -> None:
+    jitter = anchor.manifest["jitter_px_per_frame"]
+    assert jitter["smoothed"] < jitter["raw"]
+
+
+def test_template_audio_is_kept(anchor: Avatar) -> None:
+    with wave.open(str(anchor.path / "audio.wav")) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (16_000, 1, 30 * 640)
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+    assert np.abs(samples).max() > 1000, "the anchor speaks in the first second"
+
+
+def test_idle_loop_never_jumps(anchor: Avatar) -> None:
+    loop = anchor.array("idle_loop.npy")
+    steps = np.abs(np.diff(np.concatenate([loop, loop[:1]])))
+    assert set(loop) == set(range(30)) and steps.max() == 1
+
+
+@pytest.mark.parametrize("fixture", ["anchor", "grid"])
+def test_the_mouth_lies_inside_the_mask(fixture: str, request: pytest.FixtureRequest) -> None:
+    avatar: Avatar = request.getfixturevalue(fixture)
+    landmarks, transforms, masks = (avatar.array(f) for f in ("landmarks.npy", "transforms.npy", "masks.npy"))
+    for i in range(avatar.frame_count):
+        lips = crop_landmarks(landmarks[i], transforms[i])[LIPS]
+        assert points_inside(masks[i].astype(np.float32), lips).all(), f"frame {i}: lips outside the mask"
+
+
+@pytest.mark.parametrize("fixture", ["anchor", "grid"])
+def test_pasting_the_untouched_crop_back_reproduces_the_frame(fixture: str, request: pytest.FixtureRequest) -> None:
+    avatar: Avatar = request.getfixturevalue(fixture)
+    crops, transforms = avatar.array("crops.npy"), avatar.array("transforms.npy")
+    for i in (0, avatar.frame_count // 2, avatar.frame_count - 1):
+        frame = cv2.imread(str(avatar.frame_path(i)))[..., ::-1]
+        weight = avatar.array("paste_masks.npy")[i] / 255.0
+        pasted = paste_back(frame, crops[i], transforms[i], weight, template_crop=crops[i])
+        assert face_box_psnr(avatar, i, pasted) >= 40.0
+
+
+def test_plain_paste_is_geometrically_exact_when_the_face_fits_the_crop(grid: Avatar) -> None:
+    """GRID's face is about crop-sized, so even the crop's own pixels put back match the frame."""
+    i = 10
+    frame = cv2.imread(str(grid.frame_path(i)))[..., ::-1]
+    weight = grid.array("paste_masks.npy")[i] / 255.0
+    pasted = paste_back(frame, grid.array("crops.npy")[i], grid.array("transforms.npy")[i], weight)
+    assert face_box_psnr(grid, i, pasted) >= 40.0
+
+
+def test_a_changed_mouth_lands_on_the_lips_and_nowhere_else(anchor: Avatar) -> None:
+    i = 5
+    frame = cv2.imread(str(anchor.frame_path(i)))[..., ::-1]
+    crop, transform = anchor.array("crops.npy")[i], anchor.array("transforms.npy")[i]
+    weight = anchor.array("paste_masks.npy")[i] / 255.0
+    darker = crop.astype(np.float32) * (1 - 0.6 * anchor.array("masks.npy")[i][..., None])
+    pasted = paste_back(frame, darker, transform, weight, template_crop=crop).astype(float)
+    landmarks = anchor.array("landmarks.npy")[i]
+    at = lambda points: np.array([pasted[round(y), round(x)] - frame[round(y), round(x)] for x, y in points])  # noqa: E731
+    assert at(landmarks[LIPS]).mean() < -30, "the lips got darker"
+    assert np.abs(at(landmarks[[33, 133, 362, 263, 10]])).max() < 2, "eyes and forehead untouched"
+
+
+def test_a_30fps_clip_becomes_25fps(shared_data: Path, root: Path) -> None:
+    avatar = prepare(shared_data / "talking" / "hdtf_RD_Radio10_short.mp4", root, "radio")
+    assert avatar.frame_count == pytest.approx(62 / 29.97 * 25, abs=1)
+
+
+def test_a_photo_makes_a_one_frame_avatar(root: Path) -> None:
+    avatar = prepare(default_source(), root, "photo", mask="pose")
+    assert avatar.frame_count == 1 and list(avatar.array("idle_loop.npy")) == [0]
+    assert avatar.manifest["source"]["kind"] == "image"
+
+
+def test_the_default_avatar_is_prepared_once(tmp_path: Path) -> None:
+    first = default_avatar(root=tmp_path)
+    stamp = (first.path / "manifest.json").stat().st_mtime_ns
+    second = default_avatar(root=tmp_path)
+    assert second.path == first.path and (second.path / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def corrupt_copy(avatar: Avatar, tmp_path: Path) -> Path:
+    copy = tmp_path / avatar.name
+    shutil.copytree(avatar.path, copy)
+    return copy
+
+
+def test_a_corrupted_cache_file_is_refused(anchor: Avatar, tmp_path: Path) -> None:
+    copy = corrupt_copy(anchor, tmp_path)
+    data = bytearray((copy / "crops.npy").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "crops.npy").write_bytes(bytes(data))
+    with pytest.raises(AvatarCacheError, match=r"crops\.npy does not match its checksum.*lipstream prepare .*anchor"):
+        Avatar.load(copy)
+
+
+def test_a_missing_file_a_stale_model_and_an_old_format_are_refused(anchor: Avatar, tmp_path: Path) -> None:
+    copy = corrupt_copy(anchor, tmp_path)
+    with pytest.raises(AvatarCacheError, match="stale; rebuild it with: lipstream prepare"):
+        Avatar.load(copy, model_id="rt-trained-0000")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"format_version": 0}))
+    with pytest.raises(AvatarCacheError, match="format version 0"):
+        Avatar.load(copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "idle" / "000003.jpg").unlink()
+    with pytest.raises(AvatarCacheError, match=r"idle/000003\.jpg is missing"):
+        Avatar.load(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(AvatarCacheError, match="manifest.json is corrupt"):
+        Avatar.load(copy)
+    with pytest.raises(AvatarCacheError, match="not a prepared avatar"):
+        Avatar.load(tmp_path / "nothing")
+
+
+def test_a_failed_prepare_leaves_nothing_and_keeps_the_old_avatar(
+    anchor: Avatar, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lipstream.avatars.prepare as prepare_module
+
+    def broken(*_args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prepare_module, "write_wav", broken)
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.raises(OSError, match="disk full"):
+        prepare_avatar(anchor.manifest["source"]["path"], "anchor", root=root, max_seconds=0.4, show_progress=False)
+    assert sorted(p.name for p in root.iterdir()) == before, "no partial folder is left behind"
+    Avatar.load(anchor.path)  # the earlier avatar is intact
+
+
+def test_frames_without_a_face_are_interpolated_and_counted(shared_data: Path, tmp_path: Path) -> None:
+    clip = sorted((shared_data / "grid_s1" / "video").glob("*.mp4"))[1]
+    with av.open(str(clip)) as video:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(20), video.decode(video=0), strict=False)]
+    for i in (8, 9, 10):
+        frames[i] = np.zeros_like(frames[i])
+    avatar = prepare(write_video(tmp_path / "gaps.mp4", frames), tmp_path, "gaps")
+    assert avatar.manifest["interpolated_frames"] == 3
+
+
+def errors_for(tmp_path: Path) -> list[tuple[Path, str, dict]]:
+    astronaut = cv2.imread(str(default_source()))
+    cases = []
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    cases.append((tmp_path / "empty.mp4", "the file is empty", {}))
+    (tmp_path / "garbage.mp4").write_bytes(bytes(range(256)) * 40)
+    cases.append((tmp_path / "garbage.mp4", "not a video or image that FFmpeg can read", {}))
+    cases.append((tmp_path / "missing.mp4", "no such file", {}))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    cases.append((tmp_path / "broken.png", "not an image OpenCV can read", {}))
+    blank = [np.full((128, 128, 3), 90, np.uint8)] * 10
+    cases.append((write_video(tmp_path / "blank.mp4", blank), "no face found in any of the 10 frames", {}))
+    cv2.imwrite(str(tmp_path / "two.png"), np.concatenate([astronaut, astronaut], axis=1))
+    cases.append((tmp_path / "two.png", "frame 0: 2 faces of similar size", {}))
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA))
+    cases.append((tmp_path / "small.png", "frame 0: the face is too small for the hq profile", {"profile": "hq"}))
+    return cases
+
+
+def test_bad_sources_get_clear_errors(tmp_path: Path) -> None:
+    for source, message, kwargs in errors_for(tmp_path):
+        with pytest.raises(SourceError, match=message):
+            prepare_avatar(source, "bad", root=tmp_path / "out", show_progress=False, **kwargs)
+        assert not (tmp_path / "out" / "bad").exists()
+
+
+def test_a_long_stretch_without_a_face_is_an_error(shared_data: Path, tmp_path: Path) -> None:
+    clip = sorted((shared_data / "grid_s1" / "video").glob("*.mp4"))[2]
+    with av.open(str(clip)) as video:
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)][:40]
+    frames[5:36] = [np.zeros_like(frames[0])] * 31
+    with pytest.raises(SourceError, match=r"no face in frames 5-35 \(1\.2 s\)"):
+        prepare_avatar(write_video(tmp_path / "gap.mp4", frames), "gap", root=tmp_path, show_progress=False)
+
+
+def test_avatar_names_cannot_escape_the_folder(tmp_path: Path) -> None:
+    for name in ("../evil", "a/b", ".hidden", ""):
+        with pytest.raises(InvalidNameError, match="not allowed"):
+            prepare_avatar(default_source(), name, root=tmp_path, show_progress=False)
