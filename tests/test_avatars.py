@@ -187,7 +187,7 @@ def test_a_missing_file_a_stale_model_and_an_old_format_are_refused(anchor: Avat
     with pytest.raises(AvatarCacheError, match=r"idle/000003\.jpg is missing"):
         Avatar.load(copy)
     (copy / "manifest.json").write_text("{not json")
-    with pytest.raises(AvatarCacheError, match="manifest.json is corrupt"):
+    with pytest.raises(AvatarCacheError, match=r"manifest\.json is corrupt"):
         Avatar.load(copy)
     with pytest.raises(AvatarCacheError, match="not a prepared avatar"):
         Avatar.load(tmp_path / "nothing")
