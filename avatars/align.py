@@ -75,10 +75,20 @@ def crop_centres(transforms: np.ndarray, size: int) -> np.ndarray:
     return np.stack([invert(t) @ centre for t in transforms])
 
 
-def centre_jitter(transforms: np.ndarray, size: int) -> float:
-    """Mean movement of the crop centre between consecutive frames, pixels of the source per frame."""
+def centre_jitter(transforms: np.ndarray, size: int) -> dict[str, float]:
+    """How much the crop centre moves, in source pixels.
+
+    speed: mean movement between consecutive frames (px/frame), real head motion included.
+    shake: mean size of the second difference (px/frame^2): frame-to-frame changes of direction, which
+    real head motion at 25 fps hardly has and detector noise mostly is.
+    """
     centres = crop_centres(transforms, size)
-    return float(np.linalg.norm(np.diff(centres, axis=0), axis=1).mean()) if len(centres) > 1 else 0.0
+    if len(centres) < 3:
+        return {"speed": 0.0, "shake": 0.0}
+    return {
+        "speed": float(np.linalg.norm(np.diff(centres, axis=0), axis=1).mean()),
+        "shake": float(np.linalg.norm(np.diff(centres, n=2, axis=0), axis=1).mean()),
+    }
 
 
 def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:

@@ -165,9 +165,7 @@ def prepare_avatar(
         (partial / "idle").mkdir()
         (partial / "features").mkdir()
         reference = warp_to_crop(nth_frame(info, reference_index), transforms[reference_index], size)
-        arrays = _render_frames(info, model, transforms, landmarks, reference, mask, partial, show_progress)
-        for key, value in arrays.items():
-            np.save(partial / key, value)
+        _render_frames(info, model, transforms, landmarks, reference, mask, partial, show_progress)
         np.save(partial / "transforms.npy", transforms)
         np.save(partial / "landmarks.npy", landmarks.astype(np.float32))
         np.save(partial / "idle_loop.npy", ping_pong(count))
@@ -204,7 +202,7 @@ def prepare_avatar(
             "detected_frames": int(detected.sum()),
             "interpolated_frames": int((~detected).sum()),
             "smoothing_sigma_frames": smoothing,
-            "jitter_px_per_frame": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
+            "crop_jitter": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
             "audio": {
                 "file": "audio.wav",
                 "sample_rate": mel_cfg.sample_rate,
@@ -242,16 +240,21 @@ def _render_frames(
     mask_kind: str,
     out: Path,
     show: bool,
-) -> dict[str, np.ndarray]:
+) -> None:
     """Pass 2: crops, masks, features, silent renderings and JPEGs, BATCH frames at a time."""
     cfg = model.cfg
     size, count = cfg.face_size, len(transforms)
-    crops = np.zeros((count, size, size, 3), np.uint8)
-    masks = np.zeros((count, size, size), np.uint8)
-    paste = np.zeros((count, size, size), np.uint8)
-    maps = [np.zeros((count, *shape), np.float16) for shape in cfg.face_map_shapes()]
-    f_f = np.zeros((count, cfg.face_dim), np.float32)
-    delta_w = np.zeros((count, cfg.num_layers, cfg.w_dim), np.float32)
+
+    def array(relative: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        # Written straight to disk, so a long template never needs its whole cache in memory.
+        return np.lib.format.open_memmap(out / relative, mode="w+", dtype=dtype, shape=(count, *shape))
+
+    crops = array("crops.npy", (size, size, 3), np.uint8)
+    masks = array("masks.npy", (size, size), np.uint8)
+    paste = array("paste_masks.npy", (size, size), np.uint8)
+    maps = [array(f"features/maps_{i:02d}.npy", shape, np.float16) for i, shape in enumerate(cfg.face_map_shapes())]
+    f_f = array("features/f_f.npy", (cfg.face_dim,), np.float32)
+    delta_w = array("features/delta_w.npy", (cfg.num_layers, cfg.w_dim), np.float32)
     mel_cfg = MelConfig()
     silence = torch.full((1, 1, mel_cfg.n_mels, mel_cfg.window_frames), -mel_cfg.max_abs_value)
     reference_tensor = to_tensor(reference[None])
@@ -289,6 +292,5 @@ def _render_frames(
     if batch:
         flush(start, batch)
     progress.close()
-    arrays = {"crops.npy": crops, "masks.npy": masks, "paste_masks.npy": paste}
-    arrays |= {f"features/maps_{layer:02d}.npy": m for layer, m in enumerate(maps)}
-    return arrays | {"features/f_f.npy": f_f, "features/delta_w.npy": delta_w}
+    for written in (crops, masks, paste, *maps, f_f, delta_w):
+        written.flush()

@@ -37,8 +37,8 @@ def contact_sheet(avatar: Avatar, index: int = 0, height: int = 256) -> np.ndarr
     for x, y in avatar.array("landmarks.npy")[index][::7]:
         cv2.circle(outlined, (round(float(x)), round(float(y))), 1, (255, 0, 0), -1)
 
-    overlay = crop.astype(np.float32)
-    overlay[..., 0] = overlay[..., 0] * (1 - 0.5 * mask) + 255 * 0.5 * mask
+    tint = 0.5 * mask[..., None]
+    overlay = crop.astype(np.float32) * (1 - tint) + np.array([255.0, 0.0, 64.0]) * tint
     outline = cv2.morphologyEx((weight > 0.02).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     overlay[outline > 0] = (255, 255, 0)
 

@@ -82,8 +82,9 @@ def test_manifest_describes_the_cache(anchor: Avatar) -> None:
 
 
 def test_smoothing_reduces_crop_jitter(anchor: Avatar) -> None:
-    jitter = anchor.manifest["jitter_px_per_frame"]
-    assert jitter["smoothed"] < jitter["raw"]
+    jitter = anchor.manifest["crop_jitter"]
+    assert jitter["smoothed"]["speed"] < jitter["raw"]["speed"]
+    assert jitter["smoothed"]["shake"] < 0.5 * jitter["raw"]["shake"]
 
 
 def test_template_audio_is_kept(anchor: Avatar) -> None:

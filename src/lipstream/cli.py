@@ -64,12 +64,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     m = result.manifest
-    jitter = m["jitter_px_per_frame"]
+    jitter = m["crop_jitter"]
     print(
         f"avatar {args.name!r} ready at {result.path}\n"
         f"  {m['frame_count']} frames ({m['interpolated_frames']} interpolated where no face was detected), "
         f"reference frame {m['reference_frame']}, model {m['model_id']}\n"
-        f"  crop-centre jitter {jitter['raw']:.2f} px/frame raw, {jitter['smoothed']:.2f} smoothed\n"
+        f"  crop-centre jitter, raw -> smoothed: {jitter['raw']['speed']:.2f} -> {jitter['smoothed']['speed']:.2f} "
+        f"px/frame (mean movement), {jitter['raw']['shake']:.2f} -> {jitter['smoothed']['shake']:.2f} px/frame^2 "
+        "(shake)\n"
         f"  {result.frames_per_second:.1f} frames/s ({result.seconds:.1f} s)"
     )
     if args.sheet:
