@@ -55,3 +55,24 @@ def test_gpu_only_packages_are_never_imported_by_default() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_prepare_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    result = run("prepare", str(tmp_path / "empty.mp4"), "--name", "x", "--avatars", str(tmp_path), "--quiet")
+    assert result.returncode == 2
+    assert "lipstream prepare: error:" in result.stderr and "the file is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("prepare", str(tmp_path / "empty.mp4"), "--name", "x", "--max-seconds", "0")
+    assert result.returncode == 2 and "must be a number above 0" in result.stderr
+
+
+def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:
+    from lipstream.avatars.default import default_source
+
+    sheet = tmp_path / "sheet.png"
+    args = ["prepare", str(default_source()), "--name", "photo", "--avatars", str(tmp_path), "--sheet", str(sheet)]
+    result = run(*args, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "avatar 'photo' ready" in result.stdout and "1 frames" in result.stdout
+    assert (tmp_path / "photo" / "manifest.json").is_file() and sheet.stat().st_size > 10_000

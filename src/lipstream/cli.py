@@ -85,6 +85,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipstream", description="Real-time lip-sync avatar server (StyleSync).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--mask", choices=("ushape", "pose"), default="ushape", help="lower-face mask (default ushape)"
     )
-    prepare.add_argument("--max-seconds", type=float, default=10.0, help="use at most this much of the video (10)")
-    prepare.add_argument("--smoothing", type=float, default=2.0, help="crop smoothing, Gaussian sigma in frames (2)")
+    prepare.add_argument(
+        "--max-seconds", type=positive_float, default=10.0, help="use at most this much of the video (10)"
+    )
+    prepare.add_argument(
+        "--smoothing", type=non_negative_float, default=2.0, help="crop smoothing, Gaussian sigma in frames (2)"
+    )
     prepare.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
     prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
