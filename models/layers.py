@@ -138,6 +138,35 @@ class StyleInputConv(nn.Module):
         return self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
 
 
+class Modulation(nn.Module):
+    """The style path of a modulated convolution: w -> style s, and the demodulation coefficients.
+
+    Its own module so that exporters can find it: an fp16 graph keeps these small [B, C] computations
+    (a square, a sum and a reciprocal square root per sample) in fp32.
+
+    fp16 headroom: s is normalised to unit RMS (after dividing by its largest entry, so the RMS itself
+    cannot overflow). Demodulation cancels any common scale of s, so the output is unchanged, but the
+    pre-demodulation activation conv(x * s, W) then has about the magnitude of x whatever the style's
+    magnitude, instead of growing with it.
+    """
+
+    def __init__(self, w_dim: int, in_ch: int, demodulate: bool) -> None:
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # StyleGAN2's "A": w -> style s
+        self.demodulate = demodulate
+
+    def forward(self, w: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # w: [B, w_dim]; weight: [out, in, k, k] the convolution's scaled weight.
+        # Returns s: [B, in] and demod: [B, out] (None without demodulation).
+        s = self.affine(w)
+        s = s / s.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-4)
+        s = normalize_2nd_moment(s)
+        if not self.demodulate:
+            return s, None
+        weight_sq = weight.square().sum(dim=(2, 3))  # [out, in]
+        return s, torch.rsqrt(s.square() @ weight_sq.t() + 1e-8)
+
+
 class ModulatedConv2d(nn.Module):
     """StyleGAN2 modulated convolution, in the shared-weight form that batches and exports.
 
@@ -145,46 +174,28 @@ class ModulatedConv2d(nn.Module):
     convolution runs with the shared weight W, and each output channel is scaled by
     demod = 1 / sqrt(sum_{i,k} (W_oik s_i)^2 + eps). This equals convolving with per-sample weights
     W_oik * s_i * demod_o (the grouped form, kept in `forward_grouped` as the readable reference).
-
-    fp16 headroom: s is normalised to unit RMS before use (after dividing by its largest entry, so the
-    RMS itself cannot overflow). Demodulation cancels any common scale of s, so the output is unchanged,
-    but the pre-demodulation activation conv(x * s, W) then has about the magnitude of x whatever the
-    style's magnitude, instead of growing with it.
     """
 
     def __init__(
         self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False
     ) -> None:
         super().__init__()
-        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # StyleGAN2's "A": w -> style s
+        self.modulation = Modulation(w_dim, in_ch, demodulate)
         self.conv = StyleInputConv(in_ch, out_ch, kernel, up)
-        self.demodulate = demodulate
         self.in_ch, self.out_ch = in_ch, out_ch
-
-    def styles(self, w: torch.Tensor) -> torch.Tensor:  # [B, w_dim] -> [B, in]
-        s = self.affine(w)
-        # Dividing by the largest entry first keeps s.square() finite in fp16 for any style size.
-        s = s / s.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-4)
-        return normalize_2nd_moment(s)
-
-    def demod_coefficients(self, s: torch.Tensor) -> torch.Tensor:  # [B, in] -> [B, out]
-        weight_sq = self.conv.scaled_weight().square().sum(dim=(2, 3))  # [out, in]
-        return torch.rsqrt(s.square() @ weight_sq.t() + 1e-8)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # x: [B, in, H, W] features; w: [B, w_dim] this layer's style vector.
-        s = self.styles(w)  # [B, in]
+        s, demod = self.modulation(w, self.conv.scaled_weight())  # [B, in], [B, out]
         out = self.conv(x * s[:, :, None, None])  # [B, out, H', W'] pre-demodulation
-        if self.demodulate:
-            out = out * self.demod_coefficients(s)[:, :, None, None]
-        return out
+        return out if demod is None else out * demod[:, :, None, None]
 
     def forward_grouped(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Reference form: build each sample's modulated weight and run a grouped convolution."""
         batch, _, height, width = x.shape
-        s = self.styles(w)  # [B, in]
+        s, _ = self.modulation(w, self.conv.scaled_weight())  # [B, in]
         weight = self.conv.scaled_weight()[None] * s[:, None, :, None, None]  # [B, out, in, k, k]
-        if self.demodulate:
+        if self.modulation.demodulate:
             weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
         x = x.reshape(1, batch * self.in_ch, height, width)
         k = self.conv.kernel

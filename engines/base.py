@@ -1,0 +1,74 @@
+"""One interface for every runtime: named float32 arrays in, named float32 arrays out, batch first."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built or loaded here; the message says what is missing."""
+
+
+class EngineInputError(ValueError):
+    """A feed that does not match the engine's inputs."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # without the batch axis
+
+
+class Engine(ABC):
+    """A compiled graph ("frame" or "face_encoder") of one model, identified by `model_id`."""
+
+    kind: str = "engine"
+
+    def __init__(
+        self, graph: str, model_id: str, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int
+    ) -> None:
+        self.graph, self.model_id = graph, model_id
+        self.inputs, self.outputs, self.max_batch = inputs, outputs, max_batch
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """feed: every input by name, [B, ...] float32 with one B. Returns every output by name."""
+        return self._run({spec.name: self._checked(spec, feed) for spec in self.inputs}, self._batch(feed))
+
+    @abstractmethod
+    def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Frees what the runtime holds; the engine is unusable afterwards."""
+
+    def _batch(self, feed: Mapping[str, np.ndarray]) -> int:
+        missing = [s.name for s in self.inputs if s.name not in feed]
+        if missing:
+            raise EngineInputError(f"{self.kind} {self.graph}: missing inputs {missing}; expected {self.input_names}")
+        batches = {np.shape(feed[s.name])[0] if np.ndim(feed[s.name]) else 0 for s in self.inputs}
+        if len(batches) != 1 or not 1 <= (batch := batches.pop()) <= self.max_batch:
+            raise EngineInputError(
+                f"{self.kind} {self.graph}: every input needs the same batch size, 1 to {self.max_batch}; got "
+                + ", ".join(f"{s.name}={np.shape(feed[s.name])}" for s in self.inputs)
+            )
+        return batch
+
+    def _checked(self, spec: TensorSpec, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        array = np.ascontiguousarray(feed[spec.name], dtype=np.float32)
+        if array.shape[1:] != spec.shape:
+            raise EngineInputError(
+                f"{self.kind} {self.graph}: input {spec.name} has shape {array.shape}, expected [B, "
+                f"{', '.join(map(str, spec.shape))}]"
+            )
+        return array
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]

@@ -1,0 +1,81 @@
+"""The two graphs that leave PyTorch, with their tensor names and shapes.
+
+- frame: mel window + cached face features -> generated region (E_a + mapping + G), run per video
+  frame by the real-time server.
+- face_encoder: masked target + reference -> the face features an avatar caches (E_face + dW head).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lipstream.models.config import ProfileConfig
+from lipstream.models.stylesync import StyleSync
+
+GRAPHS = ("frame", "face_encoder")
+
+
+def map_names(cfg: ProfileConfig) -> list[str]:
+    return [f"maps_{layer:02d}" for layer in range(cfg.num_layers)]
+
+
+class FrameGraph(nn.Module):
+    def __init__(self, model: StyleSync) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, mel: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor, maps: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        return self.model.render(mel, f_f, delta_w, list(maps))
+
+
+class FaceEncoderGraph(nn.Module):
+    def __init__(self, model: StyleSync) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, target: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        face = self.model.encode_face(target, reference, mask)
+        return (face.f_f, face.delta_w, *face.maps)
+
+
+def input_names(graph: str, cfg: ProfileConfig) -> list[str]:
+    return ["mel", "f_f", "delta_w", *map_names(cfg)] if graph == "frame" else ["target", "reference", "mask"]
+
+
+def output_names(graph: str, cfg: ProfileConfig) -> list[str]:
+    return ["region"] if graph == "frame" else ["f_f", "delta_w", *map_names(cfg)]
+
+
+def input_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
+    """Shapes without the batch axis, by input name."""
+    size = cfg.face_size
+    if graph == "face_encoder":
+        return {"target": [3, size, size], "reference": [3, size, size], "mask": [1, size, size]}
+    shapes = {"mel": [1, 80, 16], "f_f": [cfg.face_dim], "delta_w": [cfg.num_layers, cfg.w_dim]}
+    return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
+
+
+def output_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
+    if graph == "frame":
+        return {"region": [3, *cfg.output_shape]}
+    shapes = {"f_f": [cfg.face_dim], "delta_w": [cfg.num_layers, cfg.w_dim]}
+    return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
+
+
+def graph_module(graph: str, model: StyleSync) -> nn.Module:
+    return FrameGraph(model) if graph == "frame" else FaceEncoderGraph(model)
+
+
+def example_args(graph: str, model: StyleSync, batch: int = 2) -> tuple:
+    """Positional arguments for export; batch 2 so that the exporter does not freeze the batch axis."""
+    from lipstream.models.report import example_inputs
+
+    inputs = example_inputs(model.cfg, batch=batch)
+    if graph == "face_encoder":
+        return (inputs["target"], inputs["reference"], inputs["mask"])
+    with torch.no_grad():
+        face = model.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
+    return (inputs["mel"], face.f_f, face.delta_w, tuple(face.maps))
