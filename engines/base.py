@@ -33,16 +33,20 @@ class Engine(ABC):
     ) -> None:
         self.graph, self.model_id = graph, model_id
         self.inputs, self.outputs, self.max_batch = inputs, outputs, max_batch
+        self.closed = False
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """feed: every input by name, [B, ...] float32 with one B. Returns every output by name."""
+        if self.closed:
+            raise EngineError(f"{self.kind} {self.graph} engine was closed")
         return self._run({spec.name: self._checked(spec, feed) for spec in self.inputs}, self._batch(feed))
 
     @abstractmethod
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None:
-        """Frees what the runtime holds; the engine is unusable afterwards."""
+        """Frees what the runtime holds (subclasses extend this); the engine refuses to run afterwards."""
+        self.closed = True
 
     def _batch(self, feed: Mapping[str, np.ndarray]) -> int:
         missing = [s.name for s in self.inputs if s.name not in feed]
