@@ -39,7 +39,8 @@ class Engine(ABC):
         """feed: every input by name, [B, ...] float32 with one B. Returns every output by name."""
         if self.closed:
             raise EngineError(f"{self.kind} {self.graph} engine was closed")
-        return self._run({spec.name: self._checked(spec, feed) for spec in self.inputs}, self._batch(feed))
+        batch = self._batch(feed)
+        return self._run({spec.name: self._checked(spec, feed) for spec in self.inputs}, batch)
 
     @abstractmethod
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]: ...

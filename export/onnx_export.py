@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -165,7 +167,13 @@ def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
         dynamic = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(cfg.num_layers)))
     else:
         dynamic = ({0: batch}, {0: batch}, {0: batch})
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
+    # The exporter narrates its steps on stdout and warns about optional packages (torchvision) we do
+    # not use; neither helps a user, so both are kept out of the output.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             graph_module(graph, model),
             args,
@@ -177,6 +185,7 @@ def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
             external_data=False,
             dynamo=True,
         )
+    exporter_log.setLevel(level)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:

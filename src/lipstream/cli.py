@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lipstream.models.config import PROFILES
+from lipstream.paths import avatars_dir
 
 
 def _format_models(reports: dict[str, dict]) -> str:
@@ -85,6 +87,70 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.default import default_avatar
+    from lipstream.dsp import read_wav
+    from lipstream.export.onnx_export import export_onnx
+    from lipstream.export.parity import run_parity
+    from lipstream.models.weights import load_stylesync
+
+    if args.tensorrt:  # say what is missing before spending time on the export
+        from lipstream.engines import tensorrt_engine
+
+        tensorrt_engine.gpu_name()
+    result = export_onnx(
+        args.profile, weights=args.weights, out=args.out, fp16=args.fp16 or args.tensorrt, force=args.force
+    )
+    settings = result.settings
+    print(f"{'reused' if result.reused else 'exported'} {settings['model_id']} to {result.folder}")
+    model, model_id = load_stylesync(args.profile, args.weights)
+    if args.avatar:
+        path = Path(args.avatar) if Path(args.avatar).is_dir() else avatars_dir() / args.avatar
+        avatar = Avatar.load(path, model_id=model_id)
+    else:
+        avatar = default_avatar(args.profile)
+    speech = read_wav(args.speech)[0] if args.speech else read_wav(avatar.path / "audio.wav")[0]
+    report = run_parity(result.folder, settings, model, avatar, speech)
+    report["speech"] = args.speech or f"the avatar's template audio ({avatar.name})"
+    if args.tensorrt:
+        from lipstream.engines.select import open_engine
+
+        for graph in ("frame", "face_encoder"):
+            open_engine("tensorrt", result, graph, fp16=True).close()
+        report["tensorrt"] = "engines built"
+    (result.folder / "parity.json").write_text(json.dumps(report, indent=2))
+    frame = report["frame"]
+    print(
+        f"  parity, ONNX Runtime fp32 vs PyTorch: max abs error {frame['fp32_max_abs_error']:.2e} (frame graph), "
+        f"{report['face_encoder']['fp32_max_abs_error']:.2e} (face encoder)"
+    )
+    if "fp16_psnr_db" in frame:
+        print(f"  fp16 graph vs fp32: PSNR {frame['fp16_psnr_db']:.1f} dB, finite: {frame['fp16_finite']}")
+    print(f"  largest pre-demodulation activation: {frame['pre_demodulation_peak']:.2f}")
+    print(f"  report: {result.folder / 'parity.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lipstream.benchmarks.engine_bench import run_engine_bench
+
+    payload = run_engine_bench(
+        args.profile,
+        engines=tuple(args.engines.split(",")),
+        batches=tuple(int(b) for b in args.batches.split(",")),
+        runs=args.runs,
+        out_dir=Path(args.out),
+    )
+    from lipstream.benchmarks.engine_bench import markdown
+
+    print(markdown(payload))
+    print("\n".join(f"wrote {f}" for f in payload["files"]))
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -131,6 +197,35 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
     prepare.add_argument("--quiet", action="store_true", help="no progress display")
     prepare.set_defaults(func=cmd_prepare)
+
+    export = sub.add_parser("export", help="export a profile to ONNX (fp32, fp16) and TensorRT, with parity checks")
+    export.add_argument("--profile", choices=sorted(PROFILES), default="rt", help="model profile (default rt)")
+    export.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
+    export.add_argument("--fp16", action="store_true", help="also write fp16 graphs (style path kept in fp32)")
+    export.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16 engines (NVIDIA GPU)")
+    export.add_argument("--out", help="output folder (default: <cache>/exports/<model id>)")
+    export.add_argument("--force", action="store_true", help="export again even if the folder is up to date")
+    export.add_argument(
+        "--avatar", help="avatar (name or folder) whose features feed the parity check (default: the default avatar)"
+    )
+    export.add_argument(
+        "--speech", help="16-bit WAV whose mel windows feed the parity check (default: the avatar's audio)"
+    )
+    export.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser("bench", help="benchmarks that write JSON, a PNG plot and a markdown table")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    engine = bench_sub.add_parser("engine", help="per-frame graph latency and frames/s per engine and batch size")
+    engine.add_argument("--profile", choices=sorted(PROFILES), default="rt")
+    engine.add_argument(
+        "--engines",
+        default="onnxruntime,torch",
+        help="comma-separated: auto, tensorrt, onnxruntime-cuda, onnxruntime, torch",
+    )
+    engine.add_argument("--batches", default="1,2,4,8,16", help="comma-separated batch sizes")
+    engine.add_argument("--runs", type=int, default=30, help="timed calls per engine and batch (median and p95)")
+    engine.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and markdown")
+    engine.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -7,11 +7,23 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lipstream.avatars.errors import AvatarError
     from lipstream.dsp.mel import AudioInputError
     from lipstream.dsp.wav import WavFormatError
+    from lipstream.engines.base import EngineError, EngineInputError
+    from lipstream.export.onnx_export import ExportError
     from lipstream.models.config import UnknownProfileError
     from lipstream.models.weights import WeightsError
     from lipstream.paths import InvalidNameError
 
-    return (AvatarError, AudioInputError, WavFormatError, UnknownProfileError, WeightsError, InvalidNameError)
+    return (
+        AvatarError,
+        AudioInputError,
+        WavFormatError,
+        UnknownProfileError,
+        WeightsError,
+        InvalidNameError,
+        EngineError,
+        EngineInputError,
+        ExportError,
+    )
 
 
 USER_ERRORS = _user_errors()
