@@ -64,11 +64,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def region_to_crop(crop: np.ndarray, region: torch.Tensor) -> np.ndarray:
+def region_to_crop(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
     """The crop [S, S, 3] uint8 with its bottom rows replaced by a generated region [3, rows, S] in [-1, 1]."""
     canvas = crop.astype(np.float32)
     rows = region.shape[1]
-    canvas[-rows:] = ((region.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    canvas[-rows:] = ((np.clip(region, -1, 1) + 1) * 127.5).transpose(1, 2, 0)
     return canvas
 
 
@@ -274,7 +274,7 @@ def _render_frames(
         for offset, frame in enumerate(frames):
             i = start + offset
             write_jpeg(out / "frames" / f"{i:06d}.jpg", frame)
-            canvas = region_to_crop(crops[i], regions[offset])
+            canvas = region_to_crop(crops[i], regions[offset].numpy())
             idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0, crops[i])
             write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
         progress.step(len(frames))

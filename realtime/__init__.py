@@ -1,0 +1,1 @@
+"""The real-time server: sessions, the shared inference scheduler, compositing, media tracks, signaling."""

@@ -1,0 +1,52 @@
+"""The clocks the media path runs on. Nothing in realtime/ reads the time any other way.
+
+Pacing is by absolute deadlines (frame k at t0 + k / 25), never by sleeping a fixed period, so
+lateness never accumulates. Tests drive a FakeClock by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Returns at or after `deadline` (immediately if it has passed)."""
+        ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class FakeClock:
+    """Time moves only when `advance` is called; sleepers wake when their deadline is reached."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._changed = asyncio.Condition()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._now >= deadline)
+
+    async def advance(self, seconds: float) -> None:
+        async with self._changed:
+            self._now += seconds
+            self._changed.notify_all()
+        await asyncio.sleep(0)  # let the woken tasks run

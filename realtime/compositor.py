@@ -1,0 +1,77 @@
+"""What a running avatar needs in memory, and compositing a generated region onto its template frame.
+
+`AvatarAssets` is loaded once per avatar and shared by every session showing it: the cached
+face-encoder features (the engine's per-frame inputs), the paste transforms and masks, and decoded
+template and idle frames, kept in a bounded cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from threading import Lock
+
+import cv2
+import numpy as np
+
+from lipstream.avatars.align import paste_back
+from lipstream.avatars.avatar import Avatar
+from lipstream.avatars.prepare import region_to_crop
+
+FRAME_CACHE_BYTES = 512 * 1024 * 1024
+
+
+class AvatarAssets:
+    def __init__(self, avatar: Avatar, cache_bytes: int = FRAME_CACHE_BYTES) -> None:
+        self.avatar = avatar
+        self.loop = np.asarray(avatar.array("idle_loop.npy"))
+        self.transforms = np.asarray(avatar.array("transforms.npy"))
+        self.crops = avatar.array("crops.npy")
+        self.paste_masks = avatar.array("paste_masks.npy")
+        self.f_f = np.asarray(avatar.array("features/f_f.npy"), np.float32)
+        self.delta_w = np.asarray(avatar.array("features/delta_w.npy"), np.float32)
+        self.maps = avatar.feature_maps()
+        self.frame_size = tuple(avatar.manifest["frame_size"])  # (width, height)
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, cache_bytes
+        self._lock = Lock()  # compositing runs on worker threads
+
+    @property
+    def model_id(self) -> str:
+        return self.avatar.manifest["model_id"]
+
+    def features(self, index: int) -> dict[str, np.ndarray]:
+        """The frame graph's face inputs for template frame `index` (no batch axis)."""
+        feed = {"f_f": self.f_f[index], "delta_w": self.delta_w[index]}
+        for layer, maps in enumerate(self.maps):
+            feed[f"maps_{layer:02d}"] = np.asarray(maps[index], np.float32)
+        return feed
+
+    def template(self, index: int) -> np.ndarray:
+        return self._image("frames", index)
+
+    def idle(self, index: int) -> np.ndarray:
+        """Template frame `index` rendered with silence: what is shown while nobody speaks. [H, W, 3] uint8"""
+        return self._image("idle", index)
+
+    def composite(self, index: int, region: np.ndarray) -> np.ndarray:
+        """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`. [H, W, 3] uint8"""
+        crop = np.asarray(self.crops[index])
+        canvas = region_to_crop(crop, region)
+        weight = self.paste_masks[index].astype(np.float32) / 255.0
+        return paste_back(self.template(index), canvas, self.transforms[index], weight, crop)
+
+    def _image(self, kind: str, index: int) -> np.ndarray:
+        key = (kind, index)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        path = self.avatar.path / kind / f"{index:06d}.jpg"
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        with self._lock:
+            self._cache[key] = image
+            self._cache_bytes += image.nbytes
+            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+        return image

@@ -1,0 +1,76 @@
+"""Counters, gauges and histograms in the Prometheus text format (no client library needed)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help, self.value = name, help_text, 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter", f"{self.name} {self.value:g}"]
+
+
+class Gauge:
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self.name, self.help, self.read = name, help_text, read
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {self.read():g}"]
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.help, self.buckets = name, help_text, buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum, self.count = 0.0, 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {running}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        return [*lines, f"{self.name}_sum {self.sum:g}", f"{self.name}_count {self.count}"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.frames_generated = Counter("lipstream_frames_generated_total", "Frames whose mouth was generated")
+        self.frames_idle = Counter("lipstream_frames_idle_total", "Frames shown from the cached silent renderings")
+        self.frames_dropped = Counter("lipstream_frames_dropped_total", "Frames skipped because the machine was late")
+        self.inference_errors = Counter("lipstream_inference_errors_total", "Batches whose inference failed")
+        self.inference_seconds = Histogram(
+            "lipstream_inference_seconds",
+            "Time of one batched inference",
+            (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.1, 0.2, 0.5),
+        )
+        self.batch_size = Histogram("lipstream_batch_size", "Frames per inference batch", (1, 2, 4, 8, 16, 32, 64))
+        self.gauges: list[Gauge] = []
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self.gauges.append(Gauge(name, help_text, read))
+
+    def render(self) -> str:
+        parts = [
+            self.frames_generated,
+            self.frames_idle,
+            self.frames_dropped,
+            self.inference_errors,
+            self.inference_seconds,
+            self.batch_size,
+            *self.gauges,
+        ]
+        return "\n".join(line for part in parts for line in part.render()) + "\n"

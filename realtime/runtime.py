@@ -1,0 +1,51 @@
+"""Everything a process needs to run an avatar: the avatar's assets, an engine for its model, and a
+factory for the shared scheduler. Built once by `serve` and `render`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lipstream.avatars import Avatar
+from lipstream.avatars.default import default_avatar
+from lipstream.engines.base import Engine
+from lipstream.engines.select import check_model, open_engine
+from lipstream.export.onnx_export import export_onnx
+from lipstream.models.weights import load_stylesync
+from lipstream.paths import avatars_dir, check_name
+
+from .clock import Clock
+from .compositor import AvatarAssets
+from .metrics import Metrics
+from .scheduler import FrameScheduler
+
+
+@dataclass
+class Runtime:
+    assets: AvatarAssets
+    engine: Engine
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def scheduler(self, clock: Clock) -> FrameScheduler:
+        return FrameScheduler(self.engine, clock, self.metrics)
+
+
+def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
+    """An avatar by name (in the avatar folder) or path; None means the embedded default, prepared on first use."""
+    if name is None:
+        return default_avatar(profile)
+    path = Path(name)
+    if not path.is_dir():
+        path = avatars_dir() / check_name(name)
+    return Avatar.load(path, model_id=model_id)
+
+
+def build_runtime(
+    avatar: str | None = None, engine: str = "auto", profile: str = "rt", weights: str | None = None
+) -> Runtime:
+    model, model_id = load_stylesync(profile, weights)
+    loaded = load_avatar(avatar, profile, model_id)
+    export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))
+    runner = open_engine(engine, export, "frame", model=model)
+    check_model(runner, loaded.manifest["model_id"], loaded.name)
+    return Runtime(AvatarAssets(loaded), runner)

@@ -1,0 +1,180 @@
+"""One avatar session: audio in, frames out, on the LiveKit avatar-worker contract.
+
+    session.push_audio(samples)      16 kHz mono float32, any chunk size, as it arrives
+    session.end_of_input()           an utterance (a file, a TTS reply) is complete: play out its tail
+    session.clear_buffer()           interrupt: drop queued audio and pending frames, go idle
+    async for frame in session: ...  OutputFrame(number, image, audio), 25 per second
+
+Input audio becomes per-frame entries as soon as each frame's mel window is complete (the look-ahead):
+the window, the frame's own 640 samples, and whether it holds speech. The entries wait in a small
+jitter buffer; the shared scheduler takes one frame from every session per 40 ms tick (`plan`), runs
+inference for the speech frames of all sessions in one batch, and hands back images (`deliver`).
+A frame's audio leaves together with its image, so sound and mouth cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipstream.dsp import MelConfig, StreamingMelWindows
+
+from .audio_in import VoiceActivity
+from .compositor import AvatarAssets
+
+MAX_BUFFER_SECONDS = 30.0
+
+
+class BufferFullError(RuntimeError):
+    """Audio pushed much faster than real time: more than MAX_BUFFER_SECONDS is waiting."""
+
+
+@dataclass
+class FramePlan:
+    session: AvatarSession
+    index: int  # template frame shown
+    mel: np.ndarray | None  # [1, 80, 16] when the frame needs inference (speech), else None
+    audio: np.ndarray  # [640] float32, the audio leaving with this frame
+    from_input: bool  # the audio is the client's (else silence while idle)
+
+
+@dataclass
+class OutputFrame:
+    number: int  # session frame counter: RTP video timestamp 3600 * number, audio sample 640 * number
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    audio: np.ndarray  # [640] float32, 16 kHz
+    kind: str  # "speech" (generated), "idle" (cached silent rendering)
+
+
+@dataclass
+class _Entry:
+    window: np.ndarray  # [80, 16]
+    audio: np.ndarray  # [640]
+    speech: bool
+
+
+class AvatarSession:
+    def __init__(
+        self,
+        session_id: str,
+        assets: AvatarAssets,
+        mel_cfg: MelConfig | None = None,
+        jitter_frames: int = 1,
+        queue_frames: int = 25,
+    ) -> None:
+        self.id = session_id
+        self.assets = assets
+        self.mel_cfg = mel_cfg or MelConfig()
+        self.jitter_frames = jitter_frames
+        self._entries: deque[_Entry] = deque()
+        self._playing = False
+        self._ended = False
+        self._new_stream()
+        self._position = 0
+        self._number = 0
+        self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
+        self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0}
+        self.closed = False
+
+    # -- input side -------------------------------------------------------------------------------
+    def _new_stream(self) -> None:
+        self._mel = StreamingMelWindows(self.mel_cfg)
+        self._vad = VoiceActivity()
+        self._samples = np.zeros(0, np.float32)  # this stream's samples from _offset on
+        self._offset = 0
+
+    def push_audio(self, samples: np.ndarray) -> None:
+        """samples: [n] float32 mono at 16 kHz."""
+        if self._ended:  # a new utterance after end_of_input
+            self._new_stream()
+            self._ended = False
+        if len(self._entries) * self.mel_cfg.samples_per_frame > MAX_BUFFER_SECONDS * self.mel_cfg.sample_rate:
+            raise BufferFullError(
+                f"session {self.id}: more than {MAX_BUFFER_SECONDS:.0f} s of audio is waiting; push audio no faster "
+                "than about real time"
+            )
+        samples = np.asarray(samples, np.float32)
+        self._samples = np.concatenate([self._samples, samples])
+        self._vad.push(samples)
+        self._queue(self._mel.push(samples))
+
+    def end_of_input(self) -> None:
+        """The current utterance is complete; its last frames are released (their window is padded)."""
+        if not self._ended:
+            self._queue(self._mel.flush())
+            self._ended = True
+
+    def clear_buffer(self) -> None:
+        """Interrupt: queued audio and frames not yet shown are dropped; the next frame is idle."""
+        self._entries.clear()
+        self._playing = False
+        self._new_stream()
+        self._ended = False
+        while not self._out.empty():
+            self._out.get_nowait()
+
+    def _queue(self, batch: object) -> None:
+        cfg = self.mel_cfg
+        per_frame = cfg.samples_per_frame
+        for i, window in enumerate(batch.windows):
+            k = batch.first_frame + i
+            start = k * per_frame - self._offset
+            audio = self._samples[start : start + per_frame]
+            audio = np.pad(audio, (0, per_frame - len(audio)))
+            span_start = max(cfg.window_start(k) * cfg.hop_length - cfg.n_fft // 2, 0)
+            speech = self._vad.speech(span_start, cfg.samples_needed(k))
+            self._entries.append(_Entry(window, audio, speech))
+        keep_from = max(self._mel.next_frame * per_frame - cfg.n_fft, 0)  # samples later frames still need
+        if keep_from > self._offset:
+            self._samples = self._samples[keep_from - self._offset :]
+            self._offset = keep_from
+            self._vad.forget_before(max(keep_from - 2 * cfg.n_fft, 0))
+
+    # -- scheduler side ---------------------------------------------------------------------------
+    def plan(self) -> FramePlan:
+        """The next frame: the next buffered input frame if playing, else an idle frame with silence."""
+        loop = self.assets.loop
+        index = int(loop[self._position % len(loop)])
+        self._position += 1
+        if not self._playing and (len(self._entries) > self.jitter_frames or (self._ended and self._entries)):
+            self._playing = True
+        if self._playing and not self._entries:
+            self._playing = False
+            if not self._ended:
+                self.counts["underruns"] += 1
+        if not self._playing:
+            return FramePlan(self, index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False)
+        entry = self._entries.popleft()
+        return FramePlan(self, index, entry.window[None] if entry.speech else None, entry.audio, True)
+
+    def deliver(self, plan: FramePlan, image: np.ndarray) -> None:
+        kind = "speech" if plan.mel is not None else "idle"
+        self.counts[kind] += 1
+        if self._out.full():  # nobody is reading fast enough: drop the oldest frame, keep the newest
+            self._out.get_nowait()
+            self.counts["dropped"] += 1
+        self._out.put_nowait(OutputFrame(self._number, image, plan.audio, kind))
+        self._number += 1
+
+    # -- output side ------------------------------------------------------------------------------
+    async def next_frame(self) -> OutputFrame:
+        return await self._out.get()
+
+    def __aiter__(self) -> AvatarSession:
+        return self
+
+    async def __anext__(self) -> OutputFrame:
+        if self.closed:
+            raise StopAsyncIteration
+        return await self.next_frame()
+
+    @property
+    def buffered_frames(self) -> int:
+        return len(self._entries)
+
+    @property
+    def idle(self) -> bool:
+        return not self._playing and not self._entries
