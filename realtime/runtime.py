@@ -32,7 +32,7 @@ class Runtime:
 
 def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
     """An avatar by name (in the avatar folder) or path; None means the embedded default, prepared on first use."""
-    if name is None:
+    if name is None or name == "default":
         return default_avatar(profile)
     path = Path(name)
     if not path.is_dir():

@@ -78,6 +78,7 @@ class AvatarSession:
         self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
         self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0}
         self.closed = False
+        self._consumed = asyncio.Event()  # set whenever buffered input shrinks
 
     # -- input side -------------------------------------------------------------------------------
     def _new_stream(self) -> None:
@@ -107,8 +108,19 @@ class AvatarSession:
             self._queue(self._mel.flush())
             self._ended = True
 
+    async def wait_until_buffered_at_most(self, frames: int) -> None:
+        """Back-pressure for pushers faster than real time: returns once playback has caught up."""
+        while len(self._entries) > frames and not self.closed:
+            self._consumed.clear()
+            await self._consumed.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._consumed.set()
+
     def clear_buffer(self) -> None:
         """Interrupt: queued audio and frames not yet shown are dropped; the next frame is idle."""
+        self._consumed.set()
         self._entries.clear()
         self._playing = False
         self._new_stream()
@@ -148,6 +160,7 @@ class AvatarSession:
         if not self._playing:
             return FramePlan(self, index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False)
         entry = self._entries.popleft()
+        self._consumed.set()
         return FramePlan(self, index, entry.window[None] if entry.speech else None, entry.audio, True)
 
     def deliver(self, plan: FramePlan, image: np.ndarray) -> None:

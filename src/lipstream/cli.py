@@ -11,6 +11,8 @@ from pathlib import Path
 from lipstream.models.config import PROFILES
 from lipstream.paths import avatars_dir
 
+ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
+
 
 def _format_models(reports: dict[str, dict]) -> str:
     lines = []
@@ -151,6 +153,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from lipstream.realtime.runtime import build_runtime
+    from lipstream.realtime.server import ServerSettings, create_app
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
+    print(
+        f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
+        f"on http://{args.host}:{args.port}"
+    )
+    web.run_app(
+        create_app(runtime, ServerSettings(max_sessions=args.max_sessions)), host=args.host, port=args.port, print=None
+    )
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from lipstream.realtime.render import render
+    from lipstream.realtime.runtime import build_runtime
+
+    runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
+    result = render(runtime, args.audio, args.output)
+    print(
+        f"wrote {result.path}: {result.frames} frames ({result.speech_frames} generated), "
+        f"{result.frames / max(result.seconds, 1e-9):.1f} frames/s with {runtime.engine.kind}"
+    )
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -212,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--speech", help="16-bit WAV whose mel windows feed the parity check (default: the avatar's audio)"
     )
     export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="serve an avatar over WebRTC (default: the embedded avatar on the CPU)")
+    serve.add_argument("--avatar", help="avatar name or folder (default: the embedded default avatar)")
+    serve.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="inference engine (default auto)")
+    serve.add_argument("--profile", choices=sorted(PROFILES), default="rt")
+    serve.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
+    serve.set_defaults(func=cmd_serve)
+
+    render = sub.add_parser("render", help="the real-time pipeline without WebRTC: avatar + audio -> mp4")
+    render.add_argument("avatar", help="avatar name or folder ('default' for the embedded avatar)")
+    render.add_argument("audio", help="speech: any audio file FFmpeg reads")
+    render.add_argument("-o", "--output", required=True, help="output .mp4")
+    render.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
+    render.add_argument("--profile", choices=sorted(PROFILES), default="rt")
+    render.add_argument("--weights", help="model weights file")
+    render.set_defaults(func=cmd_render)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON, a PNG plot and a markdown table")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

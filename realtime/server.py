@@ -1,0 +1,357 @@
+"""`lipstream serve`: the aiohttp application (built by `create_app`, state in typed app keys).
+
+POST   /offer                        {sdp, type} -> answer {sdp, type, session_id} (aiortc's convention):
+                                     the peer's microphone drives the avatar it receives
+POST   /whip                         WHIP (RFC 9725) audio ingest: application/sdp -> 201 + Location
+DELETE /whip/{session}               ends that session
+POST   /whep/{session}               WHEP viewer of a session: application/sdp -> 201 + Location
+DELETE /whep/{session}/{viewer}      ends that viewer
+POST   /sessions/{session}/audio     streamed PCM (audio/pcm or application/octet-stream with ?rate=&channels=,
+                                     s16le) or audio/wav, for TTS systems; throttled to about real time
+POST   /sessions/{session}/interrupt drop queued audio and pending frames; idle within one frame
+DELETE /sessions/{session}           ends a session
+GET    /health, /metrics             status, and Prometheus metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import struct
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from .audio_in import AudioFormatError, Resampler
+from .clock import Clock, MonotonicClock
+from .runtime import Runtime
+from .scheduler import FPS, FrameScheduler
+from .session import AvatarSession
+from .tracks import Broadcast
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+@dataclass
+class ServerSettings:
+    max_sessions: int = 4  # admission control: more would push two cores below 25 fps
+    push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
+    jitter_frames: int = 1
+
+
+@dataclass
+class LiveSession:
+    session: AvatarSession
+    broadcast: Broadcast
+    peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+
+class ServerState:
+    def __init__(self, runtime: Runtime, settings: ServerSettings, clock: Clock) -> None:
+        self.runtime, self.settings, self.clock = runtime, settings, clock
+        self.scheduler: FrameScheduler = runtime.scheduler(clock)
+        self.live: dict[str, LiveSession] = {}
+        runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
+        runtime.metrics.gauge(
+            "lipstream_buffered_frames",
+            "Input frames waiting in all sessions' jitter buffers",
+            lambda: sum(s.session.buffered_frames for s in self.live.values()),
+        )
+
+    def open(self) -> LiveSession:
+        if len(self.live) >= self.settings.max_sessions:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps(
+                    {"error": f"the server is full ({self.settings.max_sessions} sessions); try again later"}
+                ),
+                content_type="application/json",
+                headers={"Retry-After": "5"},
+            )
+        session_id = secrets.token_urlsafe(16)
+        session = AvatarSession(session_id, self.runtime.assets, jitter_frames=self.settings.jitter_frames)
+        live = LiveSession(session, Broadcast(session))
+        self.live[session_id] = live
+        self.scheduler.add(session)
+        return live
+
+    def get(self, session_id: str) -> LiveSession:
+        live = self.live.get(session_id)
+        if live is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such session"}), content_type="application/json")
+        return live
+
+    async def close(self, session_id: str) -> None:
+        live = self.live.pop(session_id, None)
+        if live is None:
+            return
+        self.scheduler.remove(session_id)
+        live.session.close()
+        for task in live.tasks:
+            task.cancel()
+        for task in live.tasks:
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                await task
+        await live.broadcast.close()
+        peers, live.peers = list(live.peers.values()), {}
+        for pc in peers:
+            await pc.close()
+
+    def spawn(self, live: LiveSession, coroutine: object) -> None:
+        task = asyncio.create_task(coroutine)
+        live.tasks.add(task)
+        task.add_done_callback(live.tasks.discard)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
+    return status(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _ingest(live: LiveSession, track: object) -> None:
+    """Feeds a received WebRTC audio track into the session until the track ends."""
+    resampler = Resampler(48_000, 2)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        live.session.push_audio(resampler.push_frame(frame))
+
+
+async def _answer(
+    state: ServerState, live: LiveSession, offer: RTCSessionDescription, send: bool, ingest: bool
+) -> tuple[str, RTCPeerConnection]:
+    """Connects one peer to a session: it may send audio in (ingest), receive the avatar (send), or both."""
+    pc = RTCPeerConnection()
+    peer_id = secrets.token_urlsafe(8)
+    live.peers[peer_id] = pc
+
+    @pc.on("track")
+    def on_track(track: object) -> None:
+        if ingest and track.kind == "audio":
+            state.spawn(live, _ingest(live, track))
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            live.peers.pop(peer_id, None)
+            if ingest:
+                await state.close(live.session.id)
+            else:
+                live.broadcast.detach(peer_id)
+
+    try:
+        await pc.setRemoteDescription(offer)
+        if send:
+            video, audio = live.broadcast.attach(peer_id)
+            pc.addTrack(video)
+            pc.addTrack(audio)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, KeyError, TypeError) as err:
+        live.peers.pop(peer_id, None)
+        await pc.close()
+        raise _error(web.HTTPBadRequest, f"the SDP offer could not be used: {err}") from err
+    return peer_id, pc
+
+
+def _offer_from(text: str, kind: str = "offer") -> RTCSessionDescription:
+    if not text or len(text) > MAX_SDP_BYTES or not text.startswith("v=0"):
+        raise _error(web.HTTPBadRequest, f"expected an SDP {kind} (starting with 'v=0', at most {MAX_SDP_BYTES} bytes)")
+    return RTCSessionDescription(sdp=text, type=kind)
+
+
+async def offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+        sdp, kind = body["sdp"], body["type"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"}') from err
+    if kind != "offer" or not isinstance(sdp, str):
+        raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"}')
+    description = _offer_from(sdp)
+    live = state.open()
+    try:
+        _, pc = await _answer(state, live, description, send=True, ingest=True)
+    except web.HTTPException:
+        await state.close(live.session.id)
+        raise
+    local = pc.localDescription
+    return web.json_response({"sdp": local.sdp, "type": local.type, "session_id": live.session.id})
+
+
+async def whip(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.content_type != "application/sdp":
+        raise _error(web.HTTPUnsupportedMediaType, "WHIP expects Content-Type: application/sdp")
+    description = _offer_from(await request.text())
+    live = state.open()
+    try:
+        _, pc = await _answer(state, live, description, send=False, ingest=True)
+    except web.HTTPException:
+        await state.close(live.session.id)
+        raise
+    location = f"/whip/{live.session.id}"
+    return web.Response(
+        status=201,
+        text=pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": location, "X-Session-Id": live.session.id},
+    )
+
+
+async def whep(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    live = state.get(request.match_info["session"])
+    if request.content_type != "application/sdp":
+        raise _error(web.HTTPUnsupportedMediaType, "WHEP expects Content-Type: application/sdp")
+    peer_id, pc = await _answer(state, live, _offer_from(await request.text()), send=True, ingest=False)
+    return web.Response(
+        status=201,
+        text=pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": f"/whep/{live.session.id}/{peer_id}"},
+    )
+
+
+async def end_whep(request: web.Request) -> web.Response:
+    live = request.app[STATE].get(request.match_info["session"])
+    pc = live.peers.pop(request.match_info["viewer"], None)
+    if pc is None:
+        raise _error(web.HTTPNotFound, "no such viewer")
+    live.broadcast.detach(request.match_info["viewer"])
+    await pc.close()
+    return web.Response(status=200)
+
+
+async def end_session(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.get(request.match_info["session"])
+    await state.close(request.match_info["session"])
+    return web.Response(status=200)
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    live = request.app[STATE].get(request.match_info["session"])
+    live.session.clear_buffer()
+    live.broadcast.clear()
+    return web.json_response({"interrupted": True})
+
+
+def _pcm_format(request: web.Request) -> tuple[bool, int, int]:
+    """(is_wav, rate, channels) from the Content-Type and query."""
+    kind = request.content_type
+    if kind in ("audio/wav", "audio/x-wav", "audio/wave"):
+        return True, 0, 0
+    if kind not in ("audio/pcm", "application/octet-stream"):
+        raise _error(
+            web.HTTPUnsupportedMediaType,
+            "send audio/wav, or raw s16le PCM as audio/pcm or application/octet-stream with ?rate=&channels=",
+        )
+    try:
+        rate = int(request.query["rate"])
+        channels = int(request.query.get("channels", "1"))
+    except (KeyError, ValueError) as err:
+        raise _error(web.HTTPBadRequest, "raw PCM needs ?rate=<Hz> (and optionally &channels=1|2)") from err
+    return False, rate, channels
+
+
+async def _wav_header(stream: web.StreamReader) -> tuple[int, int]:
+    """Reads a PCM WAV header off the stream; returns (rate, channels), leaving the stream at the samples."""
+    try:
+        riff = await stream.readexactly(12)
+        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            raise _error(web.HTTPBadRequest, "not a WAV stream (no RIFF/WAVE header)")
+        rate = channels = 0
+        while True:
+            chunk_id, size = struct.unpack("<4sI", await stream.readexactly(8))
+            if chunk_id == b"data":
+                if not rate:
+                    raise _error(web.HTTPBadRequest, "WAV data before its fmt chunk")
+                return rate, channels
+            if size > 1 << 16:
+                raise _error(web.HTTPBadRequest, f"WAV header chunk {chunk_id!r} of {size} bytes is too large")
+            payload = await stream.readexactly(size + size % 2)
+            if chunk_id == b"fmt ":
+                audio_format, channels, rate, _, _, bits = struct.unpack("<HHIIHH", payload[:16])
+                if audio_format != 1 or bits != 16:
+                    raise _error(
+                        web.HTTPUnsupportedMediaType,
+                        f"WAV format {audio_format}, {bits} bits; send 16-bit PCM (format 1)",
+                    )
+    except asyncio.IncompleteReadError as err:
+        raise _error(web.HTTPBadRequest, "the WAV header is truncated") from err
+
+
+async def push_audio(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    live = state.get(request.match_info["session"])
+    is_wav, rate, channels = _pcm_format(request)
+    if is_wav:
+        rate, channels = await _wav_header(request.content)
+    try:
+        resampler = Resampler(rate, channels)
+    except AudioFormatError as err:
+        raise _error(web.HTTPBadRequest, str(err)) from err
+    received = 0
+    ahead = round(state.settings.push_ahead_seconds * FPS)
+    async for chunk in request.content.iter_chunked(4096):
+        live.session.push_audio(resampler.push_bytes(chunk))
+        received += len(chunk)
+        await live.session.wait_until_buffered_at_most(ahead)  # throttles a pusher faster than real time
+    live.session.end_of_input()
+    return web.json_response({"seconds": received / (2 * channels * rate)})
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    runtime = state.runtime
+    return web.json_response(
+        {
+            "status": "ok",
+            "sessions": len(state.live),
+            "max_sessions": state.settings.max_sessions,
+            "avatar": runtime.assets.avatar.name,
+            "engine": runtime.engine.kind,
+            "model_id": runtime.engine.model_id,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[STATE].runtime.metrics.render(), content_type="text/plain")
+
+
+def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: Clock | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_SDP_BYTES)
+    state = ServerState(runtime, settings or ServerSettings(), clock or MonotonicClock())
+    app[STATE] = state
+    app.router.add_post("/offer", offer)
+    app.router.add_post("/whip", whip)
+    app.router.add_delete("/whip/{session}", end_session)
+    app.router.add_post("/whep/{session}", whep)
+    app.router.add_delete("/whep/{session}/{viewer}", end_whep)
+    app.router.add_post("/sessions/{session}/audio", push_audio)
+    app.router.add_post("/sessions/{session}/interrupt", interrupt)
+    app.router.add_delete("/sessions/{session}", end_session)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+
+    async def start(_app: web.Application) -> None:
+        state.scheduler.start()
+
+    async def stop(_app: web.Application) -> None:
+        for session_id in list(state.live):
+            await state.close(session_id)
+        await state.scheduler.stop()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return app

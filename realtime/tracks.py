@@ -1,0 +1,110 @@
+"""Media tracks: a session's frames as an aiortc video track (25 fps, RTP timestamp 3600 k) and audio
+track (20 ms frames, the same samples that entered, delayed exactly as much as the video), fanned out
+to every peer that watches the session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+
+from .session import AvatarSession, OutputFrame
+
+VIDEO_CLOCK = 90_000
+AUDIO_RATE = 16_000
+AUDIO_CHUNK = 320  # 20 ms
+
+
+class _QueueTrack(MediaStreamTrack):
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=depth)
+
+    def offer(self, frame: OutputFrame) -> None:
+        if self.queue.full():  # a slow peer loses its oldest frame, never holds up the others
+            self.queue.get_nowait()
+        self.queue.put_nowait(frame)
+
+    def clear(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+class AvatarVideoTrack(_QueueTrack):
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__(depth=4)
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await self.queue.get()
+        picture = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        picture.pts = frame.number * (VIDEO_CLOCK // 25)
+        picture.time_base = Fraction(1, VIDEO_CLOCK)
+        return picture
+
+
+class AvatarAudioTrack(_QueueTrack):
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__(depth=8)
+        self._pending: list[tuple[int, np.ndarray]] = []  # (first sample index, samples)
+
+    async def recv(self) -> av.AudioFrame:
+        if not self._pending:
+            frame = await self.queue.get()
+            samples = (np.clip(frame.audio, -1, 1) * 32767).astype(np.int16)
+            first = frame.number * len(frame.audio)
+            self._pending = [(first + i, samples[i : i + AUDIO_CHUNK]) for i in range(0, len(samples), AUDIO_CHUNK)]
+        start, chunk = self._pending.pop(0)
+        sound = av.AudioFrame.from_ndarray(chunk[None], format="s16", layout="mono")
+        sound.sample_rate = AUDIO_RATE
+        sound.pts = start
+        sound.time_base = Fraction(1, AUDIO_RATE)
+        return sound
+
+    def clear(self) -> None:
+        super().clear()
+        self._pending = []
+
+
+class Broadcast:
+    """Reads a session's frames and hands each to every attached (video, audio) track pair."""
+
+    def __init__(self, session: AvatarSession) -> None:
+        self.session = session
+        self.viewers: dict[str, tuple[AvatarVideoTrack, AvatarAudioTrack]] = {}
+        self._task = asyncio.create_task(self._pump(), name=f"broadcast-{session.id}")
+
+    def attach(self, viewer_id: str) -> tuple[AvatarVideoTrack, AvatarAudioTrack]:
+        tracks = (AvatarVideoTrack(), AvatarAudioTrack())
+        self.viewers[viewer_id] = tracks
+        return tracks
+
+    def detach(self, viewer_id: str) -> None:
+        for track in self.viewers.pop(viewer_id, ()):
+            track.stop()
+
+    def clear(self) -> None:
+        for pair in self.viewers.values():
+            for track in pair:
+                track.clear()
+
+    async def _pump(self) -> None:
+        while True:
+            frame = await self.session.next_frame()
+            for video, audio in list(self.viewers.values()):
+                video.offer(frame)
+                audio.offer(frame)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for viewer_id in list(self.viewers):
+            self.detach(viewer_id)
