@@ -91,9 +91,10 @@ class ServerState:
             return
         self.scheduler.remove(session_id)
         live.session.close()
-        for task in live.tasks:
+        tasks, live.tasks = list(live.tasks), set()
+        for task in tasks:
             task.cancel()
-        for task in live.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
                 await task
         await live.broadcast.close()

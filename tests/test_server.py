@@ -81,6 +81,7 @@ class Viewer:
         self.frames: list[tuple[float, np.ndarray]] = []
         self.audio: list[tuple[float, np.ndarray]] = []
         self.tasks: list[asyncio.Task] = []
+        self.arrived = asyncio.Event()
 
         @self.pc.on("track")
         def on_track(track: object) -> None:
@@ -92,6 +93,7 @@ class Viewer:
                 frame = await track.recv()
                 if track.kind == "video":
                     self.frames.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
+                    self.arrived.set()
                 else:
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
                     self.audio.append((time.monotonic(), pcm.astype(np.float32) / 32768))
@@ -120,11 +122,14 @@ async def connect(http: aiohttp.ClientSession, base: str, viewer: Viewer, send_a
     return answer["session_id"]
 
 
-async def wait_for_frames(viewer: Viewer, count: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(viewer.frames) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert len(viewer.frames) >= count, f"only {len(viewer.frames)} frames arrived"
+async def wait_for_frames(viewer: Viewer, count: int) -> None:
+    try:
+        async with asyncio.timeout(30):
+            while len(viewer.frames) < count:
+                viewer.arrived.clear()
+                await viewer.arrived.wait()
+    except TimeoutError:
+        pytest.fail(f"only {len(viewer.frames)} of {count} frames arrived in 30 s")
 
 
 def fps(frames: list[tuple[float, np.ndarray]]) -> float:
@@ -163,5 +168,137 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         first_video = next(t for (t, _), s in zip(viewer.frames, speaking, strict=True) if s)
         first_audio = next(t for t, pcm in viewer.audio if np.abs(pcm).max() > 0.05)
         assert abs(first_video - first_audio) <= 0.12
+
+    asyncio.run(scenario())
+
+
+async def push_wav(http: aiohttp.ClientSession, base: str, session_id: str, path: Path) -> dict:
+    data = await asyncio.to_thread(path.read_bytes)
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 8192):  # streamed, as a TTS engine would
+            yield data[start : start + 8192]
+
+    async with http.post(
+        f"{base}/sessions/{session_id}/audio", data=body(), headers={"Content-Type": "audio/wav"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, speech_then_silence: Path) -> None:
+    async def scenario() -> None:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            viewer = Viewer()
+            session_id = await connect(http, base, viewer)
+            await wait_for_frames(viewer, 10)
+            push = asyncio.create_task(push_wav(http, base, session_id, speech_then_silence))
+            async with asyncio.timeout(20):
+                while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < 8.0:
+                    viewer.arrived.clear()
+                    await viewer.arrived.wait()
+            await wait_for_frames(viewer, len(viewer.frames) + 5)  # speaking now
+            async with http.post(f"{base}/sessions/{session_id}/interrupt") as response:
+                assert response.status == 200
+                interrupted_at = time.monotonic()
+            await wait_for_frames(viewer, len(viewer.frames) + 20)
+            pushed = await push
+            await viewer.close()
+        after = [(t, mouth_change(runtime, image)) for t, image in viewer.frames if t > interrupted_at]
+        assert pushed["seconds"] == pytest.approx(4.5, abs=0.01)
+        # Frames already on their way may still show speech; within 3 frames (120 ms) the avatar is idle.
+        first_idle = next(t for t, change in after if change < 8.0)
+        assert first_idle - interrupted_at <= 0.12
+        assert all(change < 8.0 for t, change in after if t > first_idle)
+
+    asyncio.run(scenario())
+
+
+def test_two_sessions_at_once_each_get_25_fps(runtime: Runtime, speech_then_silence: Path) -> None:
+    async def scenario() -> None:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            viewers = [Viewer(), Viewer()]
+            for viewer in viewers:
+                await connect(http, base, viewer, send_audio=MediaPlayer(str(speech_then_silence)).audio)
+            await asyncio.gather(*(wait_for_frames(v, 100) for v in viewers))
+            for viewer in viewers:
+                await viewer.close()
+        for viewer in viewers:
+            assert 22.0 <= fps(viewer.frames[10:]) <= 28.0
+            assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+
+    asyncio.run(scenario())
+
+
+def test_whip_ingest_and_whep_viewer(runtime: Runtime, speech_then_silence: Path) -> None:
+    async def scenario() -> None:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            sender = RTCPeerConnection()
+            sender.addTrack(MediaPlayer(str(speech_then_silence)).audio)
+            await sender.setLocalDescription(await sender.createOffer())
+            async with http.post(
+                f"{base}/whip", data=sender.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+            ) as response:
+                assert response.status == 201 and response.content_type == "application/sdp"
+                location = response.headers["Location"]
+                await sender.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+            session_id = location.rsplit("/", 1)[1]
+            viewer = Viewer()
+            offer = await viewer.offer()
+            async with http.post(
+                f"{base}/whep/{session_id}", data=offer, headers={"Content-Type": "application/sdp"}
+            ) as response:
+                assert response.status == 201
+                viewer_location = response.headers["Location"]
+                await viewer.pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+            await wait_for_frames(viewer, 75)
+            async with http.delete(f"{base}{viewer_location}") as response:
+                assert response.status == 200
+            async with http.delete(f"{base}{location}") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/health") as response:
+                assert (await response.json())["sessions"] == 0
+            await viewer.close()
+            await sender.close()
+        assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+
+    asyncio.run(scenario())
+
+
+def test_bad_requests_get_clear_4xx(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with serving(runtime, max_sessions=1) as base, aiohttp.ClientSession() as http:
+
+            async def status(method: str, path: str, **kwargs: object) -> tuple[int, str]:
+                async with http.request(method, f"{base}{path}", **kwargs) as response:
+                    return response.status, await response.text()
+
+            assert (await status("POST", "/offer", data="nonsense"))[0] == 400
+            code, text = await status("POST", "/offer", json={"sdp": "hello", "type": "offer"})
+            assert code == 400 and "SDP offer" in text
+            assert (await status("POST", "/whip", data="v=0", headers={"Content-Type": "text/plain"}))[0] == 415
+            assert (await status("POST", "/sessions/nope/interrupt"))[0] == 404
+            viewer = Viewer()
+            session_id = await connect(http, base, viewer)
+            code, text = await status("POST", "/offer", json={"sdp": await Viewer().offer(), "type": "offer"})
+            assert code == 503 and "full" in text
+            audio = f"/sessions/{session_id}/audio"
+            assert (await status("POST", audio, data=b"x", headers={"Content-Type": "text/plain"}))[0] == 415
+            code, text = await status("POST", audio, data=b"\0\0", headers={"Content-Type": "audio/pcm"})
+            assert code == 400 and "rate" in text
+            code, text = await status("POST", audio + "?rate=5", data=b"\0\0", headers={"Content-Type": "audio/pcm"})
+            assert code == 400 and "8000..192000" in text
+            code, text = await status("POST", audio, data=b"RIFF\0\0", headers={"Content-Type": "audio/wav"})
+            assert code == 400 and "truncated" in text
+            code, _ = await status(
+                "POST", audio + "?rate=16000", data=b"\1" * 3201, headers={"Content-Type": "audio/pcm"}
+            )
+            assert code == 200, "an odd trailing byte is not an error"
+            async with http.get(f"{base}/metrics") as response:
+                text = await response.text()
+            assert "lipstream_frames_idle_total" in text and "lipstream_sessions 1" in text
+            assert (await status("DELETE", f"/sessions/{session_id}"))[0] == 200
+            assert (await status("DELETE", f"/sessions/{session_id}"))[0] == 404
+            await viewer.close()
 
     asyncio.run(scenario())
