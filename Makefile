@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: run test install
 
 run: install
-	$(BIN)/lipstream models --latency 10
+	$(BIN)/lipstream serve
 
 test: install
 	$(BIN)/ruff check .

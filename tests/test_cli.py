@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,56 @@ def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "avatar 'photo' ready" in result.stdout and "1 frames" in result.stdout
     assert (tmp_path / "photo" / "manifest.json").is_file() and sheet.stat().st_size > 10_000
+
+
+def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, shared_data: Path) -> None:
+    import av
+
+    source = shared_data / "speech" / "espeak_en.wav"
+    out = tmp_path / "out.mp4"
+    result = subprocess.run(
+        [str(LIPSTREAM), "render", "default", str(source), "-o", str(out), "--engine", "onnxruntime"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "LIPSTREAM_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        assert container.streams.audio[0].sample_rate == 16_000
+    assert frames == 117_406 // 640  # every whole 40 ms of the 7.3 s of speech
+    assert f"wrote {out}: {frames} frames" in result.stdout
+
+
+def test_serve_answers_health_on_its_port(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(LIPSTREAM), "serve", "--port", str(port), "--engine", "onnxruntime"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LIPSTREAM_CACHE": str(tmp_path / "cache")},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    health = json.loads(response.read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        assert health["status"] == "ok" and health["avatar"] == "default-rt" and health["engine"] == "onnxruntime"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
