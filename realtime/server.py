@@ -139,6 +139,13 @@ async def _answer(
         if ingest and track.kind == "audio":
             state.spawn(live, _ingest(live, track))
 
+    @pc.on("datachannel")
+    def on_datachannel(channel: object) -> None:
+        @channel.on("message")
+        def on_message(message: object) -> None:
+            if message == "interrupt" or (isinstance(message, str) and '"interrupt"' in message):
+                _interrupt(live)
+
     @pc.on("connectionstatechange")
     async def on_state() -> None:
         if pc.connectionState in ("failed", "closed"):
@@ -239,11 +246,42 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def interrupt(request: web.Request) -> web.Response:
-    live = request.app[STATE].get(request.match_info["session"])
+def _interrupt(live: LiveSession) -> None:
     live.session.clear_buffer()
     live.broadcast.clear()
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    _interrupt(request.app[STATE].get(request.match_info["session"]))
     return web.json_response({"interrupted": True})
+
+
+async def audio_socket(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket audio: binary messages are s16le PCM at ?rate= (&channels=); text "end" closes an
+    utterance, "interrupt" interrupts. Each binary message is acknowledged with the seconds buffered."""
+    state = request.app[STATE]
+    live = state.get(request.match_info["session"])
+    try:
+        resampler = Resampler(int(request.query["rate"]), int(request.query.get("channels", "1")))
+    except (KeyError, ValueError) as err:
+        raise _error(web.HTTPBadRequest, "the audio WebSocket needs ?rate=<Hz> (and optionally &channels=1|2)") from err
+    except AudioFormatError as err:
+        raise _error(web.HTTPBadRequest, str(err)) from err
+    socket = web.WebSocketResponse(max_msg_size=1 << 20)
+    await socket.prepare(request)
+    ahead = round(state.settings.push_ahead_seconds * FPS)
+    async for message in socket:
+        if message.type == web.WSMsgType.BINARY:
+            live.session.push_audio(resampler.push_bytes(message.data))
+            await live.session.wait_until_buffered_at_most(ahead)
+            await socket.send_json({"buffered_seconds": live.session.buffered_frames / FPS})
+        elif message.type == web.WSMsgType.TEXT and message.data == "end":
+            live.session.end_of_input()
+        elif message.type == web.WSMsgType.TEXT and message.data == "interrupt":
+            _interrupt(live)
+        elif message.type == web.WSMsgType.TEXT:
+            await socket.send_json({"error": 'send binary s16le PCM, or the text "end" or "interrupt"'})
+    return socket
 
 
 def _pcm_format(request: web.Request) -> tuple[bool, int, int]:
@@ -341,6 +379,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app.router.add_delete("/whep/{session}/{viewer}", end_whep)
     app.router.add_post("/sessions/{session}/audio", push_audio)
     app.router.add_post("/sessions/{session}/interrupt", interrupt)
+    app.router.add_get("/sessions/{session}/ws", audio_socket)
     app.router.add_delete("/sessions/{session}", end_session)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -302,3 +302,32 @@ def test_bad_requests_get_clear_4xx(runtime: Runtime) -> None:
             await viewer.close()
 
     asyncio.run(scenario())
+
+
+def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np.ndarray) -> None:
+    async def scenario() -> None:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            viewer = Viewer()
+            channel = viewer.pc.createDataChannel("control")
+            session_id = await connect(http, base, viewer)
+            pcm = (speech[8000:40000] * 32767).astype("<i2").tobytes()
+            async with http.ws_connect(f"{base}/sessions/{session_id}/ws?rate=16000") as socket:
+                for start in range(0, len(pcm), 3200):  # 100 ms messages
+                    await socket.send_bytes(pcm[start : start + 3200])
+                    reply = await socket.receive_json()
+                    assert reply["buffered_seconds"] >= 0
+                await socket.send_str("end")
+                await socket.send_str("hello")
+                assert "error" in await socket.receive_json()
+                async with asyncio.timeout(20):
+                    while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < 8.0:
+                        viewer.arrived.clear()
+                        await viewer.arrived.wait()
+                channel.send("interrupt")
+                interrupted_at = time.monotonic()
+                await wait_for_frames(viewer, len(viewer.frames) + 15)
+            await viewer.close()
+        after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at + 0.12]
+        assert after and max(after) < 8.0, "the data-channel interrupt took the avatar idle"
+
+    asyncio.run(scenario())
