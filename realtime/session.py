@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipstream.dsp import MelConfig, StreamingMelWindows
+from lipstream.dsp import MelConfig, StreamingMelWindows, WindowBatch
 
 from .audio_in import VoiceActivity
 from .compositor import AvatarAssets
@@ -128,7 +128,7 @@ class AvatarSession:
         while not self._out.empty():
             self._out.get_nowait()
 
-    def _queue(self, batch: object) -> None:
+    def _queue(self, batch: WindowBatch) -> None:
         cfg = self.mel_cfg
         per_frame = cfg.samples_per_frame
         for i, window in enumerate(batch.windows):
