@@ -3,6 +3,7 @@ factory for the shared scheduler. Built once by `serve` and `render`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,37 @@ from .scheduler import FrameScheduler
 
 @dataclass
 class Runtime:
-    assets: AvatarAssets
+    assets: AvatarAssets  # the avatar served by default
     engine: Engine
     metrics: Metrics = field(default_factory=Metrics)
+    loaded: dict[str, AvatarAssets] = field(default_factory=dict)
+    samples_dir: Path | None = None  # speech files the browser client may play through its connection
 
     def scheduler(self, clock: Clock) -> FrameScheduler:
         return FrameScheduler(self.engine, clock, self.metrics)
+
+    def avatar_names(self) -> list[str]:
+        """The default avatar, then every prepared avatar made for the engine's model."""
+        names = [self.assets.avatar.name]
+        folder = avatars_dir()
+        if folder.is_dir():
+            for manifest in sorted(folder.glob("*/manifest.json")):
+                try:
+                    model_id = json.loads(manifest.read_text()).get("model_id")
+                except (OSError, ValueError):
+                    continue
+                if model_id == self.engine.model_id and manifest.parent.name not in names:
+                    names.append(manifest.parent.name)
+        return names
+
+    def assets_for(self, name: str | None) -> AvatarAssets:
+        """The assets of an avatar by name, loaded and verified on first use (blocking: call off the loop)."""
+        if name is None or name == self.assets.avatar.name:
+            return self.assets
+        if name not in self.loaded:
+            avatar = Avatar.load(avatars_dir() / check_name(name), model_id=self.engine.model_id)
+            self.loaded[name] = AvatarAssets(avatar)
+        return self.loaded[name]
 
 
 def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
@@ -41,11 +67,15 @@ def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = No
 
 
 def build_runtime(
-    avatar: str | None = None, engine: str = "auto", profile: str = "rt", weights: str | None = None
+    avatar: str | None = None,
+    engine: str = "auto",
+    profile: str = "rt",
+    weights: str | None = None,
+    samples_dir: str | Path | None = None,
 ) -> Runtime:
     model, model_id = load_stylesync(profile, weights)
     loaded = load_avatar(avatar, profile, model_id)
     export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))
     runner = open_engine(engine, export, "frame", model=model)
     check_model(runner, loaded.manifest["model_id"], loaded.name)
-    return Runtime(AvatarAssets(loaded), runner)
+    return Runtime(AvatarAssets(loaded), runner, samples_dir=Path(samples_dir) if samples_dir else None)

@@ -8,9 +8,13 @@ POST   /whep/{session}               WHEP viewer of a session: application/sdp -
 DELETE /whep/{session}/{viewer}      ends that viewer
 POST   /sessions/{session}/audio     streamed PCM (audio/pcm or application/octet-stream with ?rate=&channels=,
                                      s16le) or audio/wav, for TTS systems; throttled to about real time
+GET    /sessions/{session}/ws        the same as a WebSocket: binary PCM messages, "end", "interrupt"
 POST   /sessions/{session}/interrupt drop queued audio and pending frames; idle within one frame
+                                     (also the message "interrupt" on a data channel of the peer)
 DELETE /sessions/{session}           ends a session
 GET    /health, /metrics             status, and Prometheus metrics
+GET    /, /static/*                  the browser demo client (web_client/)
+GET    /avatars, /samples[/{name}]   avatars that can be chosen, speech samples the page can play
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import json
 import secrets
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+
+from lipstream.avatars.errors import AvatarError
+from lipstream.dsp import MelConfig
+from lipstream.paths import InvalidNameError
+from lipstream.web_client import ROOT as WEB_CLIENT
 
 from .audio_in import AudioFormatError, Resampler
 from .clock import Clock, MonotonicClock
@@ -56,6 +66,9 @@ class ServerState:
         self.runtime, self.settings, self.clock = runtime, settings, clock
         self.scheduler: FrameScheduler = runtime.scheduler(clock)
         self.live: dict[str, LiveSession] = {}
+        # What the pipeline adds between audio in and mouth out, before the network: the mel window's
+        # look-ahead, the jitter buffer, and one tick for inference and compositing.
+        self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
         runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
         runtime.metrics.gauge(
             "lipstream_buffered_frames",
@@ -63,7 +76,7 @@ class ServerState:
             lambda: sum(s.session.buffered_frames for s in self.live.values()),
         )
 
-    def open(self) -> LiveSession:
+    async def open(self, avatar: str | None = None) -> LiveSession:
         if len(self.live) >= self.settings.max_sessions:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps(
@@ -72,8 +85,12 @@ class ServerState:
                 content_type="application/json",
                 headers={"Retry-After": "5"},
             )
+        try:
+            assets = await asyncio.to_thread(self.runtime.assets_for, avatar)
+        except (AvatarError, InvalidNameError) as err:
+            raise _error(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
         session_id = secrets.token_urlsafe(16)
-        session = AvatarSession(session_id, self.runtime.assets, jitter_frames=self.settings.jitter_frames)
+        session = AvatarSession(session_id, assets, jitter_frames=self.settings.jitter_frames)
         live = LiveSession(session, Broadcast(session))
         self.live[session_id] = live
         self.scheduler.add(session)
@@ -109,6 +126,32 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_CLIENT / "index.html")
+
+
+async def list_avatars(request: web.Request) -> web.Response:
+    names = await asyncio.to_thread(request.app[STATE].runtime.avatar_names)
+    return web.json_response({"avatars": names})
+
+
+def _samples(state: ServerState) -> dict[str, Path]:
+    folder = state.runtime.samples_dir
+    return {p.name: p for p in sorted(folder.glob("*.wav"))} if folder and folder.is_dir() else {}
+
+
+async def list_samples(request: web.Request) -> web.Response:
+    return web.json_response({"samples": list(await asyncio.to_thread(_samples, request.app[STATE]))})
+
+
+async def sample(request: web.Request) -> web.FileResponse:
+    files = await asyncio.to_thread(_samples, request.app[STATE])
+    path = files.get(request.match_info["name"])  # only names listed: no path reaches outside the folder
+    if path is None:
+        raise _error(web.HTTPNotFound, "no such sample")
+    return web.FileResponse(path)
 
 
 def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -182,10 +225,11 @@ async def offer(request: web.Request) -> web.Response:
         sdp, kind = body["sdp"], body["type"]
     except (ValueError, KeyError, TypeError) as err:
         raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"}') from err
-    if kind != "offer" or not isinstance(sdp, str):
-        raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"}')
+    avatar = body.get("avatar")
+    if kind != "offer" or not isinstance(sdp, str) or not isinstance(avatar, str | None):
+        raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"} (and optionally "avatar")')
     description = _offer_from(sdp)
-    live = state.open()
+    live = await state.open(avatar)
     try:
         _, pc = await _answer(state, live, description, send=True, ingest=True)
     except web.HTTPException:
@@ -200,7 +244,7 @@ async def whip(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise _error(web.HTTPUnsupportedMediaType, "WHIP expects Content-Type: application/sdp")
     description = _offer_from(await request.text())
-    live = state.open()
+    live = await state.open(request.query.get("avatar"))
     try:
         _, pc = await _answer(state, live, description, send=False, ingest=True)
     except web.HTTPException:
@@ -358,6 +402,7 @@ async def health(request: web.Request) -> web.Response:
             "sessions": len(state.live),
             "max_sessions": state.settings.max_sessions,
             "avatar": runtime.assets.avatar.name,
+            "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
             "engine": runtime.engine.kind,
             "model_id": runtime.engine.model_id,
         }
@@ -381,6 +426,11 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app.router.add_post("/sessions/{session}/interrupt", interrupt)
     app.router.add_get("/sessions/{session}/ws", audio_socket)
     app.router.add_delete("/sessions/{session}", end_session)
+    app.router.add_get("/", index)
+    app.router.add_static("/static", WEB_CLIENT)
+    app.router.add_get("/avatars", list_avatars)
+    app.router.add_get("/samples", list_samples)
+    app.router.add_get("/samples/{name}", sample)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
 

@@ -165,7 +165,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
+    runtime = build_runtime(
+        args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, samples_dir=args.samples
+    )
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
         f"on http://{args.host}:{args.port}"
@@ -258,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--samples", help="folder of 16-bit WAV speech samples the browser page may play")
     serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
     serve.set_defaults(func=cmd_serve)
 
