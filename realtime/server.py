@@ -290,8 +290,11 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+INTERRUPT_DISCARD_SECONDS = 0.1  # audio a network client may have had in flight when it interrupted
+
+
 def _interrupt(live: LiveSession) -> None:
-    live.session.clear_buffer()
+    live.session.clear_buffer(discard_seconds=INTERRUPT_DISCARD_SECONDS)
     live.broadcast.clear()
 
 

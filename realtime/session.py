@@ -79,6 +79,7 @@ class AvatarSession:
         self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0}
         self.closed = False
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
+        self._discard = 0  # input samples still to drop after an interrupt
 
     # -- input side -------------------------------------------------------------------------------
     def _new_stream(self) -> None:
@@ -98,6 +99,9 @@ class AvatarSession:
                 "than about real time"
             )
         samples = np.asarray(samples, np.float32)
+        if self._discard:
+            dropped = min(self._discard, len(samples))
+            samples, self._discard = samples[dropped:], self._discard - dropped
         self._samples = np.concatenate([self._samples, samples])
         self._vad.push(samples)
         self._queue(self._mel.push(samples))
@@ -118,8 +122,13 @@ class AvatarSession:
         self.closed = True
         self._consumed.set()
 
-    def clear_buffer(self) -> None:
-        """Interrupt: queued audio and frames not yet shown are dropped; the next frame is idle."""
+    def clear_buffer(self, discard_seconds: float = 0.0) -> None:
+        """Interrupt: queued audio and frames not yet shown are dropped; the next frame is idle.
+
+        discard_seconds: also drop this much of the audio pushed next, which a network client may
+        already have had in flight when it asked for the interrupt.
+        """
+        self._discard = round(discard_seconds * self.mel_cfg.sample_rate)
         self._consumed.set()
         self._entries.clear()
         self._playing = False

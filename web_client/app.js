@@ -137,7 +137,11 @@ async function disconnect() {
 }
 
 async function interrupt() {
-  if (state.sample) state.sample.pause();
+  if (state.sample) {
+    // A sample is over once interrupted: stop it and stop sending what the audio pipeline still holds.
+    state.sample.pause();
+    state.localStream?.getAudioTracks().forEach((t) => { t.enabled = false; });
+  }
   if (state.channel?.readyState === "open") {
     state.channel.send("interrupt");
   } else if (state.sessionId) {
@@ -176,6 +180,10 @@ async function updateStats() {
     if (r.type === "inbound-rtp" && r.kind === "video") {
       s.width = r.frameWidth; s.height = r.frameHeight; s.jitterMs = r.jitter * 1000; s.packetsLost = r.packetsLost;
       s.framesDecoded = r.framesDecoded; s.timestamp = r.timestamp;
+      if (r.jitterBufferEmittedCount) s.videoBufferMs = 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount;
+    }
+    if (r.type === "inbound-rtp" && r.kind === "audio" && r.jitterBufferEmittedCount) {
+      s.audioBufferMs = 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount;
     }
     if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) s.rttMs = r.currentRoundTripTime * 1000;
   });
