@@ -37,25 +37,16 @@ def machine_info() -> dict:
     }
 
 
+def _git(*args: str) -> str:
+    here = Path(__file__).resolve().parent
+    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True, cwd=here).stdout
+
+
 def git_commit() -> str:
+    """Short hash of the checkout the benchmark ran from, "-dirty" when tracked files were changed."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        dirty = _git("status", "--porcelain", "--untracked-files=no").strip()
+        return _git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

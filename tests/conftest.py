@@ -32,3 +32,14 @@ def speech(shared_data: Path) -> np.ndarray:
     samples, rate = read_wav(shared_data / "speech" / "espeak_en.wav")
     assert rate == 16_000
     return samples
+
+
+@pytest.fixture(scope="session")
+def speech_then_silence(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s of real speech, then 3 s of silence, as a 16-bit WAV made for the test (never committed),
+    alone in its folder so that a server can offer it as a sample."""
+    from lipstream.avatars.prepare import write_wav
+
+    path = tmp_path_factory.mktemp("samples") / "speech_then_silence.wav"
+    write_wav(path, np.concatenate([speech[8000:40000], np.zeros(48000, np.float32)]), 16_000)
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,19 +28,6 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIPSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
         return build_runtime(None, engine="onnxruntime")  # the embedded default avatar (one photo)
-
-
-@pytest.fixture(scope="module")
-def speech_then_silence(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 s of real speech, then 2.5 s of silence, as a 16-bit WAV made for the test."""
-    samples = np.concatenate([speech[8000 : 8000 + 32000], np.zeros(40000, np.float32)])
-    path = tmp_path_factory.mktemp("audio") / "speech_then_silence.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((samples * 32767).astype("<i2").tobytes())
-    return path
 
 
 def mouth_box(runtime: Runtime) -> tuple[slice, slice]:
@@ -205,7 +191,7 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
             pushed = await push
             await viewer.close()
         after = [(t, mouth_change(runtime, image)) for t, image in viewer.frames if t > interrupted_at]
-        assert pushed["seconds"] == pytest.approx(4.5, abs=0.01)
+        assert pushed["seconds"] == pytest.approx(5.0, abs=0.01)
         # Frames already on their way may still show speech; within 3 frames (120 ms) the avatar is idle.
         first_idle = next(t for t, change in after if change < 8.0)
         assert first_idle - interrupted_at <= 0.12

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,20 +38,6 @@ if not CHROMIUM.is_file():
     )
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def speech_wav(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 s of real speech then 3 s of silence (made for the test, never committed)."""
-    folder = tmp_path_factory.mktemp("samples")
-    samples = np.concatenate([speech[8000:40000], np.zeros(48000, np.float32)])
-    path = folder / "speech_then_silence.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((samples * 32767).astype("<i2").tobytes())
-    return path
 
 
 def free_port() -> int:
@@ -105,8 +90,8 @@ def stop(server: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, base = start_server(tmp_path_factory.mktemp("cache"), speech_wav.parent)
+def server(speech_then_silence: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, base = start_server(tmp_path_factory.mktemp("cache"), speech_then_silence.parent)
     yield base
     stop(process)
 
@@ -119,14 +104,14 @@ def playwright() -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="module")
-def browser(playwright: Playwright, speech_wav: Path) -> Iterator[Browser]:
+def browser(playwright: Playwright, speech_then_silence: Path) -> Iterator[Browser]:
     launched = playwright.chromium.launch(
         executable_path=str(CHROMIUM),
         args=[
             *QUIET_CHROMIUM,
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={speech_wav}",
+            f"--use-file-for-fake-audio-capture={speech_then_silence}",
         ],
     )
     yield launched
@@ -222,13 +207,13 @@ def test_a_sample_streams_and_interrupt_goes_idle(browser: Browser, server: str)
     page.close()
 
 
-def test_errors_are_shown_plainly(playwright: Playwright, speech_wav: Path, tmp_path: Path) -> None:
+def test_errors_are_shown_plainly(playwright: Playwright, speech_then_silence: Path, tmp_path: Path) -> None:
     # A fake microphone but no fake permission prompt: the request is denied. No device at all: not found.
     denied = playwright.chromium.launch(
         executable_path=str(CHROMIUM), args=[*QUIET_CHROMIUM, "--use-fake-device-for-media-stream"]
     )
     no_device = playwright.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_CHROMIUM)
-    process, base = start_server(tmp_path / "cache", speech_wav.parent, max_sessions=1)
+    process, base = start_server(tmp_path / "cache", speech_then_silence.parent, max_sessions=1)
     try:
         for browser, message in ((denied, "Microphone permission was denied"), (no_device, "No microphone")):
             page = browser.new_page()

@@ -129,6 +129,9 @@ async function teardown(tellServer) {
   Object.assign(state, { pc: null, channel: null, sessionId: null, sample: null, audioContext: null, localStream: null, last: null });
   ui.video.srcObject = null;
   setConnected(false);
+  setStatus("Not connected.");
+  window.lipstreamStats = {};
+  for (const cell of document.querySelectorAll("#stats dd")) cell.textContent = "-";
 }
 
 async function disconnect() {
