@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lipstream.avatars import Avatar
 from lipstream.avatars.default import default_avatar
 from lipstream.engines.base import Engine
@@ -66,6 +68,12 @@ def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = No
     return Avatar.load(path, model_id=model_id)
 
 
+def warm_up(engine: Engine) -> None:
+    """First calls of a runtime allocate and tune; do them now, not in the first real tick."""
+    for batch in (1, 2):
+        engine.run({s.name: np.zeros((batch, *s.shape), np.float32) for s in engine.inputs})
+
+
 def build_runtime(
     avatar: str | None = None,
     engine: str = "auto",
@@ -78,4 +86,5 @@ def build_runtime(
     export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))
     runner = open_engine(engine, export, "frame", model=model)
     check_model(runner, loaded.manifest["model_id"], loaded.name)
+    warm_up(runner)
     return Runtime(AvatarAssets(loaded), runner, samples_dir=Path(samples_dir) if samples_dir else None)

@@ -50,7 +50,8 @@ MAX_SDP_BYTES = 64 * 1024
 class ServerSettings:
     max_sessions: int = 4  # admission control: more would push two cores below 25 fps
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
-    jitter_frames: int = 1
+    jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
+    receive_prefetch: int = 1  # audio packets aiortc waits for before releasing one (its default: 4)
 
 
 @dataclass
@@ -158,9 +159,23 @@ def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
     return status(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _shorten_receive_buffer(pc: RTCPeerConnection, prefetch: int) -> None:
+    """aiortc holds each received audio packet until `prefetch` (4) later ones have arrived: 80 ms
+    of latency before the session even sees the audio. Sessions have their own jitter buffer, so a
+    shorter one here is enough. This reaches into aiortc's receiver; if its layout changes, the
+    default stays."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind == "audio" and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
+
+
 async def _ingest(live: LiveSession, track: object) -> None:
     """Feeds a received WebRTC audio track into the session until the track ends."""
     resampler = Resampler(48_000, 2)
+    live.session.max_backlog_frames = live.session.jitter_frames + LIVE_BACKLOG_EXTRA_FRAMES
     while True:
         try:
             frame = await track.recv()
@@ -200,6 +215,8 @@ async def _answer(
 
     try:
         await pc.setRemoteDescription(offer)
+        if ingest:
+            _shorten_receive_buffer(pc, state.settings.receive_prefetch)
         if send:
             video, audio = live.broadcast.attach(peer_id)
             pc.addTrack(video)
@@ -290,6 +307,7 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+LIVE_BACKLOG_EXTRA_FRAMES = 2  # live input more than this far behind is dropped, not played late
 INTERRUPT_DISCARD_SECONDS = 0.1  # audio a network client may have had in flight when it interrupted
 
 

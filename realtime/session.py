@@ -76,10 +76,14 @@ class AvatarSession:
         self._position = 0
         self._number = 0
         self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
-        self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0}
+        self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0, "late_input_dropped": 0}
         self.closed = False
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
         self._discard = 0  # input samples still to drop after an interrupt
+        # Live input (a microphone over WebRTC) arrives in real time, so a backlog only grows when the
+        # machine fell behind; playing it late would add that delay for good. Set for live sessions:
+        # frames beyond this backlog are dropped (counted). None: pushed audio, played however far ahead.
+        self.max_backlog_frames: int | None = None
 
     # -- input side -------------------------------------------------------------------------------
     def _new_stream(self) -> None:
@@ -168,6 +172,11 @@ class AvatarSession:
                 self.counts["underruns"] += 1
         if not self._playing:
             return FramePlan(self, index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False)
+        if self.max_backlog_frames is not None and len(self._entries) > self.max_backlog_frames:
+            excess = len(self._entries) - self.max_backlog_frames
+            for _ in range(excess):
+                self._entries.popleft()
+            self.counts["late_input_dropped"] += excess
         entry = self._entries.popleft()
         self._consumed.set()
         return FramePlan(self, index, entry.window[None] if entry.speech else None, entry.audio, True)

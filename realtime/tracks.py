@@ -20,11 +20,21 @@ AUDIO_CHUNK = 320  # 20 ms
 
 
 class _QueueTrack(MediaStreamTrack):
+    """Frames wait here for the peer's sender. Nothing is queued before the sender first asks, so the
+    queue does not start full and add its whole depth to the latency for the rest of the session."""
+
     def __init__(self, depth: int) -> None:
         super().__init__()
         self.queue: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=depth)
+        self.started = False
+
+    async def next(self) -> OutputFrame:
+        self.started = True
+        return await self.queue.get()
 
     def offer(self, frame: OutputFrame) -> None:
+        if not self.started:
+            return
         if self.queue.full():  # a slow peer loses its oldest frame, never holds up the others
             self.queue.get_nowait()
         self.queue.put_nowait(frame)
@@ -41,7 +51,7 @@ class AvatarVideoTrack(_QueueTrack):
         super().__init__(depth=4)
 
     async def recv(self) -> av.VideoFrame:
-        frame = await self.queue.get()
+        frame = await self.next()
         picture = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         picture.pts = frame.number * (VIDEO_CLOCK // 25)
         picture.time_base = Fraction(1, VIDEO_CLOCK)
@@ -57,7 +67,7 @@ class AvatarAudioTrack(_QueueTrack):
 
     async def recv(self) -> av.AudioFrame:
         if not self._pending:
-            frame = await self.queue.get()
+            frame = await self.next()
             samples = (np.clip(frame.audio, -1, 1) * 32767).astype(np.int16)
             first = frame.number * len(frame.audio)
             self._pending = [(first + i, samples[i : i + AUDIO_CHUNK]) for i in range(0, len(samples), AUDIO_CHUNK)]

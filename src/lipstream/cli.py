@@ -136,6 +136,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_session(args: argparse.Namespace) -> int:
+    import json
+
+    from lipstream.benchmarks.session_bench import run_session_bench
+
+    payload = run_session_bench(args.sessions, args.seconds, args.speech, out_dir=Path(args.out))
+    print(json.dumps({k: payload[k] for k in ("sessions", "frames_dropped_by_server", "files")}, indent=2))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lipstream.benchmarks.engine_bench import run_engine_bench
 
@@ -286,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--runs", type=int, default=30, help="timed calls per engine and batch (median and p95)")
     engine.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and markdown")
     engine.set_defaults(func=cmd_bench)
+    session = bench_sub.add_parser("session", help="N loopback clients: fps, dropped frames, audio-to-mouth latency")
+    session.add_argument("--sessions", type=int, default=2)
+    session.add_argument("--seconds", type=positive_float, default=60.0)
+    session.add_argument("--speech", help="16-bit WAV with speech for the bursts (default: the avatar's audio)")
+    session.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
+    session.set_defaults(func=cmd_bench_session)
     return parser
 
 

@@ -1,0 +1,236 @@
+"""Session benchmark: N clients on one server over loopback; frame rate, dropped frames, and
+audio-in -> mouth-out latency measured at the client.
+
+    lipstream bench session [--sessions 2] [--seconds 60] [--speech WAV]
+
+Each client sends silence with speech bursts at known times (1 s of speech every 3 s) through a real
+aiortc peer connection and receives the avatar. Audio in = when the burst's first 20 ms frame is
+handed to the client's sender; mouth out = when the first frame whose mouth region differs from the
+idle rendering arrives back. The server runs in its own process, as `lipstream serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from lipstream.avatars.align import invert, transform_points
+from lipstream.dsp import read_wav
+from lipstream.realtime.compositor import AvatarAssets
+from lipstream.realtime.runtime import load_avatar
+
+from .report import git_commit, machine_info, output_stem, write_json
+
+RATE, CHUNK = 16_000, 320
+BURST_EVERY, BURST_LENGTH = 3.0, 1.0
+SPEECH_THRESHOLD = 8.0  # grey levels of mean difference from the idle rendering in the mouth region
+
+
+class BurstTrack(MediaStreamTrack):
+    """Silence with a speech burst every BURST_EVERY seconds, paced in real time; records burst onsets."""
+
+    kind = "audio"
+
+    def __init__(self, speech: np.ndarray) -> None:
+        super().__init__()
+        # Each burst starts right at the speech's first loud sample, so the onset time is the speech's.
+        first_loud = int(np.flatnonzero(np.abs(speech) > 0.05)[0])
+        self.speech = (speech[first_loud : first_loud + int(BURST_LENGTH * RATE)] * 32767).astype(np.int16)
+        self.sent = 0
+        self.start: float | None = None
+        self.onsets: list[float] = []
+
+    async def recv(self) -> av.AudioFrame:
+        if self.start is None:
+            self.start = time.monotonic()
+        deadline = self.start + self.sent / RATE
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        position = self.sent % int(BURST_EVERY * RATE)
+        chunk = np.zeros(CHUNK, np.int16)
+        if position < len(self.speech):
+            chunk[:] = self.speech[position : position + CHUNK]
+            if position == 0:
+                self.onsets.append(time.monotonic())
+        frame = av.AudioFrame.from_ndarray(chunk[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self.sent, Fraction(1, RATE)
+        self.sent += CHUNK
+        return frame
+
+
+class Client:
+    def __init__(self, assets: AvatarAssets, speech: np.ndarray) -> None:
+        self.pc = RTCPeerConnection()
+        self.track = BurstTrack(speech)
+        self.arrivals: list[float] = []
+        self.speaking: list[bool] = []
+        self._box = mouth_box(assets)
+        self._idle = assets.idle(0)[self._box].astype(np.float32)
+        self._tasks: list[asyncio.Task] = []
+        self.pc.addTrack(self.track)
+        self.pc.addTransceiver("video", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video":
+                self._tasks.append(asyncio.create_task(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.arrivals.append(time.monotonic())
+                image = frame.to_ndarray(format="rgb24")[self._box].astype(np.float32)
+                self.speaking.append(float(np.abs(image - self._idle).mean()) > SPEECH_THRESHOLD)
+
+    async def connect(self, http: aiohttp.ClientSession, base: str) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        async with http.post(f"{base}/offer", json=body) as response:
+            answer = await response.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+
+    def latencies(self) -> list[float]:
+        """Per burst: seconds from its onset leaving the client to the first speaking frame arriving."""
+        out = []
+        arrivals, speaking = np.array(self.arrivals), np.array(self.speaking)
+        for onset in self.track.onsets:
+            later = np.flatnonzero((arrivals > onset) & speaking & (arrivals < onset + BURST_EVERY))
+            if len(later):
+                out.append(float(arrivals[later[0]] - onset))
+        return out
+
+
+def mouth_box(assets: AvatarAssets) -> tuple[slice, slice]:
+    """Where the generated region lands in template frame 0: the lower half of the face crop."""
+    size = assets.crops.shape[1]
+    corners = np.array([[0, size / 2], [size, size / 2], [0, size], [size, size]], float)
+    points = transform_points(corners, invert(assets.transforms[0]))
+    (x0, y0), (x1, y1) = np.floor(points.min(axis=0)).astype(int), np.ceil(points.max(axis=0)).astype(int)
+    return slice(max(y0, 0), y1), slice(max(x0, 0), x1)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _run(assets: AvatarAssets, base: str, sessions: int, seconds: float, speech: np.ndarray) -> dict:
+    clients = [Client(assets, speech) for _ in range(sessions)]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/metrics") as response:
+            dropped_before = _metric(await response.text(), "lipstream_frames_dropped_total")
+        for client in clients:
+            await client.connect(http, base)
+        await asyncio.sleep(seconds)
+        async with http.get(f"{base}/metrics") as response:
+            dropped = _metric(await response.text(), "lipstream_frames_dropped_total") - dropped_before
+        for client in clients:
+            await client.close()
+    results = []
+    for index, client in enumerate(clients):
+        arrivals = np.array(client.arrivals[25:])  # after the first second
+        fps = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
+        latency = np.array(client.latencies()) * 1e3
+        results.append(
+            {
+                "session": index,
+                "frames": len(client.arrivals),
+                "fps": fps,
+                "bursts": len(client.track.onsets),
+                "bursts_seen": len(latency),
+                "audio_to_mouth_ms": {
+                    "p50": float(np.percentile(latency, 50)),
+                    "p95": float(np.percentile(latency, 95)),
+                    "min": float(latency.min()),
+                }
+                if len(latency)
+                else None,
+            }
+        )
+    return {"sessions": results, "frames_dropped_by_server": dropped}
+
+
+def _start_server(sessions: int) -> tuple[subprocess.Popen, str]:
+    """`lipstream serve` in its own process, as clients elsewhere would see it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "lipstream.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--engine",
+        "onnxruntime",
+        "--max-sessions",
+        str(max(sessions, 1)),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return server, base
+        except OSError:
+            if server.poll() is not None:
+                break
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the benchmark's server did not start; run `lipstream serve` by hand to see why")
+
+
+def run_session_bench(
+    sessions: int = 2, seconds: float = 60.0, speech_path: str | None = None, out_dir: Path = Path("benchmarks/results")
+) -> dict:
+    avatar = load_avatar(None)  # the server's default avatar: its idle rendering tells speech from silence
+    assets = AvatarAssets(avatar)
+    speech = read_wav(speech_path or avatar.path / "audio.wav")[0]
+    if np.abs(speech).max() < 0.01:
+        raise ValueError("the speech for the bursts is silent; pass --speech WAV with real speech")
+    server, base = _start_server(sessions)
+    try:
+        measured = asyncio.run(_run(assets, base, sessions, seconds, speech))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    payload = {
+        "benchmark": "session",
+        "machine": machine_info(),
+        "commit": git_commit(),
+        "settings": {
+            "sessions": sessions,
+            "seconds": seconds,
+            "engine": "onnxruntime",
+            "server": "lipstream serve, own process",
+            "avatar": avatar.name,
+            "burst_every_s": BURST_EVERY,
+            "burst_s": BURST_LENGTH,
+        },
+    } | measured
+    stem = output_stem(out_dir, f"session-{sessions}x{round(seconds)}s")
+    write_json(stem.with_suffix(".json"), payload)
+    payload["files"] = [str(stem.with_suffix(".json"))]
+    return payload
