@@ -183,7 +183,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"on http://{args.host}:{args.port}"
     )
     web.run_app(
-        create_app(runtime, ServerSettings(max_sessions=args.max_sessions)), host=args.host, port=args.port, print=None
+        create_app(runtime, ServerSettings(max_sessions=args.max_sessions, jitter_frames=args.jitter_frames)),
+        host=args.host,
+        port=args.port,
+        print=None,
     )
     return 0
 
@@ -271,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--samples", help="folder of 16-bit WAV speech samples the browser page may play")
+    serve.add_argument(
+        "--jitter-frames", type=int, default=1, help="input frames buffered before playback (1; 0 saves 40 ms)"
+    )
     serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
     serve.set_defaults(func=cmd_serve)
 
