@@ -58,10 +58,11 @@ class Metrics:
             (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.1, 0.2, 0.5),
         )
         self.batch_size = Histogram("lipstream_batch_size", "Frames per inference batch", (1, 2, 4, 8, 16, 32, 64))
-        self.gauges: list[Gauge] = []
+        self.gauges: dict[str, Gauge] = {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, help_text, read))
+        """Registers (or replaces, when a new server is built on the same runtime) a gauge."""
+        self.gauges[name] = Gauge(name, help_text, read)
 
     def render(self) -> str:
         parts = [
@@ -71,6 +72,6 @@ class Metrics:
             self.inference_errors,
             self.inference_seconds,
             self.batch_size,
-            *self.gauges,
+            *self.gauges.values(),
         ]
         return "\n".join(line for part in parts for line in part.render()) + "\n"

@@ -77,7 +77,7 @@ class ServerState:
             lambda: sum(s.session.buffered_frames for s in self.live.values()),
         )
 
-    async def open(self, avatar: str | None = None) -> LiveSession:
+    def _admit(self) -> None:
         if len(self.live) >= self.settings.max_sessions:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps(
@@ -86,10 +86,14 @@ class ServerState:
                 content_type="application/json",
                 headers={"Retry-After": "5"},
             )
+
+    async def open(self, avatar: str | None = None) -> LiveSession:
+        self._admit()
         try:
             assets = await asyncio.to_thread(self.runtime.assets_for, avatar)
         except (AvatarError, InvalidNameError) as err:
             raise _error(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
+        self._admit()  # others may have been admitted while the avatar loaded
         session_id = secrets.token_urlsafe(16)
         session = AvatarSession(session_id, assets, jitter_frames=self.settings.jitter_frames)
         live = LiveSession(session, Broadcast(session))
@@ -100,7 +104,7 @@ class ServerState:
     def get(self, session_id: str) -> LiveSession:
         live = self.live.get(session_id)
         if live is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": "no such session"}), content_type="application/json")
+            raise _error(web.HTTPNotFound, "no such session")
         return live
 
     async def close(self, session_id: str) -> None:
