@@ -204,6 +204,29 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from lipstream.training.dataset import build_dataset, default_root, grid_sources, talking_sources
+
+    sources = []
+    if args.grid:
+        sources += grid_sources(Path(args.grid))
+    if args.talking:
+        sources += talking_sources(Path(args.talking))
+    if not sources:
+        print("lipstream dataset build: error: give --grid and/or --talking folders", file=sys.stderr)
+        return 2
+    sources = sources[: args.limit] if args.limit else sources
+    root = Path(args.out) if args.out else default_root(args.profile)
+    index = build_dataset(sources, root, args.profile, show_progress=not args.quiet)
+    splits: dict[str, int] = {}
+    for meta in index["clips"].values():
+        splits[meta["split"]] = splits.get(meta["split"], 0) + meta["frames"]
+    print(f"dataset at {root}: {len(index['clips'])} clips, frames per split {splits}, {len(index['failed'])} failed")
+    for clip_id, reason in index["failed"].items():
+        print(f"  skipped {clip_id}: {reason}")
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -288,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--profile", choices=sorted(PROFILES), default="rt")
     render.add_argument("--weights", help="model weights file")
     render.set_defaults(func=cmd_render)
+
+    dataset = sub.add_parser("dataset", help="the training cache")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    build = dataset_sub.add_parser("build", help="videos -> aligned crops, landmarks and mel (incremental)")
+    build.add_argument("--grid", help="GRID speaker folder (video/, align/, splits.json)")
+    build.add_argument("--talking", help="folder of talking-head clips (held-out identities go to 'test')")
+    build.add_argument("--profile", choices=sorted(PROFILES), default="rt")
+    build.add_argument("--out", help="cache folder (default: <cache>/dataset/<profile>)")
+    build.add_argument("--limit", type=int, default=0, help="only the first N clips (0: all)")
+    build.add_argument("--quiet", action="store_true")
+    build.set_defaults(func=cmd_dataset_build)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON, a PNG plot and a markdown table")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

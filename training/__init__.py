@@ -1,0 +1,1 @@
+"""Training: the data cache and its loaders (SyncNet expert, generator); losses and loops come next."""

@@ -1,0 +1,161 @@
+"""`lipstream dataset build`: videos -> a training cache of aligned crops, landmarks, mel features.
+
+The face pipeline is `prepare`'s (tracking, alignment, smoothing), so training sees faces exactly as
+an avatar does. One folder per clip under the cache root, written atomically, each with:
+
+    crops.npy      [N, S, S, 3] uint8 aligned face crops of the profile's size
+    landmarks.npy  [N, 478, 2] float16 landmarks in crop pixels (mouth landmarks for LMD, pose masks)
+    mel.npy        [80, T] float16 log-mel of the clip's audio (frame k <-> samples 640 k .. 640 k + 640)
+    meta.json      source, identity, split, frame count, interpolated frames
+
+`index.json` lists the clips. Building again skips clips already built from an unchanged source, so
+the cache grows incrementally. The cache lives outside git (default <cache>/dataset/<profile>).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lipstream.avatars.align import frame_to_crop, smooth_transforms, warp_to_crop
+from lipstream.avatars.errors import SourceError
+from lipstream.avatars.masks import crop_landmarks
+from lipstream.avatars.prepare import FPS, check_face_size, track_face
+from lipstream.avatars.source import iter_frames, probe, read_audio
+from lipstream.dsp import MelConfig, melspectrogram
+from lipstream.models.config import get_profile
+from lipstream.paths import cache_dir
+from lipstream.progress import Progress
+
+# Identities of ../shared/data/talking kept out of training: the unseen-face test set.
+HELD_OUT_IDENTITIES = ("hdtf_KatieHill", "vox2_Input_00098", "may", "news_anchor_de", "trump")
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    path: Path
+    clip_id: str
+    identity: str
+    split: str  # train, val, test
+
+
+def talking_identity(stem: str) -> str:
+    """The person in a clip, from its file name: a 3-digit take number, a duration or "short" at the
+    end is dropped (hdtf_KatieHill_000 -> hdtf_KatieHill, may_5s -> may); VoxCeleb ids stay."""
+    return re.sub(r"_(\d{3}|\d+s|short)$", "", stem)
+
+
+def grid_sources(root: Path) -> list[ClipSource]:
+    splits = json.loads((root / "splits.json").read_text())
+    return [
+        ClipSource(root / "video" / f"{name}.mp4", f"grid_{name}", "grid_s1", split)
+        for split, names in splits.items()
+        for name in names
+    ]
+
+
+def talking_sources(root: Path) -> list[ClipSource]:
+    sources = []
+    for path in sorted(root.glob("*.mp4")):
+        identity = talking_identity(path.stem)
+        split = "test" if identity in HELD_OUT_IDENTITIES else "train"
+        sources.append(ClipSource(path, f"talking_{path.stem}", identity, split))
+    return sources
+
+
+def default_root(profile: str) -> Path:
+    return cache_dir() / "dataset" / profile
+
+
+def _stamp(path: Path) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def build_clip(source: ClipSource, out: Path, profile: str, max_seconds: float = 120.0) -> dict:
+    """Processes one clip into `out` (atomically). Returns its meta."""
+    cfg = get_profile(profile)
+    size = cfg.face_size
+    info = probe(source.path)
+    max_frames = round(max_seconds * FPS)
+    landmarks, detected = track_face(info, max_frames, show=False)
+    transforms = smooth_transforms(frame_to_crop(landmarks, size), sigma=2.0)
+    check_face_size(transforms, landmarks, cfg.name, size)
+    count = len(landmarks)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        crops = np.lib.format.open_memmap(partial / "crops.npy", "w+", np.uint8, (count, size, size, 3))
+        for i, frame in enumerate(iter_frames(info, FPS, count)):
+            crops[i] = warp_to_crop(frame, transforms[i], size)
+        crops.flush()
+        in_crop = np.stack([crop_landmarks(landmarks[i], transforms[i]) for i in range(count)])
+        np.save(partial / "landmarks.npy", in_crop.astype(np.float16))
+        mel_cfg = MelConfig()
+        audio = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
+        np.save(partial / "mel.npy", melspectrogram(audio, mel_cfg).astype(np.float16))
+        meta = {
+            "clip_id": source.clip_id,
+            "source": str(source.path.resolve()),
+            "source_stamp": _stamp(source.path),
+            "identity": source.identity,
+            "split": source.split,
+            "profile": cfg.name,
+            "frames": count,
+            "interpolated_frames": int((~detected).sum()),
+            "has_audio": info.has_audio,
+        }
+        (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return meta
+
+
+def build_dataset(
+    sources: Iterable[ClipSource],
+    root: Path,
+    profile: str = "rt",
+    show_progress: bool = True,
+    max_seconds: float = 120.0,
+) -> dict:
+    """Builds (or extends) the cache at `root`; returns the index. Clips that fail are listed, not fatal."""
+    root.mkdir(parents=True, exist_ok=True)
+    index_path = root / INDEX
+    index = (
+        json.loads(index_path.read_text()) if index_path.is_file() else {"profile": profile, "clips": {}, "failed": {}}
+    )
+    if index.get("profile") != profile:
+        raise ValueError(f"{root} holds a {index.get('profile')} cache; use another folder for {profile}")
+    sources = list(sources)
+    progress = Progress("dataset", len(sources), unit="clips", enabled=show_progress)
+    for source in sources:
+        out = root / source.clip_id
+        known = index["clips"].get(source.clip_id)
+        if known and known.get("source_stamp") == _stamp(source.path) and (out / "meta.json").is_file():
+            if (known["split"], known["identity"]) != (source.split, source.identity):  # split rules changed
+                known |= {"split": source.split, "identity": source.identity}
+                (out / "meta.json").write_text(json.dumps(known, indent=2))
+                index_path.write_text(json.dumps(index, indent=1))
+            progress.step()
+            continue
+        try:
+            index["clips"][source.clip_id] = build_clip(source, out, profile, max_seconds)
+            index["failed"].pop(source.clip_id, None)
+        except SourceError as err:
+            index["failed"][source.clip_id] = str(err)
+        index_path.write_text(json.dumps(index, indent=1))
+        progress.step()
+    progress.close()
+    return index
