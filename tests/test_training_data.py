@@ -78,3 +78,22 @@ def test_generator_samples_bring_targets_windows_reference_and_mask(cache: Path)
     assert sample["mels"].shape == (5, 1, 80, 16) and sample["sync_mel"].shape == (1, 80, 16)
     assert sample["reference"].shape == (3, 128, 128) and sample["mask"].shape == (1, 128, 128)
     assert not torch.equal(sample["reference"], sample["targets"][0])
+
+
+def test_syncnet_training_steps_checkpoints_and_resumes(cache: Path, tmp_path: Path) -> None:
+    from lipstream.training.syncnet_train import SyncTrainConfig, export_expert, train_syncnet, validate
+
+    config = SyncTrainConfig(steps=2, batch=4, validate_every=1000)
+    assert train_syncnet(cache, tmp_path, config, log=False)["step"] == 2
+    resumed = train_syncnet(cache, tmp_path, SyncTrainConfig(steps=4, batch=4), resume=True, log=False)
+    assert resumed["step"] == 4 and np.isfinite(resumed["loss"])
+    small = export_expert(tmp_path / "checkpoint.pt", tmp_path / "expert.pt")
+    state = torch.load(small, weights_only=True)
+    assert all(t.dtype == torch.float16 for t in state.values())
+
+    from lipstream.models.syncnet import SyncNet
+
+    net = SyncNet()
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    report = validate(net, load_clips(cache, "train"), torch.device("cpu"), max_offset=5)
+    assert report["clips"] >= 3 and 0.0 <= report["offset_accuracy"] <= 1.0 and report["mean_confidence"] >= 0

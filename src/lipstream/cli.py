@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lipstream.models.config import PROFILES
-from lipstream.paths import avatars_dir
+from lipstream.paths import avatars_dir, cache_dir
 
 ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
 
@@ -227,6 +227,25 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_syncnet(args: argparse.Namespace) -> int:
+    from lipstream.training.dataset import default_root
+    from lipstream.training.syncnet_train import SyncTrainConfig, train_syncnet
+
+    cache = Path(args.cache) if args.cache else default_root("rt")
+    out = Path(args.out) if args.out else cache_dir() / "train" / f"syncnet-seed{args.seed}"
+    config = SyncTrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        max_minutes=args.max_minutes,
+        validate_every=args.validate_every,
+    )
+    result = train_syncnet(cache, out, config, resume=args.resume)
+    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -322,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--limit", type=int, default=0, help="only the first N clips (0: all)")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_dataset_build)
+
+    train = sub.add_parser("train", help="training jobs (resumable)")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    syncnet = train_sub.add_parser("syncnet", help="the lip-sync expert (in-sync vs shifted pairs)")
+    syncnet.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
+    syncnet.add_argument("--out", help="checkpoint folder (default: <cache>/train/syncnet-seed<N>)")
+    syncnet.add_argument("--seed", type=int, default=0)
+    syncnet.add_argument("--steps", type=int, default=20_000)
+    syncnet.add_argument("--batch", type=int, default=32)
+    syncnet.add_argument("--lr", type=positive_float, default=1e-4)
+    syncnet.add_argument("--validate-every", type=int, default=1000)
+    syncnet.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
+    syncnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    syncnet.set_defaults(func=cmd_train_syncnet)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON, a PNG plot and a markdown table")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
