@@ -107,7 +107,7 @@ def train_syncnet(cache: Path, out: Path, config: SyncTrainConfig, resume: bool 
         loss.backward()
         optimiser.step()
         step += 1
-        entry = {"step": step, "loss": float(loss), "seconds": time.monotonic() - started}
+        entry = {"step": step, "loss": loss.item(), "seconds": time.monotonic() - started}
         if step % config.validate_every == 0 and test_clips:
             entry |= {"val_" + k: v for k, v in validate(net, test_clips, device).items()}
         if step % 50 == 0 or "val_clips" in entry:
