@@ -97,3 +97,15 @@ def test_syncnet_training_steps_checkpoints_and_resumes(cache: Path, tmp_path: P
     net.load_state_dict({k: v.float() for k, v in state.items()})
     report = validate(net, load_clips(cache, "train"), torch.device("cpu"), max_offset=5)
     assert report["clips"] >= 3 and 0.0 <= report["offset_accuracy"] <= 1.0 and report["mean_confidence"] >= 0
+
+
+def test_evaluation_scores_the_baselines_and_a_model(cache: Path, tmp_path: Path) -> None:
+    from lipstream.training.evaluate import evaluate
+
+    report = evaluate(cache, tmp_path, split="train", identity="grid_s1", max_clips=2)
+    systems = report["systems"]
+    assert systems["ground-truth"]["psnr_db"] == float("inf") and systems["ground-truth"]["ssim"] == 1.0
+    assert systems["ground-truth"]["lmd_px"] == 0.0
+    assert 10 < systems["static"]["psnr_db"] < 60 and systems["static"]["lmd_px"] > 0
+    assert systems["model"]["psnr_db"] < systems["static"]["psnr_db"], "an untrained generator is worse than copying"
+    assert (tmp_path / "side_by_side.mp4").stat().st_size > 10_000 and (tmp_path / "contact_sheet.png").is_file()

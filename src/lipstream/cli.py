@@ -246,6 +246,28 @@ def cmd_train_syncnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from lipstream.training.dataset import default_root
+    from lipstream.training.evaluate import evaluate
+
+    cache = Path(args.cache) if args.cache else default_root("rt")
+    report = evaluate(
+        cache,
+        Path(args.out),
+        tuple(args.systems.split(",")),
+        args.split,
+        args.identity,
+        args.max_clips,
+        args.weights,
+        args.expert,
+    )
+    print(json.dumps(report["systems"], indent=2))
+    print(f"wrote {args.out}/evaluation.json, side_by_side.mp4, contact_sheet.png")
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -355,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     syncnet.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
     syncnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     syncnet.set_defaults(func=cmd_train_syncnet)
+
+    evaluate = sub.add_parser("evaluate", help="score renderings of held-out clips against ground truth")
+    evaluate.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
+    evaluate.add_argument("--out", default="evaluation", help="folder for the JSON, MP4 and PNG")
+    evaluate.add_argument("--systems", default="model,static,ground-truth", help="comma-separated")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--identity", default="grid_s1")
+    evaluate.add_argument("--max-clips", type=int, default=10)
+    evaluate.add_argument("--weights", help="rt weights for the model (default: the shipped ones)")
+    evaluate.add_argument("--expert", help="fp16 SyncNet expert for the sync scores")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON, a PNG plot and a markdown table")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
