@@ -8,10 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lipstream.engines.select import ENGINE_KINDS as ENGINE_CHOICES
 from lipstream.models.config import PROFILES
 from lipstream.paths import avatars_dir, cache_dir
-
-ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
 
 
 def _format_models(reports: dict[str, dict]) -> str:
@@ -90,8 +89,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import json
-
     from lipstream.avatars import Avatar
     from lipstream.avatars.default import default_avatar
     from lipstream.dsp import read_wav
@@ -137,8 +134,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_session(args: argparse.Namespace) -> int:
-    import json
-
     from lipstream.benchmarks.session_bench import run_session_bench
 
     payload = run_session_bench(args.sessions, args.seconds, args.speech, out_dir=Path(args.out))
@@ -247,8 +242,6 @@ def cmd_train_syncnet(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from lipstream.training.dataset import default_root
     from lipstream.training.evaluate import evaluate
 
