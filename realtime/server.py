@@ -78,7 +78,10 @@ class ServerState:
         )
 
     def _admit(self) -> None:
-        if len(self.live) >= self.settings.max_sessions:
+        # Refused when full, or when one more session would make a tick (every session's frame) take
+        # longer than 90 % of a frame's 40 ms, as recent ticks measured.
+        overloaded = self.scheduler.projected_tick_seconds() > 0.9 / FPS
+        if len(self.live) >= self.settings.max_sessions or overloaded:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps(
                     {"error": f"the server is full ({self.settings.max_sessions} sessions); try again later"}

@@ -314,6 +314,23 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
                 await wait_for_frames(viewer, len(viewer.frames) + 15)
             await viewer.close()
         after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at + 0.12]
-        assert after and max(after) < 8.0, "the data-channel interrupt took the avatar idle"
+        # Idle frames differ from the idle rendering only by the codec (about 4-6 grey levels, a little
+        # more while it refines a still picture); speech differs by 10-28.
+        assert after and max(after) < 10.0 and np.median(after) < 7.0, "the data-channel interrupt took it idle"
 
     asyncio.run(scenario())
+
+
+def test_admission_refuses_a_session_the_machine_could_not_keep_at_25_fps(runtime: Runtime) -> None:
+    from lipstream.realtime.clock import MonotonicClock
+    from lipstream.realtime.server import ServerState
+
+    state = ServerState(runtime, ServerSettings(max_sessions=8), MonotonicClock())
+    state._admit()  # nothing measured yet
+    state.scheduler.sessions = {"a": None, "b": None}  # two sessions running
+    state.scheduler.tick_seconds.extend([(2, 0.050)] * 20)  # 25 ms of work per session per tick
+    with pytest.raises(web.HTTPServiceUnavailable):
+        state._admit()  # a third would need 75 ms of every 40 ms frame
+    state.scheduler.tick_seconds.clear()
+    state.scheduler.tick_seconds.extend([(2, 0.010)] * 20)  # 5 ms per session
+    state._admit()  # 15 ms: room to spare
