@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 
 import numpy as np
 
@@ -33,7 +32,7 @@ class FrameScheduler:
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
         self.ticks = 0
-        self.tick_seconds: deque[tuple[int, float]] = deque(maxlen=250)  # (sessions, seconds) of recent ticks
+        self.last_overrun: float | None = None  # clock time when ticks were last skipped for lateness
 
     def add(self, session: AvatarSession) -> None:
         self.sessions[session.id] = session
@@ -61,6 +60,8 @@ class FrameScheduler:
             behind = int((self.clock.now() - deadline) * self.fps)
             if behind >= MAX_BEHIND:
                 self.metrics.frames_dropped.inc(behind * len(self.sessions))
+                if self.sessions:  # late with nobody to serve (start-up) says nothing about capacity
+                    self.last_overrun = self.clock.now()
                 tick += behind
                 continue
             await self.tick()
@@ -71,7 +72,6 @@ class FrameScheduler:
         sessions = list(self.sessions.values())
         if not sessions:
             return
-        started_tick = time.perf_counter()
         plans = [s.plan() for s in sessions]
         speech = [p for p in plans if p.mel is not None]
         regions: list[np.ndarray] = []
@@ -91,15 +91,10 @@ class FrameScheduler:
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
         self.ticks += 1
-        self.tick_seconds.append((len(sessions), time.perf_counter() - started_tick))
 
-    def projected_tick_seconds(self, extra_sessions: int = 1) -> float:
-        """A tick's time with `extra_sessions` more, from the 95th percentile of recent ticks per session
-        (0 before any tick has run: nothing is known yet)."""
-        if not self.tick_seconds:
-            return 0.0
-        per_session = np.percentile([seconds / count for count, seconds in self.tick_seconds], 95)
-        return float(per_session * (len(self.sessions) + extra_sessions))
+    def overloaded(self, within: float = 5.0) -> bool:
+        """Whether ticks were skipped for lateness in the last `within` seconds."""
+        return self.last_overrun is not None and self.clock.now() - self.last_overrun < within
 
     def _infer(self, plans: list[FramePlan]) -> list[np.ndarray]:
         regions = []

@@ -78,10 +78,9 @@ class ServerState:
         )
 
     def _admit(self) -> None:
-        # Refused when full, or when one more session would make a tick (every session's frame) take
-        # longer than 90 % of a frame's 40 ms, as recent ticks measured.
-        overloaded = self.scheduler.projected_tick_seconds() > 0.9 / FPS
-        if len(self.live) >= self.settings.max_sessions or overloaded:
+        # Refused when full, or while the sessions already running are losing frames: one more could
+        # only make every session worse.
+        if len(self.live) >= self.settings.max_sessions or self.scheduler.overloaded():
             raise web.HTTPServiceUnavailable(
                 text=json.dumps(
                     {"error": f"the server is full ({self.settings.max_sessions} sessions); try again later"}
