@@ -32,7 +32,6 @@ class FrameScheduler:
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
         self.ticks = 0
-        self.last_overrun: float | None = None  # clock time when ticks were last skipped for lateness
 
     def add(self, session: AvatarSession) -> None:
         self.sessions[session.id] = session
@@ -60,8 +59,6 @@ class FrameScheduler:
             behind = int((self.clock.now() - deadline) * self.fps)
             if behind >= MAX_BEHIND:
                 self.metrics.frames_dropped.inc(behind * len(self.sessions))
-                if self.sessions:  # late with nobody to serve (start-up) says nothing about capacity
-                    self.last_overrun = self.clock.now()
                 tick += behind
                 continue
             await self.tick()
@@ -91,10 +88,6 @@ class FrameScheduler:
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
         self.ticks += 1
-
-    def overloaded(self, within: float = 5.0) -> bool:
-        """Whether ticks were skipped for lateness in the last `within` seconds."""
-        return self.last_overrun is not None and self.clock.now() - self.last_overrun < within
 
     def _infer(self, plans: list[FramePlan]) -> list[np.ndarray]:
         regions = []

@@ -78,9 +78,7 @@ class ServerState:
         )
 
     def _admit(self) -> None:
-        # Refused when full, or while the sessions already running are losing frames: one more could
-        # only make every session worse.
-        if len(self.live) >= self.settings.max_sessions or self.scheduler.overloaded():
+        if len(self.live) >= self.settings.max_sessions:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps(
                     {"error": f"the server is full ({self.settings.max_sessions} sessions); try again later"}
