@@ -17,10 +17,10 @@ class SyncNetConfig:
     """The expert is shared by both profiles: `hq` faces are resized to its crop size."""
 
     frames: int = 5  # consecutive video frames per sample (0.2 s at 25 fps)
-    crop_rows: int = 64  # lower half of a 128-px aligned face
-    crop_width: int = 128
+    crop_rows: int = 32  # lower half of an aligned face, area-resized to 32x64 (from 64x128 for rt)
+    crop_width: int = 64
     embed_dim: int = 256
-    visual_channels: tuple[int, ...] = (32, 64, 128, 256, 256)  # at 64x128, 32x64, ..., 4x8
+    visual_channels: tuple[int, ...] = (32, 64, 128, 256, 256)  # at 32x64, 16x32, ..., 2x4
     audio_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
 
 
@@ -41,6 +41,14 @@ class SyncNet(nn.Module):
         self.visual_out = EqualConv2d(vc[-1], cfg.embed_dim, 1)
         self.visual_pool = (rows, width)
         self.audio = audio_trunk(cfg.audio_channels, cfg.embed_dim)
+
+    def visual_input(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned faces [B, frames, 3, S, S] in [-1, 1] -> the visual input [B, 3 * frames, rows, width]:
+        their lower halves, area-resized. Training, the generator's sync loss and evaluation all use it."""
+        b, f, _, s, _ = faces.shape
+        lower = faces[..., s // 2 :, :].reshape(b * f, 3, s - s // 2, s)
+        lower = F.interpolate(lower, size=(self.cfg.crop_rows, self.cfg.crop_width), mode="area")
+        return lower.reshape(b, f * 3, self.cfg.crop_rows, self.cfg.crop_width)
 
     def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
         # frames: [B, 3 * frames, crop_rows, crop_width], consecutive RGB crops stacked on channels, in [-1, 1].

@@ -17,7 +17,7 @@ from lipstream.training.dataset import (
     talking_identity,
     talking_sources,
 )
-from lipstream.training.loaders import GeneratorSamples, SyncPairs, load_clips
+from lipstream.training.loaders import MIN_OFFSET, GeneratorSamples, SyncPairs, load_clips, to_unit
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +61,55 @@ def test_building_again_skips_unchanged_clips(cache: Path, shared_data: Path) ->
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*/meta.json")} == before
 
 
-def test_sync_pairs_are_balanced_and_shifted_pairs_are_really_shifted(cache: Path) -> None:
-    pairs = SyncPairs(load_clips(cache, "train"), length=200)
-    labels = []
-    for i in range(200):
-        frames, mel, label = pairs[i]
-        assert frames.shape == (15, 64, 128) and mel.shape == (1, 80, 16)
-        assert float(frames.min()) >= -1.0 and float(frames.max()) <= 1.0
-        labels.append(float(label))
-    assert 0.35 < np.mean(labels) < 0.65
+def test_sync_pairs_bring_an_in_sync_window_and_a_shifted_one_of_the_same_clip(cache: Path) -> None:
+    clips = load_clips(cache, "train")
+    pairs = SyncPairs(clips, length=50)
+    windows = {
+        c.meta["clip_id"]: np.stack([c.sync_window(f) for f in range(c.frames) if c.has_sync_window(f)])
+        for c in clips
+    }
+    for i in range(50):
+        faces, in_sync, off_sync = pairs[i]
+        assert faces.shape == (5, 3, 128, 128) and in_sync.shape == off_sync.shape == (1, 80, 16)
+        assert float(faces.min()) >= -1.0 and float(faces.max()) <= 1.0
+        # Both windows come from one clip, at frames at least MIN_OFFSET apart.
+        owners = [
+            (clip_id, np.flatnonzero((w == mel[0].numpy()).all(axis=(1, 2))))
+            for mel in (in_sync, off_sync)
+            for clip_id, w in windows.items()
+            if (w == mel[0].numpy()).all(axis=(1, 2)).any()
+        ]
+        assert owners[0][0] == owners[-1][0]
+        assert np.abs(owners[0][1][:, None] - owners[-1][1][None]).max() >= MIN_OFFSET
+
+
+def test_the_expert_sees_the_lower_half_of_each_face_area_resized() -> None:
+    from lipstream.models.syncnet import SyncNet
+
+    net = SyncNet()
+    faces = torch.zeros(2, 5, 3, 128, 128)
+    faces[..., 64:, :] = 1.0  # white lower half, black upper half
+    visual = net.visual_input(faces)
+    assert visual.shape == (2, 15, net.cfg.crop_rows, net.cfg.crop_width)
+    assert torch.all(visual == 1.0), "nothing of the upper half reaches the expert"
+
+
+def test_contrastive_loss_falls_when_the_expert_learns_a_batch() -> None:
+    from lipstream.models.syncnet import SyncNet
+    from lipstream.training.syncnet_train import contrastive_loss
+
+    torch.manual_seed(0)
+    net = SyncNet()
+    faces, in_sync, off_sync = torch.randn(8, 5, 3, 128, 128).clamp(-1, 1), torch.randn(8, 1, 80, 16), torch.randn(8, 1, 80, 16)
+    first, accuracy = contrastive_loss(net, faces, in_sync, off_sync, 0.1)
+    assert abs(float(first) - np.log(16)) < 1.0 and 0.0 <= accuracy <= 1.0
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss, accuracy = contrastive_loss(net, faces, in_sync, off_sync, 0.1)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 0.5 * float(first) and accuracy == 1.0
 
 
 def test_generator_samples_bring_targets_windows_reference_and_mask(cache: Path) -> None:
@@ -80,11 +120,44 @@ def test_generator_samples_bring_targets_windows_reference_and_mask(cache: Path)
     assert not torch.equal(sample["reference"], sample["targets"][0])
 
 
+def test_augmented_samples_are_mirrored_or_jittered_alike_in_every_frame(cache: Path) -> None:
+    clips = load_clips(cache, "train")
+    plain = GeneratorSamples(clips, length=20, seed=3)
+    augmented = GeneratorSamples(clips, length=20, seed=3, augment=True)
+    mirrored = 0
+    for i in range(20):
+        a, b = plain[i], augmented[i]
+        assert torch.equal(a["mels"], b["mels"]) and torch.equal(a["sync_mel"], b["sync_mel"])
+        flipped = np.corrcoef(a["targets"].flip(-1).flatten(), b["targets"].flatten())[0, 1]
+        straight = np.corrcoef(a["targets"].flatten(), b["targets"].flatten())[0, 1]
+        mirrored += flipped > straight
+        source = a["targets"].flip(-1) if flipped > straight else a["targets"]
+        # One gain and shift for all five frames and the reference (up to clipping at +-1).
+        inside = (b["targets"].abs() < 0.99) & (source.abs() < 0.99)
+        fit = np.polyfit(source[inside].numpy(), b["targets"][inside].numpy(), 1)
+        assert 0.8 - 1e-3 <= fit[0] <= 1.2 + 1e-3 and abs(fit[1]) <= 0.1 + 1e-3
+    assert 3 <= mirrored <= 17
+
+
+def test_grid_share_sets_how_often_grid_clips_are_drawn(cache: Path) -> None:
+    clips = load_clips(cache, "train")
+    assert {c.meta["identity"] for c in clips} == {"grid_s1", "hdtf_RD_Radio10"}
+    talking = load_clips(cache, "train", {"hdtf_RD_Radio10"})[0]
+    first_talking_frame = to_unit(np.asarray(talking.crops))
+    for share, expected in ((0.0, 1.0), (1.0, 0.0), (0.5, 0.5)):
+        data = GeneratorSamples(clips, length=200, grid_share=share)
+        from_talking = np.mean(
+            [any(torch.equal(data[i]["reference"], f) for f in first_talking_frame) for i in range(0, 200, 4)]
+        )
+        assert abs(from_talking - expected) <= 0.2
+
+
 def test_syncnet_training_steps_checkpoints_and_resumes(cache: Path, tmp_path: Path) -> None:
     from lipstream.training.syncnet_train import SyncTrainConfig, export_expert, train_syncnet, validate
 
     config = SyncTrainConfig(steps=2, batch=4, validate_every=1000)
-    assert train_syncnet(cache, tmp_path, config, log=False)["step"] == 2
+    first = train_syncnet(cache, tmp_path, config, log=False)
+    assert first["step"] == 2 and 0 <= first["accuracy"] <= 1
     resumed = train_syncnet(cache, tmp_path, SyncTrainConfig(steps=4, batch=4), resume=True, log=False)
     assert resumed["step"] == 4 and np.isfinite(resumed["loss"])
     small = export_expert(tmp_path / "checkpoint.pt", tmp_path / "expert.pt")
@@ -109,3 +182,30 @@ def test_evaluation_scores_the_baselines_and_a_model(cache: Path, tmp_path: Path
     assert 10 < systems["static"]["psnr_db"] < 60 and systems["static"]["lmd_px"] > 0
     assert systems["model"]["psnr_db"] < systems["static"]["psnr_db"], "an untrained generator is worse than copying"
     assert (tmp_path / "side_by_side.mp4").stat().st_size > 10_000 and (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_generator_training_steps_with_every_loss_checkpoints_resumes_and_exports(cache: Path, tmp_path: Path) -> None:
+    from lipstream.models.syncnet import SyncNet
+    from lipstream.models.weights import load_stylesync
+    from lipstream.training.generator_train import GeneratorTrainConfig, GeneratorTrainer, export_generator
+
+    expert = tmp_path / "expert.pt"
+    torch.save({k: v.half() for k, v in SyncNet().state_dict().items()}, expert)
+    config = GeneratorTrainConfig(steps=2, batch=2, gan_from_step=1, r1_every=1, sample_every=2, expert=str(expert))
+    trainer = GeneratorTrainer(cache, tmp_path / "run", config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.run(log=False)["step"] == 2
+    first = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"l1", "ms_ssim", "sync", "g_adv", "d", "r1"} <= set(first[-1])
+    assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
+    assert (tmp_path / "run" / "loss_curves.png").is_file()
+    after = trainer.model.state_dict()
+    assert not torch.equal(before["generator.to_rgbs.0.conv.conv.weight"], after["generator.to_rgbs.0.conv.conv.weight"])
+    assert torch.equal(before["delta_w.out.weight"], after["delta_w.out.weight"]), "dW stays zero in general training"
+
+    resumed = GeneratorTrainer(cache, tmp_path / "run", GeneratorTrainConfig(steps=3, batch=2), resume=True)
+    assert resumed.step == 2 and resumed.run(log=False)["step"] == 3
+    weights = export_generator(tmp_path / "run" / "checkpoint.pt", tmp_path / "rt.pt")
+    assert all(t.dtype == torch.float16 for t in torch.load(weights, weights_only=True).values())
+    model, model_id = load_stylesync("rt", weights)
+    assert model_id.startswith("rt-trained-")

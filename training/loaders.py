@@ -67,17 +67,11 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return tensor.movedim(-1, -3)
 
 
-def lower_half(crops: np.ndarray, rows: int = 64, width: int = 128) -> torch.Tensor:
-    """Consecutive crops [F, S, S, 3] -> the expert's visual input [3 F, rows, width] (lower half)."""
-    size = crops.shape[1]
-    faces = to_unit(crops[:, size // 2 :])  # [F, 3, S/2, S]
-    if faces.shape[-2:] != (rows, width):
-        faces = torch.nn.functional.interpolate(faces, size=(rows, width), mode="area")
-    return faces.reshape(-1, rows, width)
-
-
 class SyncPairs(Dataset):
-    """(frames [15, 64, 128], mel [1, 80, 16], label) with label 1 for in-sync, 0 for a shifted window."""
+    """(faces [5, 3, S, S], mel in sync [1, 80, 16], mel of the same clip shifted by >= 0.2 s).
+
+    The shifted window is the hard negative of the contrastive loss: same voice, same face, wrong time.
+    """
 
     def __init__(self, clips: list[Clip], length: int = 100_000, seed: int = 0) -> None:
         if not clips:
@@ -94,25 +88,43 @@ class SyncPairs(Dataset):
             first = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
             if clip.has_sync_window(first):
                 break
-        in_sync = bool(rng.integers(2))
-        audio_at = first
-        while not in_sync and (abs(audio_at - first) < MIN_OFFSET or not clip.has_sync_window(audio_at)):
-            audio_at = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
-        frames = lower_half(np.asarray(clip.crops[first : first + SYNC_FRAMES]))
-        mel = torch.from_numpy(clip.sync_window(audio_at).copy())[None]
-        return frames, mel, torch.tensor(float(in_sync))
+        shifted = first
+        while abs(shifted - first) < MIN_OFFSET or not clip.has_sync_window(shifted):
+            shifted = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
+        faces = to_unit(np.asarray(clip.crops[first : first + SYNC_FRAMES]))
+        in_sync = torch.from_numpy(clip.sync_window(first).copy())[None]
+        off_sync = torch.from_numpy(clip.sync_window(shifted).copy())[None]
+        return faces, in_sync, off_sync
 
 
 class GeneratorSamples(Dataset):
     """Five consecutive target frames with their own mel windows, a reference frame at least 1 s away
-    in the same clip, the lower-face mask, and the expert's window for the five frames."""
+    in the same clip, the lower-face mask, and the expert's window for the five frames.
+
+    `grid_share` is the probability of drawing a GRID clip (there are ~25 times more of them than of
+    the other identities' clips, which are longer). `augment` mirrors a sample and jitters its
+    brightness and contrast, the same for all its frames and its reference (mirroring leaves the sync
+    with the audio intact).
+    """
 
     def __init__(
-        self, clips: list[Clip], length: int = 100_000, seed: int = 0, mel_cfg: MelConfig | None = None
+        self,
+        clips: list[Clip],
+        length: int = 100_000,
+        seed: int = 0,
+        mel_cfg: MelConfig | None = None,
+        grid_share: float | None = None,
+        augment: bool = False,
     ) -> None:
         if not clips:
             raise ValueError("no clips with audio in this split; build the dataset first (lipstream dataset build)")
-        self.clips, self.length, self.seed = clips, length, seed
+        self.length, self.seed, self.augment = length, seed, augment
+        grid = [c for c in clips if c.meta["identity"] == "grid_s1"]
+        other = [c for c in clips if c.meta["identity"] != "grid_s1"]
+        if grid_share is None or not grid or not other:
+            self.groups, self.shares = [clips], [1.0]
+        else:
+            self.groups, self.shares = [grid, other], [grid_share, 1.0 - grid_share]
         self.mel_cfg = mel_cfg or MelConfig()
         size = clips[0].crops.shape[1]
         self.mask = torch.from_numpy(ushape_mask(size))[None]  # [1, S, S]
@@ -122,7 +134,8 @@ class GeneratorSamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))
-        clip = self.clips[rng.integers(len(self.clips))]
+        group = self.groups[rng.choice(len(self.groups), p=self.shares)]
+        clip = group[rng.integers(len(group))]
         while True:
             first = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
             if clip.has_sync_window(first):
@@ -130,10 +143,23 @@ class GeneratorSamples(Dataset):
         far = [f for f in range(clip.frames) if abs(f - first) >= 25] or [0]
         reference = far[rng.integers(len(far))]
         windows = mel_windows(clip.mel, first, SYNC_FRAMES, self.mel_cfg)  # [5, 80, 16]
+        targets = to_unit(np.asarray(clip.crops[first : first + SYNC_FRAMES]))  # [5, 3, S, S]
+        reference_face = to_unit(np.asarray(clip.crops[reference]))  # [3, S, S]
+        if self.augment:
+            targets, reference_face = self._augment(rng, targets, reference_face)
         return {
-            "targets": to_unit(np.asarray(clip.crops[first : first + SYNC_FRAMES])),  # [5, 3, S, S]
+            "targets": targets,
             "mels": torch.from_numpy(windows)[:, None],  # [5, 1, 80, 16]
-            "reference": to_unit(np.asarray(clip.crops[reference])),  # [3, S, S]
+            "reference": reference_face,
             "mask": self.mask,  # [1, S, S]
             "sync_mel": torch.from_numpy(clip.sync_window(first).copy())[None],  # [1, 80, 16]
         }
+
+    @staticmethod
+    def _augment(
+        rng: np.random.Generator, targets: torch.Tensor, reference: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if rng.random() < 0.5:
+            targets, reference = targets.flip(-1), reference.flip(-1)
+        gain, shift = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))
+        return (targets * gain + shift).clamp(-1, 1), (reference * gain + shift).clamp(-1, 1)

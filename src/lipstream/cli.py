@@ -241,6 +241,32 @@ def cmd_train_syncnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from lipstream.training.dataset import default_root
+    from lipstream.training.generator_train import GeneratorTrainConfig, GeneratorTrainer
+
+    cache = Path(args.cache) if args.cache else default_root("rt")
+    out = Path(args.out) if args.out else cache_dir() / "train" / f"generator-rt-seed{args.seed}"
+    if args.expert and not Path(args.expert).is_file():
+        print(f"lipstream train generator: error: expert {args.expert} does not exist", file=sys.stderr)
+        return 2
+    config = GeneratorTrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        d_lr=args.lr,
+        perceptual=args.perceptual,
+        gan_from_step=args.gan_from_step,
+        max_minutes=args.max_minutes,
+        validate_every=args.validate_every,
+        expert=args.expert,
+    )
+    result = GeneratorTrainer(cache, out, config, resume=args.resume).run()
+    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lipstream.training.dataset import default_root
     from lipstream.training.evaluate import evaluate
@@ -365,11 +391,27 @@ def build_parser() -> argparse.ArgumentParser:
     syncnet.add_argument("--seed", type=int, default=0)
     syncnet.add_argument("--steps", type=int, default=20_000)
     syncnet.add_argument("--batch", type=int, default=32)
-    syncnet.add_argument("--lr", type=positive_float, default=1e-4)
+    syncnet.add_argument("--lr", type=positive_float, default=3e-4)
     syncnet.add_argument("--validate-every", type=int, default=1000)
     syncnet.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
     syncnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     syncnet.set_defaults(func=cmd_train_syncnet)
+    generator = train_sub.add_parser("generator", help="the StyleSync generator, general model (rt)")
+    generator.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
+    generator.add_argument("--out", help="checkpoint folder (default: <cache>/train/generator-rt-seed<N>)")
+    generator.add_argument("--seed", type=int, default=0)
+    generator.add_argument("--steps", type=int, default=200_000)
+    generator.add_argument("--batch", type=int, default=4, help="samples of 5 consecutive frames per step")
+    generator.add_argument("--lr", type=positive_float, default=1e-3, help="generator and discriminator")
+    generator.add_argument("--expert", help="fp16 SyncNet expert for the sync loss (none: no sync loss)")
+    generator.add_argument("--perceptual", choices=("ms-ssim", "none"), default="ms-ssim")
+    generator.add_argument("--gan-from-step", type=int, default=3000, help="the adversarial loss joins here")
+    generator.add_argument("--validate-every", type=int, default=2000)
+    generator.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
+    generator.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    generator.set_defaults(func=cmd_train_generator)
+    for job in (syncnet, generator):
+        job.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
     evaluate = sub.add_parser("evaluate", help="score renderings of held-out clips against ground truth")
     evaluate.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
@@ -411,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from lipstream.errors import USER_ERRORS
 
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except USER_ERRORS as err:

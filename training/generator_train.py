@@ -1,0 +1,282 @@
+"""`lipstream train generator`: the StyleSync generator, general model (StyleSync §3.2).
+
+Objective per step, on B samples of five consecutive frames (Eq. 5):
+
+    L_g = L_adv + lambda_r * (L1 + L_perceptual) + lambda_s * L_sync
+
+- L1 on the generated region, lambda_r = 10 (the paper's value; all other weights 1);
+- the perceptual term is 1 - MS-SSIM (no pretrained VGG exists offline; `--perceptual none` for the
+  ablation);
+- L_adv: StyleGAN2's non-saturating loss, the discriminator regularised by lazy R1; it joins after
+  `gan_from_step` so that the discriminator does not start against noise, and sees one generated
+  frame in `adv_stride` (it would otherwise cost twice the generator's step on this CPU);
+- L_sync: the frozen training expert (seed 0) on the five generated frames composited into their
+  faces, against the frames' 0.2 s of audio.
+
+The personalisation head dW stays at zero here (it is trained by `lipstream personalize`).
+Resumable: a checkpoint (networks, optimisers, step) every few minutes and at the end of a chunk;
+`--resume` continues. Logs: log.jsonl, loss_curves.png, samples/step-N.png, validation on GRID `val`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from lipstream.models.config import get_profile
+from lipstream.models.discriminator import Discriminator
+from lipstream.models.stylesync import StyleSync
+from lipstream.models.syncnet import SyncNet
+from lipstream.models.weights import INIT_SEED
+
+from .evaluate import MouthLandmarks, render_clip, score
+from .loaders import SYNC_FRAMES, GeneratorSamples, load_clips
+from .losses import expert_sync_loss, ms_ssim
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class GeneratorTrainConfig:
+    profile: str = "rt"
+    seed: int = 0
+    steps: int = 200_000
+    batch: int = 4  # samples of five consecutive frames: 20 generated frames per step
+    lr: float = 1e-3
+    d_lr: float = 1e-3
+    lambda_rec: float = 10.0
+    lambda_perceptual: float = 10.0  # scales 1 - MS-SSIM like L1: both are part of L_rec
+    lambda_sync: float = 1.0
+    lambda_adv: float = 1.0
+    perceptual: str = "ms-ssim"  # or "none" (the ablation)
+    gan_from_step: int = 3000
+    adv_stride: int = SYNC_FRAMES  # the discriminator sees every n-th generated frame (it costs 2x G)
+    sync_from_step: int = 0
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    grid_share: float = 0.5
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 500
+    validate_every: int = 2000
+    validate_clips: int = 4
+    max_minutes: float = 120.0  # one chunk; resume for more
+    expert: str | None = None  # fp16 SyncNet expert (the training one); None: no sync loss
+
+
+def load_expert(path: str | Path, device: torch.device) -> SyncNet:
+    net = SyncNet()
+    net.load_state_dict({k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()})
+    return net.to(device).eval().requires_grad_(False)
+
+
+class GeneratorTrainer:
+    """The networks, optimisers and one training step; `run` is the resumable loop around them."""
+
+    def __init__(self, cache: Path, out: Path, config: GeneratorTrainConfig, resume: bool = False) -> None:
+        self.cache, self.out, self.config = cache, out, config
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cfg = get_profile(config.profile)
+        torch.manual_seed(INIT_SEED)
+        self.model = StyleSync(cfg).to(self.device)
+        self.model.delta_w.requires_grad_(False)
+        self.disc = Discriminator(cfg).to(self.device)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.g_opt = torch.optim.Adam(trainable, lr=config.lr, betas=(0.5, 0.99))
+        self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=config.d_lr, betas=(0.5, 0.99))
+        self.expert = load_expert(config.expert, self.device) if config.expert else None
+        self.step = 0
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / CHECKPOINT).is_file():
+            state = torch.load(out / CHECKPOINT, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.disc.load_state_dict(state["discriminator"])
+            self.g_opt.load_state_dict(state["g_opt"])
+            self.d_opt.load_state_dict(state["d_opt"])
+            self.step = state["step"]
+        self.rows = cfg.region_rows
+
+    def save(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "discriminator": self.disc.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "d_opt": self.d_opt.state_dict(),
+            "step": self.step,
+            "config": asdict(self.config),
+        }
+        torch.save(state, self.out / (CHECKPOINT + ".tmp"))
+        (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
+
+    def generate(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(generated region, real region, targets) with the five frames flattened into the batch."""
+        targets = batch["targets"].flatten(0, 1)  # [B*5, 3, S, S]
+        mels = batch["mels"].flatten(0, 1)  # [B*5, 1, 80, 16]
+        reference = batch["reference"].repeat_interleave(SYNC_FRAMES, dim=0)
+        mask = batch["mask"].repeat_interleave(SYNC_FRAMES, dim=0)
+        fake = self.model(mels, targets, reference, mask)  # [B*5, 3, rows, S]
+        return fake, targets[..., -self.rows :, :], targets
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        c = self.config
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        use_gan = self.step >= c.gan_from_step
+        fake, real, targets = self.generate(batch)
+        losses: dict[str, torch.Tensor] = {"l1": (fake - real).abs().mean()}
+        total = c.lambda_rec * losses["l1"]
+        if c.perceptual == "ms-ssim":
+            losses["ms_ssim"] = ms_ssim(fake, real).mean()
+            total = total + c.lambda_perceptual * (1 - losses["ms_ssim"])
+        if self.expert is not None and self.step >= c.sync_from_step:
+            faces = torch.cat([targets[..., : -self.rows, :], fake], dim=-2)
+            faces = faces.unflatten(0, (-1, SYNC_FRAMES))  # [B, 5, 3, S, S]
+            losses["sync"] = expert_sync_loss(self.expert, faces, batch["sync_mel"])
+            total = total + c.lambda_sync * losses["sync"]
+        if use_gan:
+            self.disc.requires_grad_(False)
+            losses["g_adv"] = F.softplus(-self.disc(fake[:: c.adv_stride])).mean()
+            total = total + c.lambda_adv * losses["g_adv"]
+        self.g_opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.g_opt.step()
+        if use_gan:
+            losses |= self._discriminator_step(fake[:: c.adv_stride].detach(), real[:: c.adv_stride])
+        self.step += 1
+        return {k: v.item() for k, v in losses.items()} | {"total": total.item()}
+
+    def _discriminator_step(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        self.disc.requires_grad_(True)
+        d_loss = F.softplus(self.disc(fake)).mean() + F.softplus(-self.disc(real)).mean()
+        out = {"d": d_loss.detach()}
+        if self.step % c.r1_every == 0:
+            real = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.disc(real).sum(), real, create_graph=True)
+            r1 = grad.pow(2).sum(dim=(1, 2, 3)).mean()
+            d_loss = d_loss + c.r1_gamma / 2 * r1 * c.r1_every
+            out["r1"] = r1.detach()
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        return out
+
+    @torch.no_grad()
+    def write_samples(self, batch: dict[str, torch.Tensor], path: Path) -> None:
+        """One row per sample: reference | masked target | generated | ground truth (first frame)."""
+        self.model.eval()
+        fake, _, targets = self.generate({k: v.to(self.device) for k, v in batch.items()})
+        self.model.train()
+        first = slice(None, None, SYNC_FRAMES)
+        generated = targets[first].clone()
+        generated[..., -self.rows :, :] = fake[first].clamp(-1, 1)
+        masked = targets[first] * (1 - batch["mask"].to(self.device))
+        columns = [batch["reference"].to(self.device), masked, generated, targets[first]]
+        grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # [3, B*S, 4*S]
+        image = ((grid.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+    def validate(self, clips: list, mouths: MouthLandmarks) -> dict[str, float]:
+        """PSNR / SSIM / LMD of the lower face on held-out clips, reference from a different clip."""
+        self.model.eval()
+        scores = []
+        for index, clip in enumerate(clips):
+            other = clips[(index + 1) % len(clips)]
+            rendered = render_clip("model", clip, np.asarray(other.crops[other.frames // 2]), self.model)
+            scores.append(score(rendered, np.asarray(clip.crops), self.rows, mouths))
+        self.model.train()
+        return {
+            f"val_{k}": float(np.mean([s[k] for s in scores if s[k] is not None] or [np.nan])) for k in scores[0]
+        }
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        c = self.config
+        clips = load_clips(self.cache, "train")
+        data = GeneratorSamples(clips, c.steps * c.batch, seed=c.seed, grid_share=c.grid_share, augment=True)
+        loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
+        return iter(loader)
+
+    def run(self, log: bool = True) -> dict:
+        c = self.config
+        val_clips = load_clips(self.cache, "val", {"grid_s1"})[: c.validate_clips]
+        fixed = next(iter(DataLoader(GeneratorSamples(val_clips or load_clips(self.cache, "train"), 4), batch_size=4)))
+        mouths = MouthLandmarks() if val_clips else None
+        history = self.out / "log.jsonl"
+        started = last_checkpoint = time.monotonic()
+        window: list[dict[str, float]] = []
+        entry: dict = {"step": self.step}
+        self.model.train()
+        def flush() -> dict:
+            keys = {k for w in window for k in w}
+            line = {"step": self.step, "seconds": round(time.monotonic() - started, 1)}
+            line |= {k: float(np.mean([w[k] for w in window if k in w])) for k in sorted(keys)}
+            window.clear()
+            if self.step % c.validate_every == 0 and val_clips:
+                line |= self.validate(val_clips, mouths)
+            with history.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            if log:
+                print(json.dumps(line), flush=True)
+            return line
+
+        for batch in self.batches():
+            window.append(self.train_step(batch))
+            if self.step % 25 == 0 or self.step % c.validate_every == 0:
+                entry = flush()
+            if self.step % c.sample_every == 0:
+                self.write_samples(fixed, self.out / "samples" / f"step-{self.step:07d}.png")
+            if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
+                self.save()
+                plot_curves(history, self.out / "loss_curves.png")
+                last_checkpoint = time.monotonic()
+            if self.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
+                break
+        if window:
+            entry = flush()
+        self.save()
+        plot_curves(history, self.out / "loss_curves.png")
+        return entry
+
+
+def plot_curves(history: Path, path: Path) -> None:
+    """One panel per logged quantity against the step."""
+    if not history.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    keys = sorted({k for e in entries for k in e} - {"step", "seconds"})
+    if not keys:
+        return
+    columns = 3
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(e["step"], e[key]) for e in entries if key in e]
+        ax.plot(*zip(*points, strict=True), marker="." if key.startswith("val_") else None)
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def export_generator(checkpoint: Path, destination: Path) -> Path:
+    """The StyleSync networks alone, fp16 (what `models/weights/<profile>.pt` holds)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() for k, v in state.items()}, destination)
+    return destination
