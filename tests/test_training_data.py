@@ -65,8 +65,7 @@ def test_sync_pairs_bring_an_in_sync_window_and_a_shifted_one_of_the_same_clip(c
     clips = load_clips(cache, "train")
     pairs = SyncPairs(clips, length=50)
     windows = {
-        c.meta["clip_id"]: np.stack([c.sync_window(f) for f in range(c.frames) if c.has_sync_window(f)])
-        for c in clips
+        c.meta["clip_id"]: np.stack([c.sync_window(f) for f in range(c.frames) if c.has_sync_window(f)]) for c in clips
     }
     for i in range(50):
         faces, in_sync, off_sync = pairs[i]
@@ -100,7 +99,8 @@ def test_contrastive_loss_falls_when_the_expert_learns_a_batch() -> None:
 
     torch.manual_seed(0)
     net = SyncNet()
-    faces, in_sync, off_sync = torch.randn(8, 5, 3, 128, 128).clamp(-1, 1), torch.randn(8, 1, 80, 16), torch.randn(8, 1, 80, 16)
+    faces = torch.randn(8, 5, 3, 128, 128).clamp(-1, 1)
+    in_sync, off_sync = torch.randn(8, 1, 80, 16), torch.randn(8, 1, 80, 16)
     first, accuracy = contrastive_loss(net, faces, in_sync, off_sync, 0.1)
     assert abs(float(first) - np.log(16)) < 1.0 and 0.0 <= accuracy <= 1.0
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -200,12 +200,12 @@ def test_generator_training_steps_with_every_loss_checkpoints_resumes_and_export
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     assert (tmp_path / "run" / "loss_curves.png").is_file()
     after = trainer.model.state_dict()
-    assert not torch.equal(before["generator.to_rgbs.0.conv.conv.weight"], after["generator.to_rgbs.0.conv.conv.weight"])
+    rgb = "generator.to_rgbs.0.conv.conv.weight"
+    assert not torch.equal(before[rgb], after[rgb])
     assert torch.equal(before["delta_w.out.weight"], after["delta_w.out.weight"]), "dW stays zero in general training"
 
     resumed = GeneratorTrainer(cache, tmp_path / "run", GeneratorTrainConfig(steps=3, batch=2), resume=True)
     assert resumed.step == 2 and resumed.run(log=False)["step"] == 3
     weights = export_generator(tmp_path / "run" / "checkpoint.pt", tmp_path / "rt.pt")
     assert all(t.dtype == torch.float16 for t in torch.load(weights, weights_only=True).values())
-    model, model_id = load_stylesync("rt", weights)
-    assert model_id.startswith("rt-trained-")
+    assert load_stylesync("rt", weights)[1].startswith("rt-trained-")

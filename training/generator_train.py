@@ -193,9 +193,7 @@ class GeneratorTrainer:
             rendered = render_clip("model", clip, np.asarray(other.crops[other.frames // 2]), self.model)
             scores.append(score(rendered, np.asarray(clip.crops), self.rows, mouths))
         self.model.train()
-        return {
-            f"val_{k}": float(np.mean([s[k] for s in scores if s[k] is not None] or [np.nan])) for k in scores[0]
-        }
+        return {f"val_{k}": float(np.mean([s[k] for s in scores if s[k] is not None] or [np.nan])) for k in scores[0]}
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         c = self.config
@@ -214,6 +212,7 @@ class GeneratorTrainer:
         window: list[dict[str, float]] = []
         entry: dict = {"step": self.step}
         self.model.train()
+
         def flush() -> dict:
             keys = {k for w in window for k in w}
             line = {"step": self.step, "seconds": round(time.monotonic() - started, 1)}

@@ -4,8 +4,9 @@ Wav2Lip trains its expert with binary cross-entropy on single pairs; on this CPU
 chance (0.69) for the first 500 steps. Here every batch is a contrastive problem instead: each clip
 window's video must pick its own audio among the batch's other windows (other clips) and the shifted
 windows of the same clips (same voice and face, wrong time: the hard negatives), and each audio window
-must pick its video (InfoNCE both ways, fixed temperature). Training is resumable: a checkpoint (model, optimiser, step, RNG) is written every few
-minutes and at the end, and `--resume` continues from it. Validation follows the SyncNet paper: for
+must pick its video (InfoNCE both ways, fixed temperature). Training is resumable: a checkpoint
+(model, optimiser, step) is written every few minutes and at the end, and `--resume` continues from
+it (the sample order depends only on the seed and the step). Validation follows the SyncNet paper: for
 each GRID test clip, the offset in [-15, +15] frames that minimises the mean embedding distance, and
 the confidence (median minus minimum of those distances).
 """
