@@ -52,6 +52,12 @@ class Metrics:
         self.frames_idle = Counter("lipstream_frames_idle_total", "Frames shown from the cached silent renderings")
         self.frames_dropped = Counter("lipstream_frames_dropped_total", "Frames skipped because the machine was late")
         self.inference_errors = Counter("lipstream_inference_errors_total", "Batches whose inference failed")
+        self.inference_timeouts = Counter(
+            "lipstream_inference_timeouts_total", "Batches abandoned because inference overran its time budget"
+        )
+        self.inference_skipped = Counter(
+            "lipstream_inference_skipped_total", "Batches shown idle while an overrun inference was still running"
+        )
         self.inference_seconds = Histogram(
             "lipstream_inference_seconds",
             "Time of one batched inference",
@@ -70,6 +76,8 @@ class Metrics:
             self.frames_idle,
             self.frames_dropped,
             self.inference_errors,
+            self.inference_timeouts,
+            self.inference_skipped,
             self.inference_seconds,
             self.batch_size,
             *self.gauges.values(),

@@ -23,14 +23,38 @@ from .session import AvatarSession, FramePlan
 
 FPS = 25
 MAX_BEHIND = 3
+# An inference still running after this is abandoned for its frames (idle ones are shown). Normal
+# batches take 5-20 ms on two cores; 100 ms (2.5 frames) leaves room for a busy machine.
+INFERENCE_TIMEOUT_S = 0.1
+
+
+def _fall_back(plans: list[FramePlan]) -> list[np.ndarray]:
+    for plan in plans:
+        plan.mel = None  # composited as an idle frame
+    return []
+
+
+def _consume_result(job: asyncio.Future) -> None:
+    """Retrieves an abandoned inference's result or error, so asyncio does not report it as lost."""
+    if not job.cancelled():
+        job.exception()
 
 
 class FrameScheduler:
-    def __init__(self, engine: Engine, clock: Clock, metrics: Metrics | None = None, fps: int = FPS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        fps: int = FPS,
+        inference_timeout: float = INFERENCE_TIMEOUT_S,
+    ) -> None:
         self.engine, self.clock, self.fps = engine, clock, fps
         self.metrics = metrics or Metrics()
+        self.inference_timeout = inference_timeout
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
+        self._overrun: asyncio.Future | None = None  # an inference abandoned at its timeout, still running
         self.ticks = 0
 
     def add(self, session: AvatarSession) -> None:
@@ -73,21 +97,36 @@ class FrameScheduler:
         speech = [p for p in plans if p.mel is not None]
         regions: list[np.ndarray] = []
         if speech:
-            started = time.perf_counter()
-            try:
-                regions = await asyncio.to_thread(self._infer, speech)
-            except Exception:  # an engine failure must not end every session: show idle frames instead
-                self.metrics.inference_errors.inc()
-                for plan in speech:
-                    plan.mel = None
-                regions = []
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(speech))
+            regions = await self._infer_or_fall_back(speech)
         images = await asyncio.to_thread(self._composite, plans, regions)
         for plan, image in zip(plans, images, strict=True):
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
         self.ticks += 1
+
+    async def _infer_or_fall_back(self, speech: list[FramePlan]) -> list[np.ndarray]:
+        """The batch's mouths; on an engine error, an inference over its time budget, or while an
+        earlier overrun is still running, none: those frames show the idle rendering instead (the
+        sessions go on, the error is counted, and the next batch tries again)."""
+        if self._overrun is not None and not self._overrun.done():
+            self.metrics.inference_skipped.inc()
+            return _fall_back(speech)
+        started = time.perf_counter()
+        job = asyncio.ensure_future(asyncio.to_thread(self._infer, speech))
+        try:
+            regions = await asyncio.wait_for(asyncio.shield(job), self.inference_timeout)
+        except TimeoutError:
+            self.metrics.inference_timeouts.inc()
+            self._overrun = job
+            job.add_done_callback(_consume_result)
+            return _fall_back(speech)
+        except Exception:  # an engine failure must not end every session
+            self.metrics.inference_errors.inc()
+            return _fall_back(speech)
+        finally:
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(speech))
+        return regions
 
     def _infer(self, plans: list[FramePlan]) -> list[np.ndarray]:
         regions = []

@@ -4,8 +4,9 @@ POST   /offer                        {sdp, type} -> answer {sdp, type, session_i
                                      the peer's microphone drives the avatar it receives
 POST   /whip                         WHIP (RFC 9725) audio ingest: application/sdp -> 201 + Location
 DELETE /whip/{session}               ends that session
-POST   /whep/{session}               WHEP viewer of a session: application/sdp -> 201 + Location
-DELETE /whep/{session}/{viewer}      ends that viewer
+POST   /whep/{watch}                 WHEP viewer of a session: application/sdp -> 201 + Location. {watch} is
+                                     the session's watch id, which lets one watch but not drive or end it
+DELETE /whep/{watch}/{viewer}        ends that viewer
 POST   /sessions/{session}/audio     streamed PCM (audio/pcm or application/octet-stream with ?rate=&channels=,
                                      s16le) or audio/wav, for TTS systems; throttled to about real time
 GET    /sessions/{session}/ws        the same as a WebSocket: binary PCM messages, "end", "interrupt"
@@ -15,15 +16,19 @@ DELETE /sessions/{session}           ends a session
 GET    /health, /metrics             status, and Prometheus metrics
 GET    /, /static/*                  the browser demo client (web_client/)
 GET    /avatars, /samples[/{name}]   avatars that can be chosen, speech samples the page can play
+GET    /openapi.json                 this API as an OpenAPI 3.1 document
+
+With tokens configured, every route that creates, drives, watches or ends a session needs
+`Authorization: Bearer <token>` (see security.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,17 +43,19 @@ from lipstream.web_client import ROOT as WEB_CLIENT
 
 from .audio_in import AudioFormatError, Resampler
 from .clock import Clock, MonotonicClock
+from .openapi import openapi_document
 from .runtime import Runtime
 from .scheduler import FPS, FrameScheduler
+from .security import MAX_SDP_BYTES, auth_middleware, check_sdp, error_response
 from .session import AvatarSession
 from .tracks import Broadcast
-
-MAX_SDP_BYTES = 64 * 1024
 
 
 @dataclass
 class ServerSettings:
     max_sessions: int = 4  # admission control: more would push two cores below 25 fps
+    max_sessions_per_client: int = 2  # per remote address
+    tokens: tuple[str, ...] = ()  # bearer tokens; empty: no authentication (loopback and trusted networks)
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     receive_prefetch: int = 1  # audio packets aiortc waits for before releasing one (its default: 4)
@@ -58,8 +65,11 @@ class ServerSettings:
 class LiveSession:
     session: AvatarSession
     broadcast: Broadcast
+    client: str  # remote address that opened it
+    watch_id: str  # addresses the session's WHEP resource: watching, not control
     peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    viewers: set[str] = field(default_factory=set)  # peer ids of WHEP viewers
 
 
 class ServerState:
@@ -67,6 +77,7 @@ class ServerState:
         self.runtime, self.settings, self.clock = runtime, settings, clock
         self.scheduler: FrameScheduler = runtime.scheduler(clock)
         self.live: dict[str, LiveSession] = {}
+        self.watched: dict[str, str] = {}  # watch id -> session id
         # What the pipeline adds between audio in and mouth out, before the network: the mel window's
         # look-ahead, the jitter buffer, and one tick for inference and compositing.
         self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
@@ -77,27 +88,32 @@ class ServerState:
             lambda: sum(s.session.buffered_frames for s in self.live.values()),
         )
 
-    def _admit(self) -> None:
-        if len(self.live) >= self.settings.max_sessions:
-            raise web.HTTPServiceUnavailable(
-                text=json.dumps(
-                    {"error": f"the server is full ({self.settings.max_sessions} sessions); try again later"}
-                ),
-                content_type="application/json",
-                headers={"Retry-After": "5"},
+    def _admit(self, client: str) -> None:
+        limit = self.settings.max_sessions
+        if len(self.live) >= limit:
+            raise error_response(
+                web.HTTPServiceUnavailable, f"the server is full ({limit} sessions); try again later", **RETRY
+            )
+        own = sum(live.client == client for live in self.live.values())
+        if own >= self.settings.max_sessions_per_client:
+            raise error_response(
+                web.HTTPTooManyRequests,
+                f"{own} sessions are open from {client}, the most one client may have; end one first",
+                **RETRY,
             )
 
-    async def open(self, avatar: str | None = None) -> LiveSession:
-        self._admit()
+    async def open(self, client: str, avatar: str | None = None) -> LiveSession:
+        self._admit(client)
         try:
             assets = await asyncio.to_thread(self.runtime.assets_for, avatar)
         except (AvatarError, InvalidNameError) as err:
             raise _error(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
-        self._admit()  # others may have been admitted while the avatar loaded
-        session_id = secrets.token_urlsafe(16)
+        self._admit(client)  # others may have been admitted while the avatar loaded
+        session_id, watch_id = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         session = AvatarSession(session_id, assets, jitter_frames=self.settings.jitter_frames)
-        live = LiveSession(session, Broadcast(session))
+        live = LiveSession(session, Broadcast(session), client, watch_id)
         self.live[session_id] = live
+        self.watched[watch_id] = session_id
         self.scheduler.add(session)
         return live
 
@@ -107,10 +123,14 @@ class ServerState:
             raise _error(web.HTTPNotFound, "no such session")
         return live
 
+    def watching(self, watch_id: str) -> LiveSession:
+        return self.get(self.watched.get(watch_id, ""))
+
     async def close(self, session_id: str) -> None:
         live = self.live.pop(session_id, None)
         if live is None:
             return
+        self.watched.pop(live.watch_id, None)
         self.scheduler.remove(session_id)
         live.session.close()
         tasks, live.tasks = list(live.tasks), set()
@@ -131,6 +151,7 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+RETRY = {"Retry-After": "5"}
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -159,8 +180,7 @@ async def sample(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path)
 
 
-def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    return status(text=json.dumps({"error": message}), content_type="application/json")
+_error = error_response
 
 
 def _shorten_receive_buffer(pc: RTCPeerConnection, prefetch: int) -> None:
@@ -215,6 +235,7 @@ async def _answer(
             if ingest:
                 await state.close(live.session.id)
             else:
+                live.viewers.discard(peer_id)
                 live.broadcast.detach(peer_id)
 
     try:
@@ -233,10 +254,16 @@ async def _answer(
     return peer_id, pc
 
 
-def _offer_from(text: str, kind: str = "offer") -> RTCSessionDescription:
-    if not text or len(text) > MAX_SDP_BYTES or not text.startswith("v=0"):
-        raise _error(web.HTTPBadRequest, f"expected an SDP {kind} (starting with 'v=0', at most {MAX_SDP_BYTES} bytes)")
-    return RTCSessionDescription(sdp=text, type=kind)
+def _offer_from(text: str, need_audio_in: bool, need_video_out: bool) -> RTCSessionDescription:
+    check_sdp(text, need_audio_in, need_video_out)
+    return RTCSessionDescription(sdp=text, type="offer")
+
+
+async def _sdp_body(request: web.Request) -> str:
+    try:
+        return (await request.read()).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _error(web.HTTPBadRequest, f"the SDP offer is not UTF-8 text (byte {err.start})") from err
 
 
 async def offer(request: web.Request) -> web.Response:
@@ -249,23 +276,25 @@ async def offer(request: web.Request) -> web.Response:
     avatar = body.get("avatar")
     if kind != "offer" or not isinstance(sdp, str) or not isinstance(avatar, str | None):
         raise _error(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"} (and optionally "avatar")')
-    description = _offer_from(sdp)
-    live = await state.open(avatar)
+    description = _offer_from(sdp, need_audio_in=False, need_video_out=True)
+    live = await state.open(request.remote or "", avatar)
     try:
         _, pc = await _answer(state, live, description, send=True, ingest=True)
     except web.HTTPException:
         await state.close(live.session.id)
         raise
     local = pc.localDescription
-    return web.json_response({"sdp": local.sdp, "type": local.type, "session_id": live.session.id})
+    return web.json_response(
+        {"sdp": local.sdp, "type": local.type, "session_id": live.session.id, "watch_url": f"/whep/{live.watch_id}"}
+    )
 
 
 async def whip(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if request.content_type != "application/sdp":
         raise _error(web.HTTPUnsupportedMediaType, "WHIP expects Content-Type: application/sdp")
-    description = _offer_from(await request.text())
-    live = await state.open(request.query.get("avatar"))
+    description = _offer_from(await _sdp_body(request), need_audio_in=True, need_video_out=False)
+    live = await state.open(request.remote or "", request.query.get("avatar"))
     try:
         _, pc = await _answer(state, live, description, send=False, ingest=True)
     except web.HTTPException:
@@ -276,27 +305,30 @@ async def whip(request: web.Request) -> web.Response:
         status=201,
         text=pc.localDescription.sdp,
         content_type="application/sdp",
-        headers={"Location": location, "X-Session-Id": live.session.id},
+        headers={"Location": location, "X-Session-Id": live.session.id, "X-Watch-Url": f"/whep/{live.watch_id}"},
     )
 
 
 async def whep(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    live = state.get(request.match_info["session"])
+    live = state.watching(request.match_info["watch"])
     if request.content_type != "application/sdp":
         raise _error(web.HTTPUnsupportedMediaType, "WHEP expects Content-Type: application/sdp")
-    peer_id, pc = await _answer(state, live, _offer_from(await request.text()), send=True, ingest=False)
+    offer = _offer_from(await _sdp_body(request), need_audio_in=False, need_video_out=True)
+    peer_id, pc = await _answer(state, live, offer, send=True, ingest=False)
+    live.viewers.add(peer_id)
     return web.Response(
         status=201,
         text=pc.localDescription.sdp,
         content_type="application/sdp",
-        headers={"Location": f"/whep/{live.session.id}/{peer_id}"},
+        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"},
     )
 
 
 async def end_whep(request: web.Request) -> web.Response:
-    live = request.app[STATE].get(request.match_info["session"])
-    pc = live.peers.pop(request.match_info["viewer"], None)
+    live = request.app[STATE].watching(request.match_info["watch"])
+    viewer = request.match_info["viewer"]
+    pc = live.peers.pop(viewer, None) if viewer in live.viewers else None  # never the session's own peer
     if pc is None:
         raise _error(web.HTTPNotFound, "no such viewer")
     live.broadcast.detach(request.match_info["viewer"])
@@ -408,14 +440,18 @@ async def push_audio(request: web.Request) -> web.Response:
         resampler = Resampler(rate, channels)
     except AudioFormatError as err:
         raise _error(web.HTTPBadRequest, str(err)) from err
-    received = 0
+    received, throttled = 0, 0.0
     ahead = round(state.settings.push_ahead_seconds * FPS)
     async for chunk in request.content.iter_chunked(4096):
         live.session.push_audio(resampler.push_bytes(chunk))
         received += len(chunk)
+        waited = time.monotonic()
         await live.session.wait_until_buffered_at_most(ahead)  # throttles a pusher faster than real time
+        throttled += time.monotonic() - waited
     live.session.end_of_input()
-    return web.json_response({"seconds": received / (2 * channels * rate)})
+    # throttled_seconds: how long reading was paused because the push ran more than
+    # push_ahead_seconds ahead of playback (the client is told, and TCP back-pressure slowed it).
+    return web.json_response({"seconds": received / (2 * channels * rate), "throttled_seconds": round(throttled, 3)})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -434,23 +470,29 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def api_description(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(bool(request.app[STATE].settings.tokens)))
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=request.app[STATE].runtime.metrics.render(), content_type="text/plain")
 
 
 def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: Clock | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_SDP_BYTES)
-    state = ServerState(runtime, settings or ServerSettings(), clock or MonotonicClock())
+    settings = settings or ServerSettings()
+    app = web.Application(client_max_size=MAX_SDP_BYTES, middlewares=[auth_middleware(settings.tokens)])
+    state = ServerState(runtime, settings, clock or MonotonicClock())
     app[STATE] = state
-    app.router.add_post("/offer", offer)
-    app.router.add_post("/whip", whip)
-    app.router.add_delete("/whip/{session}", end_session)
-    app.router.add_post("/whep/{session}", whep)
-    app.router.add_delete("/whep/{session}/{viewer}", end_whep)
-    app.router.add_post("/sessions/{session}/audio", push_audio)
-    app.router.add_post("/sessions/{session}/interrupt", interrupt)
-    app.router.add_get("/sessions/{session}/ws", audio_socket)
-    app.router.add_delete("/sessions/{session}", end_session)
+    app.router.add_post("/offer", offer, name="offer")
+    app.router.add_post("/whip", whip, name="whip")
+    app.router.add_delete("/whip/{session}", end_session, name="whip-end")
+    app.router.add_post("/whep/{watch}", whep, name="whep")
+    app.router.add_delete("/whep/{watch}/{viewer}", end_whep, name="whep-end")
+    app.router.add_post("/sessions/{session}/audio", push_audio, name="audio")
+    app.router.add_post("/sessions/{session}/interrupt", interrupt, name="interrupt")
+    app.router.add_get("/sessions/{session}/ws", audio_socket, name="audio-socket")
+    app.router.add_delete("/sessions/{session}", end_session, name="session-end")
+    app.router.add_get("/openapi.json", api_description)
     app.router.add_get("/", index)
     app.router.add_static("/static", WEB_CLIENT)
     app.router.add_get("/avatars", list_avatars)

@@ -226,13 +226,12 @@ def test_whip_ingest_and_whep_viewer(runtime: Runtime, speech_then_silence: Path
                 f"{base}/whip", data=sender.localDescription.sdp, headers={"Content-Type": "application/sdp"}
             ) as response:
                 assert response.status == 201 and response.content_type == "application/sdp"
-                location = response.headers["Location"]
+                location, watch_url = response.headers["Location"], response.headers["X-Watch-Url"]
                 await sender.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
-            session_id = location.rsplit("/", 1)[1]
             viewer = Viewer()
             offer = await viewer.offer()
             async with http.post(
-                f"{base}/whep/{session_id}", data=offer, headers={"Content-Type": "application/sdp"}
+                f"{base}{watch_url}", data=offer, headers={"Content-Type": "application/sdp"}
             ) as response:
                 assert response.status == 201
                 viewer_location = response.headers["Location"]

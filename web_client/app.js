@@ -81,9 +81,12 @@ async function connect(event) {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringComplete(pc);
     const response = await fetch("/offer", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, avatar: ui.avatar.value }),
     });
+    if (response.status === 401) {
+      throw new Error("This server needs an access token: open the page as …/#token=YOUR_TOKEN (the part after # never leaves the browser).");
+    }
     if (response.status === 503) {
       const retry = response.headers.get("Retry-After") || "a few";
       throw new Error(`The server is busy: every session is in use. Try again in ${retry} seconds.`);
@@ -103,6 +106,13 @@ async function connect(event) {
   }
 }
 
+// A bearer token, when the server needs one, comes in the page's fragment (#token=...): browsers never
+// send the fragment to the server, so it stays out of request lines and logs.
+function authHeaders() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 function onConnectionState(pc) {
   if (pc !== state.pc || state.closing) return;
   if (pc.connectionState === "failed") {
@@ -120,7 +130,7 @@ async function teardown(tellServer) {
   clearInterval(state.statsTimer);
   clearInterval(state.healthTimer);
   if (tellServer && state.sessionId) {
-    await fetch(`/sessions/${state.sessionId}`, { method: "DELETE" }).catch(() => {});
+    await fetch(`/sessions/${state.sessionId}`, { method: "DELETE", headers: authHeaders() }).catch(() => {});
   }
   state.sample?.pause();
   state.localStream?.getTracks().forEach((t) => t.stop());
@@ -148,7 +158,7 @@ async function interrupt() {
   if (state.channel?.readyState === "open") {
     state.channel.send("interrupt");
   } else if (state.sessionId) {
-    await fetch(`/sessions/${state.sessionId}/interrupt`, { method: "POST" });
+    await fetch(`/sessions/${state.sessionId}/interrupt`, { method: "POST", headers: authHeaders() });
   }
   setStatus("Interrupted: the avatar is idle.");
 }

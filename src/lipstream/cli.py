@@ -162,8 +162,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from lipstream.realtime.runtime import build_runtime
+    from lipstream.realtime.security import load_tokens
     from lipstream.realtime.server import ServerSettings, create_app
 
+    tokens = load_tokens(args.token_file)
     try:
         import uvloop
 
@@ -176,9 +178,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
         f"on http://{args.host}:{args.port}"
+        + (f"; {len(tokens)} bearer token(s) required to open, drive or watch sessions" if tokens else "")
+    )
+    settings = ServerSettings(
+        max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
+        jitter_frames=args.jitter_frames,
+        tokens=tokens,
     )
     web.run_app(
-        create_app(runtime, ServerSettings(max_sessions=args.max_sessions, jitter_frames=args.jitter_frames)),
+        create_app(runtime, settings),
         host=args.host,
         port=args.port,
         print=None,
@@ -361,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter-frames", type=int, default=1, help="input frames buffered before playback (1; 0 saves 40 ms)"
     )
     serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
+    serve.add_argument("--max-sessions-per-client", type=int, default=2, help="per remote address; more get 429")
+    serve.add_argument(
+        "--token-file",
+        help="bearer tokens, one per line, required to open, drive, watch or end sessions "
+        "(also read from $LIPSTREAM_TOKENS, comma separated)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     render = sub.add_parser("render", help="the real-time pipeline without WebRTC: avatar + audio -> mp4")

@@ -12,6 +12,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lipstream.models.config import UnknownProfileError
     from lipstream.models.weights import WeightsError
     from lipstream.paths import InvalidNameError
+    from lipstream.realtime.security import InvalidTokensError
 
     return (
         AvatarError,
@@ -23,6 +24,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         EngineError,
         EngineInputError,
         ExportError,
+        InvalidTokensError,
     )
 
 
