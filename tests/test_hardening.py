@@ -435,3 +435,73 @@ async def metric_values(http: aiohttp.ClientSession, base: str) -> dict[str, flo
     async with http.get(f"{base}/metrics") as response:
         text = await response.text()
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+
+
+def _resources() -> dict[str, float]:
+    import gc
+    import threading
+
+    gc.collect()
+    with open("/proc/self/statm") as handle:
+        rss_pages = int(handle.read().split()[1])
+    return {
+        "tasks": len(asyncio.all_tasks()),
+        "threads": threading.active_count(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_mb": rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20,
+    }
+
+
+async def _open_and_close(http: aiohttp.ClientSession, base: str, index: int) -> None:
+    """One full session: negotiated, first frame received, then ended by DELETE (even index) or by the
+    client closing its peer connection without a word to the server (odd index)."""
+    viewer = FrameTimes()
+    session_id = await connect(http, base, viewer)
+    await wait_for_frames(viewer, 1)
+    if index % 2 == 0:
+        assert (await _call(http, "DELETE", f"{base}/sessions/{session_id}"))[0] == 200
+    await viewer.close()
+
+
+def leak_check(runtime: Runtime, sessions: int) -> dict:
+    async def scenario() -> dict:
+        async with serving(runtime, max_sessions=4) as base, aiohttp.ClientSession() as http:
+
+            async def drained() -> None:
+                async with asyncio.timeout(15):  # a client that just vanished is freed within this
+                    while True:
+                        async with http.get(f"{base}/health") as response:
+                            if (await response.json())["sessions"] == 0:
+                                return
+                        await asyncio.sleep(0.1)
+
+            for index in range(10):  # warm-up: thread pools, codecs and caches reach their size
+                await _open_and_close(http, base, index)
+            await drained()
+            before = _resources()
+            started = time.monotonic()
+            for index in range(sessions):
+                await _open_and_close(http, base, index)
+            await drained()
+            await asyncio.sleep(1)
+            after = _resources()
+            return {"sessions": sessions, "seconds": time.monotonic() - started, "before": before, "after": after}
+
+    return asyncio.run(scenario())
+
+
+def _assert_no_leaks(report: dict) -> None:
+    before, after = report["before"], report["after"]
+    print(f"leaks over {report['sessions']} sessions in {report['seconds']:.0f} s: before {before}, after {after}")
+    assert after["tasks"] <= before["tasks"] and after["fds"] <= before["fds"] + 2
+    assert after["threads"] <= before["threads"] + 1
+    assert after["rss_mb"] < 1.05 * before["rss_mb"], "resident memory grew by 5 % or more"
+
+
+def test_sessions_opened_and_closed_in_a_loop_leak_nothing(runtime: Runtime) -> None:
+    _assert_no_leaks(leak_check(runtime, 30))
+
+
+@pytest.mark.slow
+def test_200_sessions_opened_and_closed_leak_nothing(runtime: Runtime) -> None:
+    _assert_no_leaks(leak_check(runtime, 200))
