@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from lipstream.avatars.errors import AvatarError
@@ -56,6 +56,7 @@ class ServerSettings:
     max_sessions: int = 4  # admission control: more would push two cores below 25 fps
     max_sessions_per_client: int = 2  # per remote address
     tokens: tuple[str, ...] = ()  # bearer tokens; empty: no authentication (loopback and trusted networks)
+    ice_servers: tuple[RTCIceServer, ...] = ()  # STUN/TURN servers for the server's own ICE candidates
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     receive_prefetch: int = 1  # audio packets aiortc waits for before releasing one (its default: 4)
@@ -212,7 +213,7 @@ async def _answer(
     state: ServerState, live: LiveSession, offer: RTCSessionDescription, send: bool, ingest: bool
 ) -> tuple[str, RTCPeerConnection]:
     """Connects one peer to a session: it may send audio in (ingest), receive the avatar (send), or both."""
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(state.settings.ice_servers) or None))
     peer_id = secrets.token_urlsafe(8)
     live.peers[peer_id] = pc
 

@@ -160,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
+    from aiortc import RTCIceServer
 
     from lipstream.realtime.runtime import build_runtime
     from lipstream.realtime.security import load_tokens
@@ -185,6 +186,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions_per_client=args.max_sessions_per_client,
         jitter_frames=args.jitter_frames,
         tokens=tokens,
+        ice_servers=tuple(
+            RTCIceServer(url, username=args.ice_username, credential=args.ice_credential) for url in args.ice_server
+        ),
     )
     web.run_app(
         create_app(runtime, settings),
@@ -371,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
     serve.add_argument("--max-sessions-per-client", type=int, default=2, help="per remote address; more get 429")
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server for the server's ICE candidates, e.g. turn:turn.example.com:3478 (repeatable)",
+    )
+    serve.add_argument("--ice-username", help="TURN username")
+    serve.add_argument("--ice-credential", help="TURN password")
     serve.add_argument(
         "--token-file",
         help="bearer tokens, one per line, required to open, drive, watch or end sessions "
