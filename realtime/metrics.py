@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 
 
 class Counter:
@@ -46,6 +48,32 @@ class Histogram:
         return [*lines, f"{self.name}_sum {self.sum:g}", f"{self.name}_count {self.count}"]
 
 
+class StageHistograms:
+    """One histogram per pipeline stage, rendered as a single labelled metric."""
+
+    BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self.stages: dict[str, Histogram] = {}
+
+    def observe(self, stage: str, seconds: float) -> None:
+        if stage not in self.stages:
+            self.stages[stage] = Histogram(self.name, self.help, self.BUCKETS)
+        self.stages[stage].observe(seconds)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for stage, histogram in sorted(self.stages.items()):
+            label = f'stage="{stage}"'
+            for line in histogram.render()[2:]:
+                metric, value = line.rsplit(" ", 1)
+                # ..._bucket{le="x"} -> ..._bucket{stage="s",le="x"}; ..._sum -> ..._sum{stage="s"}
+                metric = metric.replace("{", "{" + label + ",", 1) if "{" in metric else f"{metric}{{{label}}}"
+                lines.append(f"{metric} {value}")
+        return lines
+
+
 class Metrics:
     def __init__(self) -> None:
         self.frames_generated = Counter("lipstream_frames_generated_total", "Frames whose mouth was generated")
@@ -64,7 +92,21 @@ class Metrics:
             (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.1, 0.2, 0.5),
         )
         self.batch_size = Histogram("lipstream_batch_size", "Frames per inference batch", (1, 2, 4, 8, 16, 32, 64))
+        self.stage_seconds = StageHistograms(
+            "lipstream_stage_seconds",
+            "Time per call of each pipeline stage: resample, vad, mel (per pushed chunk), inference, "
+            "composite (per tick), video_queue (a frame waiting for its sender), encode_send (aiortc's "
+            "encoding and sending of one video frame)",
+        )
         self.gauges: dict[str, Gauge] = {}
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.observe(stage, time.perf_counter() - started)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Registers (or replaces, when a new server is built on the same runtime) a gauge."""
@@ -80,6 +122,7 @@ class Metrics:
             self.inference_skipped,
             self.inference_seconds,
             self.batch_size,
+            self.stage_seconds,
             *self.gauges.values(),
         ]
         return "\n".join(line for part in parts for line in part.render()) + "\n"

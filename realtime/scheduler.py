@@ -98,7 +98,9 @@ class FrameScheduler:
         regions: list[np.ndarray] = []
         if speech:
             regions = await self._infer_or_fall_back(speech)
+        composite_started = time.perf_counter()
         images = await asyncio.to_thread(self._composite, plans, regions)
+        self.metrics.stage_seconds.observe("composite", time.perf_counter() - composite_started)
         for plan, image in zip(plans, images, strict=True):
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
@@ -125,6 +127,7 @@ class FrameScheduler:
             return _fall_back(speech)
         finally:
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.stage_seconds.observe("inference", time.perf_counter() - started)
             self.metrics.batch_size.observe(len(speech))
         return regions
 

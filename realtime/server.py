@@ -111,7 +111,9 @@ class ServerState:
             raise _error(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
         self._admit(client)  # others may have been admitted while the avatar loaded
         session_id, watch_id = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-        session = AvatarSession(session_id, assets, jitter_frames=self.settings.jitter_frames)
+        session = AvatarSession(
+            session_id, assets, jitter_frames=self.settings.jitter_frames, metrics=self.runtime.metrics
+        )
         live = LiveSession(session, Broadcast(session), client, watch_id)
         self.live[session_id] = live
         self.watched[watch_id] = session_id
@@ -206,7 +208,9 @@ async def _ingest(live: LiveSession, track: object) -> None:
             frame = await track.recv()
         except MediaStreamError:
             return
-        live.session.push_audio(resampler.push_frame(frame))
+        with live.session.metrics.timed("resample"):
+            samples = resampler.push_frame(frame)
+        live.session.push_audio(samples)
 
 
 async def _answer(
@@ -374,7 +378,9 @@ async def audio_socket(request: web.Request) -> web.WebSocketResponse:
     ahead = round(state.settings.push_ahead_seconds * FPS)
     async for message in socket:
         if message.type == web.WSMsgType.BINARY:
-            live.session.push_audio(resampler.push_bytes(message.data))
+            with live.session.metrics.timed("resample"):
+                samples = resampler.push_bytes(message.data)
+            live.session.push_audio(samples)
             await live.session.wait_until_buffered_at_most(ahead)
             await socket.send_json({"buffered_seconds": live.session.buffered_frames / FPS})
         elif message.type == web.WSMsgType.TEXT and message.data == "end":
@@ -444,7 +450,9 @@ async def push_audio(request: web.Request) -> web.Response:
     received, throttled = 0, 0.0
     ahead = round(state.settings.push_ahead_seconds * FPS)
     async for chunk in request.content.iter_chunked(4096):
-        live.session.push_audio(resampler.push_bytes(chunk))
+        with live.session.metrics.timed("resample"):
+            samples = resampler.push_bytes(chunk)
+        live.session.push_audio(samples)
         received += len(chunk)
         waited = time.monotonic()
         await live.session.wait_until_buffered_at_most(ahead)  # throttles a pusher faster than real time

@@ -24,6 +24,7 @@ from lipstream.dsp import MelConfig, StreamingMelWindows, WindowBatch
 
 from .audio_in import VoiceActivity
 from .compositor import AvatarAssets
+from .metrics import Metrics
 
 MAX_BUFFER_SECONDS = 30.0
 
@@ -64,8 +65,10 @@ class AvatarSession:
         mel_cfg: MelConfig | None = None,
         jitter_frames: int = 1,
         queue_frames: int = 25,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = session_id
+        self.metrics = metrics or Metrics()
         self.assets = assets
         self.mel_cfg = mel_cfg or MelConfig()
         self.jitter_frames = jitter_frames
@@ -107,8 +110,11 @@ class AvatarSession:
             dropped = min(self._discard, len(samples))
             samples, self._discard = samples[dropped:], self._discard - dropped
         self._samples = np.concatenate([self._samples, samples])
-        self._vad.push(samples)
-        self._queue(self._mel.push(samples))
+        with self.metrics.timed("vad"):
+            self._vad.push(samples)
+        with self.metrics.timed("mel"):
+            windows = self._mel.push(samples)
+        self._queue(windows)
 
     def end_of_input(self) -> None:
         """The current utterance is complete; its last frames are released (their window is padded)."""

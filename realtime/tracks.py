@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from fractions import Fraction
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
+from .metrics import Metrics
 from .session import AvatarSession, OutputFrame
 
 VIDEO_CLOCK = 90_000
@@ -23,12 +25,14 @@ class _QueueTrack(MediaStreamTrack):
     """Frames wait here for the peer's sender. Nothing is queued before the sender first asks, so the
     queue does not start full and add its whole depth to the latency for the rest of the session."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, metrics: Metrics | None = None) -> None:
         super().__init__()
-        self.queue: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=depth)
+        self.queue: asyncio.Queue[tuple[float, OutputFrame]] = asyncio.Queue(maxsize=depth)
         self.started = False
+        self.metrics = metrics or Metrics()
 
-    async def next(self) -> OutputFrame:
+    async def next(self) -> tuple[float, OutputFrame]:
+        """(when the frame was offered, the frame)"""
         self.started = True
         return await self.queue.get()
 
@@ -37,7 +41,7 @@ class _QueueTrack(MediaStreamTrack):
             return
         if self.queue.full():  # a slow peer loses its oldest frame, never holds up the others
             self.queue.get_nowait()
-        self.queue.put_nowait(frame)
+        self.queue.put_nowait((time.perf_counter(), frame))
 
     def clear(self) -> None:
         while not self.queue.empty():
@@ -47,27 +51,34 @@ class _QueueTrack(MediaStreamTrack):
 class AvatarVideoTrack(_QueueTrack):
     kind = "video"
 
-    def __init__(self) -> None:
-        super().__init__(depth=4)
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__(4, metrics)
+        self._returned: float | None = None
 
     async def recv(self) -> av.VideoFrame:
-        frame = await self.next()
+        # aiortc's sender encodes and sends the frame this returned, then asks for the next: the time
+        # in between is that frame's encode_send stage.
+        if self._returned is not None:
+            self.metrics.stage_seconds.observe("encode_send", time.perf_counter() - self._returned)
+        offered, frame = await self.next()
+        self.metrics.stage_seconds.observe("video_queue", time.perf_counter() - offered)
         picture = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         picture.pts = frame.number * (VIDEO_CLOCK // 25)
         picture.time_base = Fraction(1, VIDEO_CLOCK)
+        self._returned = time.perf_counter()
         return picture
 
 
 class AvatarAudioTrack(_QueueTrack):
     kind = "audio"
 
-    def __init__(self) -> None:
-        super().__init__(depth=8)
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__(8, metrics)
         self._pending: list[tuple[int, np.ndarray]] = []  # (first sample index, samples)
 
     async def recv(self) -> av.AudioFrame:
         if not self._pending:
-            frame = await self.next()
+            _, frame = await self.next()
             samples = (np.clip(frame.audio, -1, 1) * 32767).astype(np.int16)
             first = frame.number * len(frame.audio)
             self._pending = [(first + i, samples[i : i + AUDIO_CHUNK]) for i in range(0, len(samples), AUDIO_CHUNK)]
@@ -88,11 +99,12 @@ class Broadcast:
 
     def __init__(self, session: AvatarSession) -> None:
         self.session = session
+        self.metrics = session.metrics
         self.viewers: dict[str, tuple[AvatarVideoTrack, AvatarAudioTrack]] = {}
         self._task = asyncio.create_task(self._pump(), name=f"broadcast-{session.id}")
 
     def attach(self, viewer_id: str) -> tuple[AvatarVideoTrack, AvatarAudioTrack]:
-        tracks = (AvatarVideoTrack(), AvatarAudioTrack())
+        tracks = (AvatarVideoTrack(self.metrics), AvatarAudioTrack(self.metrics))
         self.viewers[viewer_id] = tracks
         return tracks
 

@@ -189,9 +189,14 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
                 interrupted_at = time.monotonic()
             await wait_for_frames(viewer, len(viewer.frames) + 20)
             pushed = await push
+            async with http.get(f"{base}/metrics") as response:
+                metrics = await response.text()
             await viewer.close()
         after = [(t, mouth_change(runtime, image)) for t, image in viewer.frames if t > interrupted_at]
-        assert pushed["seconds"] == pytest.approx(5.0, abs=0.01)
+        assert pushed["seconds"] == pytest.approx(5.0, abs=0.01) and pushed["throttled_seconds"] >= 0
+        for stage in ("resample", "vad", "mel", "inference", "composite", "video_queue", "encode_send"):
+            count = next(line for line in metrics.splitlines() if f'_count{{stage="{stage}"}}' in line)
+            assert float(count.split()[1]) > 0, f"stage {stage} was timed"
         # Frames already on their way may still show speech; within 3 frames (120 ms) the avatar is idle.
         first_idle = next(t for t, change in after if change < 8.0)
         assert first_idle - interrupted_at <= 0.12
