@@ -30,26 +30,30 @@ from aiortc.mediastreams import MediaStreamError
 
 from lipstream.avatars.align import invert, transform_points
 from lipstream.dsp import read_wav
+from lipstream.realtime.audio_in import Resampler
 from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.runtime import load_avatar
+from lipstream.realtime.server import shorten_receive_buffer
 
 from .report import git_commit, machine_info, output_stem, write_json
 
 RATE, CHUNK = 16_000, 320
 BURST_EVERY, BURST_LENGTH = 3.0, 1.0
 SPEECH_THRESHOLD = 8.0  # grey levels of mean difference from the idle rendering in the mouth region
+LOUD = 0.05  # an audio sample above this (of full scale) is speech
 
 
 class BurstTrack(MediaStreamTrack):
-    """Silence with a speech burst every BURST_EVERY seconds, paced in real time; records burst onsets."""
+    """Silence with a speech burst every `every` seconds, paced in real time; records burst onsets."""
 
     kind = "audio"
 
-    def __init__(self, speech: np.ndarray) -> None:
+    def __init__(self, speech: np.ndarray, every: float = BURST_EVERY, length: float = BURST_LENGTH) -> None:
         super().__init__()
         # Each burst starts right at the speech's first loud sample, so the onset time is the speech's.
-        first_loud = int(np.flatnonzero(np.abs(speech) > 0.05)[0])
-        self.speech = (speech[first_loud : first_loud + int(BURST_LENGTH * RATE)] * 32767).astype(np.int16)
+        first_loud = int(np.flatnonzero(np.abs(speech) > LOUD)[0])
+        self.speech = (speech[first_loud : first_loud + int(length * RATE)] * 32767).astype(np.int16)
+        self.every = every
         self.sent = 0
         self.start: float | None = None
         self.onsets: list[float] = []
@@ -59,7 +63,7 @@ class BurstTrack(MediaStreamTrack):
             self.start = time.monotonic()
         deadline = self.start + self.sent / RATE
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-        position = self.sent % int(BURST_EVERY * RATE)
+        position = self.sent % int(self.every * RATE)
         chunk = np.zeros(CHUNK, np.int16)
         if position < len(self.speech):
             chunk[:] = self.speech[position : position + CHUNK]
@@ -72,11 +76,20 @@ class BurstTrack(MediaStreamTrack):
 
 
 class Client:
-    def __init__(self, assets: AvatarAssets, speech: np.ndarray) -> None:
+    """An aiortc peer that sends `track` (speech bursts) and receives the avatar. It records each video
+    frame's arrival and whether its mouth differs from the idle rendering, each 20 ms of returned
+    audio's arrival and whether it is loud, and the connection's milestones."""
+
+    def __init__(self, assets: AvatarAssets, speech: np.ndarray, **burst: float) -> None:
         self.pc = RTCPeerConnection()
-        self.track = BurstTrack(speech)
+        self.track = BurstTrack(speech, **burst)
         self.arrivals: list[float] = []
         self.speaking: list[bool] = []
+        self.audio_arrivals: list[float] = []
+        self.loud: list[bool] = []
+        self.session_id = ""
+        self.offered_at = self.connected_at = self.first_frame_at = float("nan")
+        self.new_frame = asyncio.Event()
         self._box = mouth_box(assets)
         self._idle = assets.idle(0)[self._box].astype(np.float32)
         self._tasks: list[asyncio.Task] = []
@@ -85,23 +98,49 @@ class Client:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video":
-                self._tasks.append(asyncio.create_task(self._read(track)))
+            self._tasks.append(asyncio.create_task(self._read(track)))
+
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected" and np.isnan(self.connected_at):
+                self.connected_at = time.monotonic()
 
     async def _read(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
-                self.arrivals.append(time.monotonic())
+                now = time.monotonic()
+                if track.kind == "audio":
+                    self.audio_arrivals.append(now)
+                    self.loud.append(float(np.abs(frame.to_ndarray()).max()) > LOUD * 32767)
+                    continue
+                if np.isnan(self.first_frame_at):
+                    self.first_frame_at = now
+                self.arrivals.append(now)
                 image = frame.to_ndarray(format="rgb24")[self._box].astype(np.float32)
                 self.speaking.append(float(np.abs(image - self._idle).mean()) > SPEECH_THRESHOLD)
+                self.new_frame.set()
 
     async def connect(self, http: aiohttp.ClientSession, base: str) -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        self.offered_at = time.monotonic()
         async with http.post(f"{base}/offer", json=body) as response:
             answer = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"the server refused a benchmark session: {answer.get('error', response.status)}")
+        self.session_id = answer["session_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        # aiortc holds received audio for 4 packets (80 ms) before playing it; a browser's adaptive
+        # buffer is much shorter and lines audio up with video. The server's own buffer is measured,
+        # this client's is not: it gets the same 1-packet buffer as the server.
+        shorten_receive_buffer(self.pc, 1)
+
+    async def next_frame(self) -> bool:
+        """Waits for the next video frame; returns whether its mouth moves."""
+        self.new_frame.clear()
+        await self.new_frame.wait()
+        return self.speaking[-1]
 
     async def close(self) -> None:
         await self.pc.close()
@@ -110,13 +149,42 @@ class Client:
 
     def latencies(self) -> list[float]:
         """Per burst: seconds from its onset leaving the client to the first speaking frame arriving."""
-        out = []
-        arrivals, speaking = np.array(self.arrivals), np.array(self.speaking)
-        for onset in self.track.onsets:
-            later = np.flatnonzero((arrivals > onset) & speaking & (arrivals < onset + BURST_EVERY))
-            if len(later):
-                out.append(float(arrivals[later[0]] - onset))
-        return out
+        return [b["mouth"] for b in self.bursts() if b["mouth"] is not None]
+
+    def bursts(self) -> list[dict]:
+        """Per burst: onset (client clock), and seconds from it to the first speaking video frame
+        ("mouth") and to the first loud returned audio ("audio"); None where none arrived."""
+
+        def first_after(onset: float, times: list[float], flags: list[bool]) -> float | None:
+            t, f = np.array(times[: len(flags)]), np.array(flags)
+            hit = np.flatnonzero((t > onset) & f & (t < onset + self.track.every)) if len(t) else []
+            return float(t[hit[0]] - onset) if len(hit) else None
+
+        return [
+            {
+                "onset": onset,
+                "mouth": first_after(onset, self.arrivals, self.speaking),
+                "audio": first_after(onset, self.audio_arrivals, self.loud),
+            }
+            for onset in self.track.onsets
+        ]
+
+
+# Real speech beside a development checkout (../shared/data/speech); elsewhere pass --speech.
+DEFAULT_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech" / "hdtf_RD_Radio31_000.wav"
+
+
+def load_speech(path: str | Path | None = None) -> np.ndarray:
+    """16 kHz mono speech for the bursts; any rate is resampled."""
+    path = Path(path) if path else DEFAULT_SPEECH
+    if not path.is_file():
+        raise ValueError(f"no speech file at {path}; pass --speech WAV with a few seconds of real speech")
+    samples, rate = read_wav(path)
+    if rate != RATE:
+        samples = Resampler(rate, 1).push((samples * 32767).astype(np.int16)[:, None])
+    if np.abs(samples).max() < 2 * LOUD:
+        raise ValueError(f"{path} is (nearly) silent; pass --speech WAV with real speech")
+    return samples
 
 
 def mouth_box(assets: AvatarAssets) -> tuple[slice, slice]:
@@ -207,9 +275,7 @@ def run_session_bench(
 ) -> dict:
     avatar = load_avatar(None)  # the server's default avatar: its idle rendering tells speech from silence
     assets = AvatarAssets(avatar)
-    speech = read_wav(speech_path or avatar.path / "audio.wav")[0]
-    if np.abs(speech).max() < 0.01:
-        raise ValueError("the speech for the bursts is silent; pass --speech WAV with real speech")
+    speech = load_speech(speech_path)
     server, base = _start_server(sessions)
     try:
         measured = asyncio.run(_run(assets, base, sessions, seconds, speech))

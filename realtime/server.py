@@ -186,7 +186,7 @@ async def sample(request: web.Request) -> web.FileResponse:
 _error = error_response
 
 
-def _shorten_receive_buffer(pc: RTCPeerConnection, prefetch: int) -> None:
+def shorten_receive_buffer(pc: RTCPeerConnection, prefetch: int) -> None:
     """aiortc holds each received audio packet until `prefetch` (4) later ones have arrived: 80 ms
     of latency before the session even sees the audio. Sessions have their own jitter buffer, so a
     shorter one here is enough. This reaches into aiortc's receiver; if its layout changes, the
@@ -246,7 +246,7 @@ async def _answer(
     try:
         await pc.setRemoteDescription(offer)
         if ingest:
-            _shorten_receive_buffer(pc, state.settings.receive_prefetch)
+            shorten_receive_buffer(pc, state.settings.receive_prefetch)
         if send:
             video, audio = live.broadcast.attach(peer_id)
             pc.addTrack(video)

@@ -21,3 +21,26 @@ def test_session_benchmark_measures_fps_drops_and_latency(
     assert session["bursts"] >= 2 and session["bursts_seen"] >= 1
     assert 0 < session["audio_to_mouth_ms"]["p50"] < 3000
     assert saved["frames_dropped_by_server"] >= 0 and saved["machine"]["cores"]
+
+
+def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_path: Path) -> None:
+    from lipstream.benchmarks.suite import run_suite
+
+    summary = tmp_path / "RESULTS.md"
+    payload = run_suite(
+        minutes=0.25, max_sessions=1, concurrency_seconds=3, trials=2, out_dir=tmp_path, summary_path=summary,
+        engine=False,
+    )  # fmt: skip
+    saved = json.loads(Path(payload["files"][0]).read_text())
+    run = saved["long_run"]
+    assert run["bursts"] >= 4 and 0 < run["audio_to_mouth"]["p50_ms"] < 2000
+    assert 0 < run["audio_to_audio"]["p50_ms"] < 2000 and run["av_offset_ms"] is not None
+    assert run["drift_frames"] is not None and len(run["samples"]) == run["bursts"]
+    assert {"resample", "vad", "mel", "inference", "composite", "encode_send"} <= set(run["stages"])
+    assert 0 < saved["first_frame"]["ice_connected_to_first_frame"]["p50_ms"] < 5000
+    assert saved["interrupt"]["all"]["n"] >= 1 and 0 < saved["interrupt"]["all"]["p50_ms"] < 2000
+    (row,) = saved["concurrency"]
+    assert row["sessions"] == 1 and row["min_fps"] > 15 and row["server_cpu_cores"] > 0
+    text = summary.read_text()
+    assert "| audio in -> mouth out, p50 |" in text and "Stage breakdown" in text
+    assert all(Path(f).is_file() for f in payload["files"])

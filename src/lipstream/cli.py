@@ -141,6 +141,24 @@ def cmd_bench_session(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from lipstream.benchmarks.suite import run_suite
+
+    payload = run_suite(
+        minutes=args.minutes,
+        max_sessions=args.max_sessions,
+        concurrency_seconds=args.concurrency_seconds,
+        trials=args.trials,
+        speech_path=args.speech,
+        out_dir=Path(args.out),
+        summary_path=Path(args.summary),
+        engine=not args.no_engine,
+    )
+    print(Path(args.summary).read_text())
+    print("\n".join(f"wrote {f}" for f in payload["files"]))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lipstream.benchmarks.engine_bench import run_engine_bench
 
@@ -471,6 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_argument("--speech", help="16-bit WAV with speech for the bursts (default: the avatar's audio)")
     session.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
     session.set_defaults(func=cmd_bench_session)
+    suite = bench_sub.add_parser(
+        "all", help="the latency suite: latency, A/V offset, drift, first frame, interrupt, concurrency, stages"
+    )
+    suite.add_argument("--minutes", type=positive_float, default=10.0, help="length of the latency/drift run")
+    suite.add_argument("--max-sessions", type=int, default=4, help="concurrency sweep 1..N sessions")
+    suite.add_argument("--concurrency-seconds", type=positive_float, default=20.0, help="per step of the sweep")
+    suite.add_argument("--trials", type=int, default=10, help="first-frame and interrupt trials")
+    suite.add_argument("--speech", help="WAV with speech for the bursts (default: the avatar's own audio)")
+    suite.add_argument("--out", default="benchmarks/results", help="folder for the JSON and plots")
+    suite.add_argument("--summary", default="benchmarks/RESULTS.md", help="markdown summary")
+    suite.add_argument("--no-engine", action="store_true", help="leave out the engine benchmark")
+    suite.set_defaults(func=cmd_bench_all)
     return parser
 
 
