@@ -59,3 +59,17 @@ def test_expert_sync_loss_is_minus_log_of_the_in_sync_probability() -> None:
         cosine = expert(expert.visual_input(faces), mel)
     assert np.isclose(float(loss), float(-torch.log((cosine + 1) / 2).mean()), rtol=1e-5)
     assert float(loss) > 0
+
+
+def test_a_stop_signal_is_noted_not_fatal_and_the_old_handler_comes_back() -> None:
+    import os
+    import signal
+
+    from lipstream.training.stopping import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested, "the loop sees the request and saves its checkpoint before leaving"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -41,6 +41,7 @@ from lipstream.models.weights import INIT_SEED
 from .evaluate import MouthLandmarks, render_clip, score
 from .loaders import SYNC_FRAMES, GeneratorSamples, load_clips
 from .losses import expert_sync_loss, ms_ssim
+from .stopping import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -226,18 +227,19 @@ class GeneratorTrainer:
                 print(json.dumps(line), flush=True)
             return line
 
-        for batch in self.batches():
-            window.append(self.train_step(batch))
-            if self.step % 25 == 0 or self.step % c.validate_every == 0:
-                entry = flush()
-            if self.step % c.sample_every == 0:
-                self.write_samples(fixed, self.out / "samples" / f"step-{self.step:07d}.png")
-            if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
-                self.save()
-                plot_curves(history, self.out / "loss_curves.png")
-                last_checkpoint = time.monotonic()
-            if self.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
-                break
+        with StopRequest() as stop:
+            for batch in self.batches():
+                window.append(self.train_step(batch))
+                if self.step % 25 == 0 or self.step % c.validate_every == 0:
+                    entry = flush()
+                if self.step % c.sample_every == 0:
+                    self.write_samples(fixed, self.out / "samples" / f"step-{self.step:07d}.png")
+                if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
+                    self.save()
+                    plot_curves(history, self.out / "loss_curves.png")
+                    last_checkpoint = time.monotonic()
+                if stop.requested or self.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
+                    break
         if window:
             entry = flush()
         self.save()

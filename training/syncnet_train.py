@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from lipstream.models.syncnet import SyncNet
 
 from .loaders import SYNC_FRAMES, Clip, SyncPairs, load_clips, to_unit
+from .stopping import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -115,35 +116,36 @@ def train_syncnet(cache: Path, out: Path, config: SyncTrainConfig, resume: bool 
         )
         (out / (CHECKPOINT + ".tmp")).replace(out / CHECKPOINT)
 
-    for faces, in_sync, off_sync in loader:
-        loss, accuracy = contrastive_loss(
-            net, faces.to(device), in_sync.to(device), off_sync.to(device), config.temperature
-        )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        step += 1
-        window.append((loss.item(), accuracy))
-        entry = {
-            "step": step,
-            "loss": float(np.mean([w[0] for w in window])),  # mean over the steps since the last line
-            "accuracy": float(np.mean([w[1] for w in window])),
-            "seconds": time.monotonic() - started,
-        }
-        if step % config.validate_every == 0 and test_clips:
-            entry |= {"val_" + k: v for k, v in validate(net, test_clips, device).items()}
-        if step % 50 == 0 or "val_clips" in entry:
-            window.clear()
-            with history.open("a") as handle:
-                handle.write(json.dumps(entry) + "\n")
-            if log:
-                print(json.dumps(entry), flush=True)
-        if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
-            save()
-            last_checkpoint = time.monotonic()
-        result = entry
-        if step >= config.steps or time.monotonic() - started > 60 * config.max_minutes:
-            break
+    with StopRequest() as stop:
+        for faces, in_sync, off_sync in loader:
+            loss, accuracy = contrastive_loss(
+                net, faces.to(device), in_sync.to(device), off_sync.to(device), config.temperature
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            window.append((loss.item(), accuracy))
+            entry = {
+                "step": step,
+                "loss": float(np.mean([w[0] for w in window])),  # mean over the steps since the last line
+                "accuracy": float(np.mean([w[1] for w in window])),
+                "seconds": time.monotonic() - started,
+            }
+            if step % config.validate_every == 0 and test_clips:
+                entry |= {"val_" + k: v for k, v in validate(net, test_clips, device).items()}
+            if step % 50 == 0 or "val_clips" in entry:
+                window.clear()
+                with history.open("a") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+                if log:
+                    print(json.dumps(entry), flush=True)
+            if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
+                save()
+                last_checkpoint = time.monotonic()
+            result = entry
+            if stop.requested or step >= config.steps or time.monotonic() - started > 60 * config.max_minutes:
+                break
     save()
     return result
 
