@@ -298,6 +298,19 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_export(args: argparse.Namespace) -> int:
+    if args.model == "syncnet":
+        from lipstream.training.syncnet_train import export_expert as export
+    else:
+        from lipstream.training.generator_train import export_generator as export
+    if not Path(args.checkpoint).is_file():
+        print(f"lipstream train export: error: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    out = export(Path(args.checkpoint), Path(args.output))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp16)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lipstream.training.dataset import default_root
     from lipstream.training.evaluate import evaluate
@@ -456,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     generator.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
     generator.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     generator.set_defaults(func=cmd_train_generator)
+    weights = train_sub.add_parser("export", help="a checkpoint's networks alone, in fp16 (small enough to commit)")
+    weights.add_argument("model", choices=("syncnet", "generator"))
+    weights.add_argument("checkpoint", help="checkpoint.pt of a training run")
+    weights.add_argument("-o", "--output", required=True, help="the fp16 weights file to write")
+    weights.set_defaults(func=cmd_train_export)
     for job in (syncnet, generator):
         job.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
