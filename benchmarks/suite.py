@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -284,17 +285,22 @@ def run_suite(
     speech = load_speech(speech_path)
 
     async def main() -> dict:
+        measured: dict = {}
+        partial = output_stem(out_dir, "suite-partial").with_suffix(".json")  # what a failed run still keeps
         server, base = await asyncio.to_thread(_start_server, 2)
         try:
-            measured = {
-                "long_run": await long_run(base, assets, speech, 60 * minutes),
-                "first_frame": await first_frames(base, assets, speech, trials),
-                "interrupt": await interrupts(base, assets, speech, trials),
-            }
+            for name, part in (
+                ("long_run", long_run(base, assets, speech, 60 * minutes)),
+                ("first_frame", first_frames(base, assets, speech, trials)),
+                ("interrupt", interrupts(base, assets, speech, trials)),
+            ):
+                measured[name] = await part
+                write_json(partial, measured)
         finally:
             server.send_signal(signal.SIGINT)
             await asyncio.to_thread(server.wait, 30)
         measured["concurrency"] = await concurrency(assets, speech, max_sessions, concurrency_seconds)
+        partial.unlink(missing_ok=True)
         return measured
 
     measured = asyncio.run(main())
@@ -324,10 +330,22 @@ def run_suite(
     plots = plot_suite(payload, stem)
     payload["files"] = [str(stem.with_suffix(".json")), *map(str, plots)]
     if summary_path is not None:
-        relative = [Path(os.path.relpath(p, summary_path.parent)) for p in plots]
-        summary_path.write_text(summary_markdown(payload, relative))
-        payload["files"].append(str(summary_path))
+        publish_summary(payload, plots, summary_path)
     return payload
+
+
+def publish_summary(payload: dict, plots: list[Path], summary_path: Path) -> None:
+    """The markdown summary, with copies of the JSON and plots beside it (RESULTS.json,
+    RESULTS-plots.png), which are committed while the timestamped history stays local."""
+    stem = summary_path.with_suffix("")
+    copies = []
+    for plot in plots:
+        copy = stem.with_name(stem.name + "-" + plot.name.rsplit("-", 1)[-1])
+        shutil.copyfile(plot, copy)
+        copies.append(copy)
+    write_json(stem.with_suffix(".json"), payload)
+    summary_path.write_text(summary_markdown(payload, [Path(os.path.relpath(c, summary_path.parent)) for c in copies]))
+    payload["files"] += [str(summary_path), str(stem.with_suffix(".json")), *map(str, copies)]
 
 
 def plot_suite(payload: dict, stem: Path) -> list[Path]:
@@ -416,7 +434,8 @@ def summary_markdown(payload: dict, plots: list[Path]) -> str:
         f"the server is `lipstream serve` in its own process, clients are aiortc peers over loopback.",
         "",
         "Regenerate: `lipstream bench all --minutes "
-        f"{settings['minutes']:g}` (writes this file, the JSON and the plots under `benchmarks/results/`).",
+        f"{settings['minutes']:g}` (writes this file, RESULTS.json with every sample, RESULTS-plots.png, "
+        "and a timestamped copy under `benchmarks/results/`).",
         "",
         "| measure | measured | target | |",
         "|---|---|---|---|",

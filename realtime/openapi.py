@@ -76,6 +76,18 @@ def openapi_document(tokens_required: bool) -> dict:
                 parameters=[_WATCH, {"name": "viewer", "in": "path", "required": True, "schema": {"type": "string"}}],
             )
         },
+        "/sessions": {
+            "post": _operation(
+                "session-create",
+                "Open a session without a peer: audio by HTTP or WebSocket, viewers by WHEP",
+                {"201": {"description": "created", **_json({"$ref": "#/components/schemas/Created"})}}
+                | _errors(400, 404, 429, 503),
+                requestBody={
+                    "required": False,
+                    **_json({"type": "object", "properties": {"avatar": {"type": "string"}}}),
+                },
+            )
+        },
         "/sessions/{session}/audio": {
             "post": _operation(
                 "audio",
@@ -165,6 +177,10 @@ def openapi_document(tokens_required: bool) -> dict:
                         "session_id": {"type": "string"},
                         "watch_url": {"type": "string"},
                     },
+                },
+                "Created": {
+                    "type": "object",
+                    "properties": {"session_id": {"type": "string"}, "watch_url": {"type": "string"}},
                 },
                 "Pushed": {
                     "type": "object",

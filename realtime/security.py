@@ -21,7 +21,18 @@ from pathlib import Path
 from aiohttp import web
 
 PROTECTED_ROUTES = frozenset(
-    {"offer", "whip", "whip-end", "whep", "whep-end", "audio", "interrupt", "audio-socket", "session-end"}
+    {
+        "offer",
+        "whip",
+        "whip-end",
+        "whep",
+        "whep-end",
+        "session-create",
+        "audio",
+        "interrupt",
+        "audio-socket",
+        "session-end",
+    }
 )
 MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 8

@@ -7,6 +7,8 @@ DELETE /whip/{session}               ends that session
 POST   /whep/{watch}                 WHEP viewer of a session: application/sdp -> 201 + Location. {watch} is
                                      the session's watch id, which lets one watch but not drive or end it
 DELETE /whep/{watch}/{viewer}        ends that viewer
+POST   /sessions                     a session without a peer (audio by HTTP/WebSocket, viewers by WHEP):
+                                     optional JSON {avatar} -> 201 {session_id, watch_url}
 POST   /sessions/{session}/audio     streamed PCM (audio/pcm or application/octet-stream with ?rate=&channels=,
                                      s16le) or audio/wav, for TTS systems; throttled to about real time
 GET    /sessions/{session}/ws        the same as a WebSocket: binary PCM messages, "end", "interrupt"
@@ -60,6 +62,7 @@ class ServerSettings:
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     receive_prefetch: int = 1  # audio packets aiortc waits for before releasing one (its default: 4)
+    abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
 
 
 @dataclass
@@ -71,6 +74,10 @@ class LiveSession:
     peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     viewers: set[str] = field(default_factory=set)  # peer ids of WHEP viewers
+    last_active: float = field(default_factory=time.monotonic)  # audio in or a peer attached
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
 
 
 class ServerState:
@@ -146,6 +153,16 @@ class ServerState:
         peers, live.peers = list(live.peers.values()), {}
         for pc in peers:
             await pc.close()
+
+    async def reap(self) -> None:
+        """Ends sessions nobody uses any more: no peer connected and no audio pushed for
+        `abandoned_after` seconds (a client that created one and vanished)."""
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.abandoned_after / 4))
+            now = time.monotonic()
+            for session_id, live in list(self.live.items()):
+                if not live.peers and now - live.last_active > self.settings.abandoned_after:
+                    await self.close(session_id)
 
     def spawn(self, live: LiveSession, coroutine: object) -> None:
         task = asyncio.create_task(coroutine)
@@ -242,6 +259,7 @@ async def _answer(
             else:
                 live.viewers.discard(peer_id)
                 live.broadcast.detach(peer_id)
+                live.touch()  # the idle clock starts when the last viewer leaves
 
     try:
         await pc.setRemoteDescription(offer)
@@ -294,6 +312,28 @@ async def offer(request: web.Request) -> web.Response:
     )
 
 
+async def create_session(request: web.Request) -> web.Response:
+    """A session without a peer of its own: audio comes by HTTP, WebSocket or `lipstream talk`,
+    viewers by WHEP. JSON body (optional): {"avatar": NAME}."""
+    state = request.app[STATE]
+    avatar = None
+    if request.can_read_body:
+        expected = 'expected no body, or JSON {"avatar": "NAME"}'
+        try:
+            body = await request.json()
+        except ValueError as err:
+            raise _error(web.HTTPBadRequest, expected) from err
+        if not isinstance(body, dict) or not isinstance(body.get("avatar"), str | None):
+            raise _error(web.HTTPBadRequest, expected)
+        avatar = body.get("avatar")
+    live = await state.open(request.remote or "", avatar)
+    return web.json_response(
+        {"session_id": live.session.id, "watch_url": f"/whep/{live.watch_id}"},
+        status=201,
+        headers={"Location": f"/sessions/{live.session.id}"},
+    )
+
+
 async def whip(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if request.content_type != "application/sdp":
@@ -337,6 +377,8 @@ async def end_whep(request: web.Request) -> web.Response:
     if pc is None:
         raise _error(web.HTTPNotFound, "no such viewer")
     live.broadcast.detach(request.match_info["viewer"])
+    live.viewers.discard(viewer)
+    live.touch()
     await pc.close()
     return web.Response(status=200)
 
@@ -381,6 +423,7 @@ async def audio_socket(request: web.Request) -> web.WebSocketResponse:
             with live.session.metrics.timed("resample"):
                 samples = resampler.push_bytes(message.data)
             live.session.push_audio(samples)
+            live.touch()
             await live.session.wait_until_buffered_at_most(ahead)
             await socket.send_json({"buffered_seconds": live.session.buffered_frames / FPS})
         elif message.type == web.WSMsgType.TEXT and message.data == "end":
@@ -453,6 +496,7 @@ async def push_audio(request: web.Request) -> web.Response:
         with live.session.metrics.timed("resample"):
             samples = resampler.push_bytes(chunk)
         live.session.push_audio(samples)
+        live.touch()
         received += len(chunk)
         waited = time.monotonic()
         await live.session.wait_until_buffered_at_most(ahead)  # throttles a pusher faster than real time
@@ -497,6 +541,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app.router.add_delete("/whip/{session}", end_session, name="whip-end")
     app.router.add_post("/whep/{watch}", whep, name="whep")
     app.router.add_delete("/whep/{watch}/{viewer}", end_whep, name="whep-end")
+    app.router.add_post("/sessions", create_session, name="session-create")
     app.router.add_post("/sessions/{session}/audio", push_audio, name="audio")
     app.router.add_post("/sessions/{session}/interrupt", interrupt, name="interrupt")
     app.router.add_get("/sessions/{session}/ws", audio_socket, name="audio-socket")
@@ -510,10 +555,15 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
 
+    reaper: list[asyncio.Task] = []
+
     async def start(_app: web.Application) -> None:
         state.scheduler.start()
+        reaper.append(asyncio.create_task(state.reap(), name="session-reaper"))
 
     async def stop(_app: web.Application) -> None:
+        for task in reaper:
+            task.cancel()
         for session_id in list(state.live):
             await state.close(session_id)
         await state.scheduler.stop()

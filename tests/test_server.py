@@ -323,3 +323,55 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
         assert after and max(after) < 10.0 and np.median(after) < 7.0, "the data-channel interrupt took it idle"
 
     asyncio.run(scenario())
+
+
+def test_talk_streams_a_file_to_a_session_that_whep_viewers_watch(runtime: Runtime, speech_then_silence: Path) -> None:
+    from lipstream.realtime.talk import file_blocks, open_session, stream
+
+    async def scenario() -> float:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            session = await open_session(http, base, None)
+            viewer = Viewer()
+            async with http.post(
+                f"{base}{session['watch_url']}", data=await viewer.offer(), headers={"Content-Type": "application/sdp"}
+            ) as response:
+                assert response.status == 201
+                await viewer.pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+            await wait_for_frames(viewer, 5)
+            rate, blocks = await file_blocks(speech_then_silence)
+            seconds = await stream(http, base, session["session_id"], rate, blocks)
+            await viewer.close()
+            assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+            return seconds
+
+    assert asyncio.run(scenario()) == pytest.approx(5.0, abs=0.02)
+
+
+def test_a_session_nobody_uses_is_ended(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with serving(runtime, abandoned_after=0.5) as base, aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/sessions", json={"avatar": "../etc"}) as response:
+                assert response.status == 404
+            async with http.post(f"{base}/sessions") as response:
+                assert response.status == 201 and response.headers["Location"].startswith("/sessions/")
+            async with http.get(f"{base}/health") as response:
+                assert (await response.json())["sessions"] == 1
+            await asyncio.sleep(2.0)
+            async with http.get(f"{base}/health") as response:
+                assert (await response.json())["sessions"] == 0, "abandoned sessions are reaped"
+
+    asyncio.run(scenario())
+
+
+def test_talk_without_a_microphone_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from lipstream.realtime.talk import TalkError, microphone_blocks
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if it were not installed
+
+    async def open_microphone() -> None:
+        microphone_blocks()
+
+    with pytest.raises(TalkError, match="pip install sounddevice"):
+        asyncio.run(open_microphone())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,6 +218,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_talk(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lipstream.realtime.talk import TalkError, talk
+
+    token = os.environ.get("LIPSTREAM_TOKEN") or None  # the server's bearer token, when it needs one
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    try:
+        seconds = asyncio.run(
+            talk(args.server, Path(args.file) if args.file else None, args.session, args.avatar, token, device)
+        )
+    except KeyboardInterrupt:
+        print("stopped")
+        return 0
+    except TalkError as err:
+        print(f"lipstream talk: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # connection refused, unreachable host
+        print(
+            f"lipstream talk: error: cannot reach {args.server} ({err}); is `lipstream serve` running?", file=sys.stderr
+        )
+        return 2
+    print(f"sent {seconds:.1f} s of audio")
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from lipstream.realtime.render import render
     from lipstream.realtime.runtime import build_runtime
@@ -421,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(also read from $LIPSTREAM_TOKENS, comma separated)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    talk = sub.add_parser("talk", help="stream the local microphone (or a WAV file) to a running server")
+    talk.add_argument("--server", default="http://127.0.0.1:8080", help="the server (default http://127.0.0.1:8080)")
+    talk.add_argument("--session", help="drive this session (default: open one, and end it afterwards)")
+    talk.add_argument("--avatar", help="avatar of the session it opens")
+    talk.add_argument("--file", help="a WAV file instead of the microphone, sent in real time")
+    talk.add_argument("--device", help="input device name or number (python -m sounddevice lists them)")
+    talk.set_defaults(func=cmd_talk)
 
     render = sub.add_parser("render", help="the real-time pipeline without WebRTC: avatar + audio -> mp4")
     render.add_argument("avatar", help="avatar name or folder ('default' for the embedded avatar)")
