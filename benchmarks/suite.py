@@ -118,15 +118,8 @@ async def _scrape(http: aiohttp.ClientSession, base: str) -> str:
         return await response.text()
 
 
-async def long_run(base: str, assets: AvatarAssets, speech: np.ndarray, seconds: float) -> dict:
-    """Latency, A/V offset and drift per burst over one session; the server's stage timings."""
-    client = Client(assets, speech, every=DRIFT_BURST_EVERY, length=DRIFT_BURST_LENGTH)
-    async with aiohttp.ClientSession() as http:
-        before = await _scrape(http, base)
-        await client.connect(http, base)
-        await asyncio.sleep(seconds)
-        after = await _scrape(http, base)
-        await client.close()
+def burst_summary(client: Client, seconds: float) -> dict:
+    """Latency, A/V offset and drift per burst of one client's run, and the frame rate it received."""
     bursts = client.bursts()[1:-1]  # the first may start before the video flows; the last may be cut
     start = bursts[0]["onset"] if bursts else 0.0
     samples = [
@@ -163,10 +156,41 @@ async def long_run(base: str, assets: AvatarAssets, speech: np.ndarray, seconds:
         "drift_ms": drift_ms,
         "drift_frames": None if drift_ms is None else abs(drift_ms) / FRAME_MS,
         "fps": float((len(arrivals) - 1) / (arrivals[-1] - arrivals[0])) if len(arrivals) > 1 else 0.0,
-        "frames_dropped_by_server": _metric(after, "lipstream_frames_dropped_total")
-        - _metric(before, "lipstream_frames_dropped_total"),
-        "stages": stage_breakdown(after, before),
+        "frames_received": len(client.arrivals),
         "samples": samples,
+    }
+
+
+def _dropped_fraction(after: str, before: str) -> tuple[float, float]:
+    """Frames the server dropped between two /metrics scrapes, and their share of all frames due."""
+    dropped = _metric(after, "lipstream_frames_dropped_total") - _metric(before, "lipstream_frames_dropped_total")
+    made = sum(
+        _metric(after, m) - _metric(before, m)
+        for m in ("lipstream_frames_generated_total", "lipstream_frames_idle_total")
+    )
+    return dropped, dropped / max(dropped + made, 1)
+
+
+async def long_run(base: str, assets: AvatarAssets, speech: np.ndarray, seconds: float, sessions: int = 1) -> dict:
+    """Latency, A/V offset and drift per burst over `sessions` sessions at once (the first one's at the
+    top level, every one's under "per_session"); the server's stage timings and dropped frames."""
+    clients = [Client(assets, speech, every=DRIFT_BURST_EVERY, length=DRIFT_BURST_LENGTH) for _ in range(sessions)]
+    async with aiohttp.ClientSession() as http:
+        before = await _scrape(http, base)
+        for client in clients:
+            await client.connect(http, base)
+        await asyncio.sleep(seconds)
+        after = await _scrape(http, base)
+        for client in clients:
+            await client.close()
+    per_session = [burst_summary(client, seconds) for client in clients]
+    dropped, fraction = _dropped_fraction(after, before)
+    return per_session[0] | {
+        "sessions": sessions,
+        "frames_dropped_by_server": dropped,
+        "dropped_fraction": fraction,
+        "stages": stage_breakdown(after, before),
+        "per_session": per_session if sessions > 1 else [],
     }
 
 
@@ -247,17 +271,13 @@ async def concurrency(assets: AvatarAssets, speech: np.ndarray, max_sessions: in
         finally:
             server.send_signal(signal.SIGINT)
             await asyncio.to_thread(server.wait, 30)
-        dropped = _metric(after, "lipstream_frames_dropped_total") - _metric(before, "lipstream_frames_dropped_total")
-        made = sum(
-            _metric(after, m) - _metric(before, m)
-            for m in ("lipstream_frames_generated_total", "lipstream_frames_idle_total")
-        )
+        _, dropped_fraction = _dropped_fraction(after, before)
         rows.append(
             {
                 "sessions": sessions,
                 "fps_per_session": [n / elapsed for n in received],
                 "min_fps": min(received) / elapsed,
-                "dropped_fraction": dropped / max(dropped + made, 1),
+                "dropped_fraction": dropped_fraction,
                 "server_cpu_cores": (cpu_after - cpu_before) / elapsed,
                 "server_cpu_cores_per_session": (cpu_after - cpu_before) / elapsed / sessions,
             }

@@ -44,3 +44,21 @@ def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_pa
     text = summary.read_text()
     assert "| audio in -> mouth out, p50 |" in text and "Stage breakdown" in text
     assert all(Path(f).is_file() for f in payload["files"])
+
+
+def test_the_soak_run_follows_every_session_and_the_server(tmp_path: Path) -> None:
+    from lipstream.benchmarks.soak import run_soak
+
+    summary = tmp_path / "SOAK.md"
+    payload = run_soak(minutes=0.25, sessions=2, out_dir=tmp_path, summary_path=summary)
+    saved = json.loads(summary.with_suffix(".json").read_text())
+    assert saved["server_alive"] and saved["server_exit_code"] == 0
+    sessions = saved["run"]["per_session"]
+    assert len(sessions) == 2 and all(s["bursts"] >= 4 and s["fps"] > 15 for s in sessions)
+    assert all(s["drift_frames"] is not None for s in sessions)
+    assert saved["server_end"]["rss_mib"] > 0 and saved["server_warm"]["threads"] > 0
+    assert set(saved["errors"]) == {
+        "lipstream_inference_errors_total", "lipstream_inference_timeouts_total", "lipstream_inference_skipped_total"
+    }  # fmt: skip
+    assert set(saved["verdicts"]) >= {"server alive at the end", "A/V drift <= 1 frame"}
+    assert "| session | bursts |" in summary.read_text() and all(Path(f).is_file() for f in payload["files"])
