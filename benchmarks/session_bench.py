@@ -32,8 +32,8 @@ from lipstream.avatars.align import invert, transform_points
 from lipstream.dsp import read_wav
 from lipstream.realtime.audio_in import Resampler
 from lipstream.realtime.compositor import AvatarAssets
+from lipstream.realtime.jitter import LowDelayAudioBuffer, MarkerVideoBuffer, install
 from lipstream.realtime.runtime import load_avatar
-from lipstream.realtime.server import shorten_receive_buffer
 
 from .report import git_commit, machine_info, output_stem, write_json
 
@@ -131,10 +131,12 @@ class Client:
                 raise RuntimeError(f"the server refused a benchmark session: {answer.get('error', response.status)}")
         self.session_id = answer["session_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        # aiortc holds received audio for 4 packets (80 ms) before playing it; a browser's adaptive
-        # buffer is much shorter and lines audio up with video. The server's own buffer is measured,
-        # this client's is not: it gets the same 1-packet buffer as the server.
-        shorten_receive_buffer(self.pc, 1)
+        # This client stands in for a browser, whose receive buffers are not what the benchmark measures:
+        # aiortc's hold audio for 4 packets (80 ms) and each video frame until the next one begins
+        # (40 ms); a browser releases a video frame on its RTP marker bit and keeps a short adaptive
+        # audio buffer. The client gets buffers that behave that way (realtime/jitter.py).
+        install(self.pc, "audio", LowDelayAudioBuffer)
+        install(self.pc, "video", MarkerVideoBuffer)
 
     async def next_frame(self) -> bool:
         """Waits for the next video frame; returns whether its mouth moves."""

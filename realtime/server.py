@@ -43,6 +43,7 @@ from lipstream.dsp import MelConfig
 from lipstream.paths import InvalidNameError
 from lipstream.web_client import ROOT as WEB_CLIENT
 
+from . import jitter
 from .audio_in import AudioFormatError, Resampler
 from .clock import Clock, MonotonicClock
 from .openapi import openapi_document
@@ -61,7 +62,6 @@ class ServerSettings:
     ice_servers: tuple[RTCIceServer, ...] = ()  # STUN/TURN servers for the server's own ICE candidates
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
-    receive_prefetch: int = 1  # audio packets aiortc waits for before releasing one (its default: 4)
     abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
 
 
@@ -203,19 +203,6 @@ async def sample(request: web.Request) -> web.FileResponse:
 _error = error_response
 
 
-def shorten_receive_buffer(pc: RTCPeerConnection, prefetch: int) -> None:
-    """aiortc holds each received audio packet until `prefetch` (4) later ones have arrived: 80 ms
-    of latency before the session even sees the audio. Sessions have their own jitter buffer, so a
-    shorter one here is enough. This reaches into aiortc's receiver; if its layout changes, the
-    default stays."""
-    from aiortc.jitterbuffer import JitterBuffer
-
-    for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        if transceiver.kind == "audio" and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
-
-
 async def _ingest(live: LiveSession, track: object) -> None:
     """Feeds a received WebRTC audio track into the session until the track ends."""
     resampler = Resampler(48_000, 2)
@@ -264,7 +251,7 @@ async def _answer(
     try:
         await pc.setRemoteDescription(offer)
         if ingest:
-            shorten_receive_buffer(pc, state.settings.receive_prefetch)
+            jitter.install(pc, "audio", jitter.LowDelayAudioBuffer)  # aiortc's own waits 80 ms
         if send:
             video, audio = live.broadcast.attach(peer_id)
             pc.addTrack(video)
