@@ -259,6 +259,8 @@ def _start_server(sessions: int) -> tuple[subprocess.Popen, str]:
         str(max(sessions, 1)),
         "--max-sessions-per-client",  # every benchmark client comes from 127.0.0.1
         str(max(sessions, 1)),
+        "--admission",  # the benchmarks measure how the pipeline holds up, also beyond what admission allows
+        "count",
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

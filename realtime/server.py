@@ -45,6 +45,7 @@ from lipstream.web_client import ROOT as WEB_CLIENT
 
 from . import jitter
 from .audio_in import AudioFormatError, Resampler
+from .capacity import CapacityMonitor
 from .clock import Clock, MonotonicClock
 from .openapi import openapi_document
 from .runtime import Runtime
@@ -63,6 +64,7 @@ class ServerSettings:
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
+    measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
 
 
 @dataclass
@@ -89,12 +91,28 @@ class ServerState:
         # What the pipeline adds between audio in and mouth out, before the network: the mel window's
         # look-ahead, the jitter buffer, and one tick for inference and compositing.
         self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
+        self.capacity = CapacityMonitor()
         runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
+        runtime.metrics.gauge(
+            "lipstream_idle_cores",
+            "Idle CPU cores of the machine over the last seconds (-1: unknown)",
+            self._idle_cores,
+        )
         runtime.metrics.gauge(
             "lipstream_buffered_frames",
             "Input frames waiting in all sessions' jitter buffers",
             lambda: sum(s.session.buffered_frames for s in self.live.values()),
         )
+
+    def _idle_cores(self) -> float:
+        load = self.capacity.load()
+        return -1.0 if load is None or load.idle_cores is None else load.idle_cores
+
+    async def measure(self, every: float = 1.0) -> None:
+        """Samples the machine's load for admission (see capacity.py)."""
+        while True:
+            self.capacity.sample(self.runtime.metrics.frames_dropped.value, len(self.live))
+            await asyncio.sleep(every)
 
     def _admit(self, client: str) -> None:
         limit = self.settings.max_sessions
@@ -102,6 +120,9 @@ class ServerState:
             raise error_response(
                 web.HTTPServiceUnavailable, f"the server is full ({limit} sessions); try again later", **RETRY
             )
+        refusal = self.capacity.refusal() if self.settings.measured_admission else None
+        if refusal is not None:
+            raise error_response(web.HTTPServiceUnavailable, f"{refusal}; try again later", **RETRY)
         own = sum(live.client == client for live in self.live.values())
         if own >= self.settings.max_sessions_per_client:
             raise error_response(
@@ -502,6 +523,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "sessions": len(state.live),
             "max_sessions": state.settings.max_sessions,
+            "admission": "measured" if state.settings.measured_admission else "count",
             "avatar": runtime.assets.avatar.name,
             "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
             "engine": runtime.engine.kind,
@@ -542,14 +564,15 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
 
-    reaper: list[asyncio.Task] = []
+    background: list[asyncio.Task] = []
 
     async def start(_app: web.Application) -> None:
         state.scheduler.start()
-        reaper.append(asyncio.create_task(state.reap(), name="session-reaper"))
+        background.append(asyncio.create_task(state.reap(), name="session-reaper"))
+        background.append(asyncio.create_task(state.measure(), name="capacity-monitor"))
 
     async def stop(_app: web.Application) -> None:
-        for task in reaper:
+        for task in background:
             task.cancel()
         for session_id in list(state.live):
             await state.close(session_id)

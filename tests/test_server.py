@@ -48,6 +48,9 @@ def mouth_change(runtime: Runtime, image: np.ndarray) -> float:
 
 @contextlib.asynccontextmanager
 async def serving(runtime: Runtime, **settings: object) -> AsyncIterator[str]:
+    # The test's own client peers run in the server's process, so its CPU is no measure of a session's
+    # cost here: measured admission is tested on its own (test_capacity.py).
+    settings.setdefault("measured_admission", False)
     runner = web.AppRunner(create_app(runtime, ServerSettings(**settings)))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,6 +1,8 @@
 """`lipstream evaluate`: render held-out clips' lower faces from their own audio and score them.
 
-For each clip the reference frame comes from a different clip of the same person. Scores, against
+For each clip the reference frame comes from a different clip of the same person; a person with a
+single clip (the held-out `talking` identities) has its second half rendered, with the reference
+from its first half. Scores, against
 the ground-truth aligned crops:
 - PSNR and SSIM of the generated region (the crop's lower rows);
 - LMD: mean distance of the mouth landmarks (mediapipe, on the 128-px crop), pixels;
@@ -28,6 +30,7 @@ from lipstream.dsp import MelConfig, mel_windows
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import load_stylesync
 
+from .dataset import HELD_OUT_IDENTITIES
 from .loaders import Clip, load_clips, to_unit
 from .syncnet_train import validate
 
@@ -152,9 +155,11 @@ def evaluate(
     weights: str | None = None,
     expert: str | None = None,
 ) -> dict:
-    clips = load_clips(cache, split, {identity})[:max_clips]
-    if len(clips) < 2:
-        raise ValueError(f"need at least 2 {split} clips of {identity} in {cache}; build the dataset first")
+    identities = set(HELD_OUT_IDENTITIES) if identity == "held-out" else set(identity.split(","))
+    pairs = reference_pairs(load_clips(cache, split, identities))[:max_clips]
+    if not pairs:
+        raise ValueError(f"no {split} clips of {identity} in {cache}; build the dataset first")
+    clips = [clip for clip, _ in pairs]
     out.mkdir(parents=True, exist_ok=True)
     model = load_stylesync("rt", weights)[0] if "model" in systems else None
     net = None
@@ -172,9 +177,7 @@ def evaluate(
     first_renders = {}
     for system in systems:
         per_clip, renders = [], []
-        for index, clip in enumerate(clips):
-            other = clips[(index + 1) % len(clips)]  # a different clip of the same person
-            reference = np.asarray(other.crops[other.frames // 2])
+        for clip, reference in pairs:
             rendered = render_clip(system, clip, reference, model)
             per_clip.append(score(rendered, np.asarray(clip.crops), 64, mouths))
             renders.append(rendered)
@@ -187,6 +190,30 @@ def evaluate(
     _side_by_side(out / "side_by_side.mp4", first_renders, clips[0])
     _sheet(out / "contact_sheet.png", first_renders)
     return report
+
+
+def reference_pairs(clips: list[Clip]) -> list[tuple[Clip, np.ndarray]]:
+    """(clip to render, reference frame) for each clip: the reference is the middle frame of the same
+    person's next clip; a person's only clip is split, its second half rendered with a reference from
+    the first half (the cut falls on a multiple of 5 frames, where mel frames line up exactly)."""
+    by_person: dict[str, list[Clip]] = {}
+    for clip in clips:
+        by_person.setdefault(clip.meta["identity"], []).append(clip)
+    pairs = []
+    for clip in clips:
+        own = by_person[clip.meta["identity"]]
+        if len(own) > 1:
+            other = own[(own.index(clip) + 1) % len(own)]
+            pairs.append((clip, np.asarray(other.crops[other.frames // 2])))
+            continue
+        cut = (clip.frames // 2 + 4) // 5 * 5
+        second = Clip(
+            clip.path, clip.meta | {"frames": clip.frames - cut, "clip_id": clip.meta["clip_id"] + "[2nd half]"}
+        )
+        second.__dict__["crops"] = clip.crops[cut:]
+        second.__dict__["mel"] = clip.mel[:, cut * 16 // 5 :]
+        pairs.append((second, np.asarray(clip.crops[cut // 2])))
+    return pairs
 
 
 def _sync(net: SyncNet, clips: list[Clip], renders: list[np.ndarray]) -> dict:

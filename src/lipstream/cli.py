@@ -215,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         max_sessions_per_client=args.max_sessions_per_client,
         jitter_frames=args.jitter_frames,
+        measured_admission=args.admission == "measured",
         tokens=tokens,
         ice_servers=tuple(
             RTCIceServer(url, username=args.ice_username, credential=args.ice_credential) for url in args.ice_server
@@ -452,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-sessions", type=int, default=4, help="admission limit; more get 503 (default 4)")
     serve.add_argument("--max-sessions-per-client", type=int, default=2, help="per remote address; more get 429")
     serve.add_argument(
+        "--admission",
+        choices=("measured", "count"),
+        default="measured",
+        help="measured (default): also refuse a session (503) when the machine's spare CPU could not hold it at "
+        "25 fps; count: only --max-sessions",
+    )
+    serve.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -535,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="evaluation", help="folder for the JSON, MP4 and PNG")
     evaluate.add_argument("--systems", default="model,static,ground-truth", help="comma-separated")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--identity", default="grid_s1")
+    evaluate.add_argument(
+        "--identity", default="grid_s1", help="comma-separated identities, or held-out (the 5 unseen talking faces)"
+    )
     evaluate.add_argument("--max-clips", type=int, default=10)
     evaluate.add_argument("--weights", help="rt weights for the model (default: the shipped ones)")
     evaluate.add_argument("--expert", help="fp16 SyncNet expert for the sync scores")
