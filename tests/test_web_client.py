@@ -60,6 +60,8 @@ def start_server(cache: Path, samples: Path, max_sessions: int = 4) -> tuple[sub
             str(samples),
             "--max-sessions",
             str(max_sessions),
+            "--admission",  # Chromium shares these cores: measured admission is tested in test_capacity.py
+            "count",
         ],
         env={**os.environ, "LIPSTREAM_CACHE": str(cache)},
         stdout=subprocess.DEVNULL,
