@@ -29,7 +29,7 @@ class TorchEngine(Engine):
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         tensors = [torch.from_numpy(feed[n]).to(self.device) for n in self._input_names]
         if self.graph == "frame":
-            result = (self.module(tensors[0], tensors[1], tensors[2], tuple(tensors[3:])),)
+            result = self.module(*tensors[:5], tuple(tensors[5:]))
         else:
             result = self.module(*tensors)
         return {n: t.float().cpu().numpy() for n, t in zip(self._output_names, result, strict=True)}

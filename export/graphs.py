@@ -1,7 +1,8 @@
 """The two graphs that leave PyTorch, with their tensor names and shapes.
 
-- frame: mel window + cached face features -> generated region (E_a + mapping + G), run per video
-  frame by the real-time server.
+- frame: mel window + cached face features + the previous frame's styles -> generated region and
+  this frame's styles (E_a + mapping + style smoothing + G), run per video frame by the real-time
+  server. Smoothing 0 renders without smoothing.
 - face_encoder: masked target + reference -> the face features an avatar caches (E_face + dW head).
 """
 
@@ -14,6 +15,8 @@ from lipstream.models.config import ProfileConfig
 from lipstream.models.stylesync import StyleSync
 
 GRAPHS = ("frame", "face_encoder")
+# Raised whenever a graph's inputs or outputs change, so that older export folders are rebuilt.
+INTERFACE_VERSION = 2
 
 
 def map_names(cfg: ProfileConfig) -> list[str]:
@@ -26,9 +29,15 @@ class FrameGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, mel: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor, maps: tuple[torch.Tensor, ...]
-    ) -> torch.Tensor:
-        return self.model.render(mel, f_f, delta_w, list(maps))
+        self,
+        mel: torch.Tensor,
+        f_f: torch.Tensor,
+        delta_w: torch.Tensor,
+        ws_prev: torch.Tensor,
+        smoothing: torch.Tensor,
+        maps: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.render_smoothed(mel, f_f, delta_w, list(maps), ws_prev, smoothing)
 
 
 class FaceEncoderGraph(nn.Module):
@@ -42,11 +51,13 @@ class FaceEncoderGraph(nn.Module):
 
 
 def input_names(graph: str, cfg: ProfileConfig) -> list[str]:
-    return ["mel", "f_f", "delta_w", *map_names(cfg)] if graph == "frame" else ["target", "reference", "mask"]
+    if graph == "frame":
+        return ["mel", "f_f", "delta_w", "ws_prev", "smoothing", *map_names(cfg)]
+    return ["target", "reference", "mask"]
 
 
 def output_names(graph: str, cfg: ProfileConfig) -> list[str]:
-    return ["region"] if graph == "frame" else ["f_f", "delta_w", *map_names(cfg)]
+    return ["region", "ws"] if graph == "frame" else ["f_f", "delta_w", *map_names(cfg)]
 
 
 def input_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
@@ -54,13 +65,14 @@ def input_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
     size = cfg.face_size
     if graph == "face_encoder":
         return {"target": [3, size, size], "reference": [3, size, size], "mask": [1, size, size]}
-    shapes = {"mel": [1, 80, 16], "f_f": [cfg.face_dim], "delta_w": [cfg.num_layers, cfg.w_dim]}
+    styles = [cfg.num_layers, cfg.w_dim]
+    shapes = {"mel": [1, 80, 16], "f_f": [cfg.face_dim], "delta_w": styles, "ws_prev": styles, "smoothing": [1]}
     return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
 
 
 def output_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
     if graph == "frame":
-        return {"region": [3, *cfg.output_shape]}
+        return {"region": [3, *cfg.output_shape], "ws": [cfg.num_layers, cfg.w_dim]}
     shapes = {"f_f": [cfg.face_dim], "delta_w": [cfg.num_layers, cfg.w_dim]}
     return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
 
@@ -78,4 +90,6 @@ def example_args(graph: str, model: StyleSync, batch: int = 2) -> tuple:
         return (inputs["target"], inputs["reference"], inputs["mask"])
     with torch.no_grad():
         face = model.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
-    return (inputs["mel"], face.f_f, face.delta_w, tuple(face.maps))
+    ws_prev = torch.randn_like(face.delta_w)
+    smoothing = torch.full((batch, 1), 0.3)
+    return (inputs["mel"], face.f_f, face.delta_w, ws_prev, smoothing, tuple(face.maps))

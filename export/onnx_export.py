@@ -25,7 +25,7 @@ from lipstream import __version__
 from lipstream.models.weights import load_stylesync, state_checksum
 from lipstream.paths import cache_dir
 
-from .graphs import GRAPHS, example_args, graph_module, input_names, input_shapes, output_names, output_shapes
+from .graphs import GRAPHS, INTERFACE_VERSION, example_args, graph_module, input_names, input_shapes, output_names, output_shapes
 
 OPSET = 20
 MAX_BATCH = 64
@@ -36,6 +36,7 @@ FP32_MODULES = (
     "lipstream.models.layers.Modulation",
     "lipstream.models.mapping.Mapping",
     "lipstream.models.personalization.DeltaW",
+    "lipstream.models.mapping.StyleSmoothing",
 )
 
 
@@ -79,6 +80,7 @@ def _key(profile: str, model_id: str, fp16: bool) -> dict:
         "profile": profile,
         "model_id": model_id,
         "opset": OPSET,
+        "interface": INTERFACE_VERSION,
         "fp16": fp16,
         "max_batch": MAX_BATCH,
         "lipstream": __version__,
@@ -164,7 +166,7 @@ def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     args = example_args(graph, model)
     if graph == "frame":
-        dynamic = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(cfg.num_layers)))
+        dynamic = (*({0: batch} for _ in range(5)), tuple({0: batch} for _ in range(cfg.num_layers)))
     else:
         dynamic = ({0: batch}, {0: batch}, {0: batch})
     # The exporter narrates its steps on stdout and warns about optional packages (torchvision) we do

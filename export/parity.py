@@ -45,6 +45,9 @@ def frame_feed(avatar: Avatar, windows: np.ndarray) -> dict[str, np.ndarray]:
     feed = {"mel": windows.astype(np.float32)}
     feed["f_f"] = np.asarray(avatar.array("features/f_f.npy")[index], np.float32)
     feed["delta_w"] = np.asarray(avatar.array("features/delta_w.npy")[index], np.float32)
+    # Style smoothing exercised too: each frame blends in the styles of the one before it.
+    feed["ws_prev"] = np.random.default_rng(0).standard_normal(feed["delta_w"].shape).astype(np.float32)
+    feed["smoothing"] = np.full((count, 1), 0.3, np.float32)
     for name, maps in zip(map_names_for(avatar), avatar.feature_maps(), strict=True):
         feed[name] = np.asarray(maps[index], np.float32)
     return feed

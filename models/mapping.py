@@ -26,3 +26,19 @@ class Mapping(nn.Module):
         # Each part is brought to unit RMS first so that neither drowns the other.
         w = self.mlp(torch.cat([normalize_2nd_moment(f_a), normalize_2nd_moment(f_f)], dim=1))  # [B, w_dim]
         return w[:, None, :] + delta_w
+
+
+class StyleSmoothing(nn.Module):
+    """Moving-average smoothing of the styles over frames (StyleLipSync's MaLS), in its causal form
+    for a live stream: an exponential moving average, ws_t' = a * ws_(t-1)' + (1 - a) * ws_t.
+
+    A centred window would need future audio, which is latency; the exponential average needs only the
+    previous frame's smoothed styles. It lags speech by a / (1 - a) frames (a = 0.3: 0.43 frame).
+    a = 0 returns ws unchanged, so one graph serves both settings. `a` is an input per sample: a
+    stream's first frame (or its first after silence) uses 0.
+    """
+
+    def forward(self, ws: torch.Tensor, ws_prev: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+        # ws, ws_prev: [B, L, w_dim]; smoothing: [B, 1] in [0, 1).
+        a = smoothing[:, :, None]
+        return a * ws_prev + (1 - a) * ws

@@ -15,7 +15,7 @@ from .audio_encoder import AudioEncoder
 from .config import ProfileConfig, get_profile
 from .face_encoder import FaceEncoder
 from .generator import Generator
-from .mapping import Mapping
+from .mapping import Mapping, StyleSmoothing
 from .personalization import DeltaW
 
 
@@ -37,6 +37,7 @@ class StyleSync(nn.Module):
         self.mapping = Mapping(cfg)
         self.generator = Generator(cfg)
         self.delta_w = DeltaW(cfg)
+        self.smoothing = StyleSmoothing()
 
     def encode_face(self, target: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> FaceFeatures:
         # target, reference: [B, 3, S, S] aligned faces in [-1, 1]; mask: [B, 1, S, S], 1 = erased.
@@ -48,9 +49,25 @@ class StyleSync(nn.Module):
     ) -> torch.Tensor:
         # mel: [B, 1, 80, 16] window of each frame; f_f, delta_w, maps: cached FaceFeatures fields.
         # Returns the generated region [B, 3, region_rows, face_size] in [-1, 1] (unclamped).
-        f_a = self.audio_encoder(mel)  # [B, audio_dim]
-        ws = self.mapping(f_a, f_f, delta_w)  # [B, L, w_dim]
-        return self.generator(ws, maps)
+        return self.generator(self.styles(mel, f_f, delta_w), maps)
+
+    def styles(self, mel: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
+        """E_a + mapping: the styles W+ of each frame. [B, L, w_dim]"""
+        return self.mapping(self.audio_encoder(mel), f_f, delta_w)
+
+    def render_smoothed(
+        self,
+        mel: torch.Tensor,
+        f_f: torch.Tensor,
+        delta_w: torch.Tensor,
+        maps: list[torch.Tensor],
+        ws_prev: torch.Tensor,
+        smoothing: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`render` with the styles averaged over frames (see StyleSmoothing). ws_prev: the previous
+        frame's smoothed styles [B, L, w_dim]; smoothing: [B, 1]. Returns (region, smoothed styles)."""
+        ws = self.smoothing(self.styles(mel, f_f, delta_w), ws_prev, smoothing)
+        return self.generator(ws, maps), ws
 
     def forward(
         self, mel: torch.Tensor, target: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor

@@ -30,9 +30,10 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     loaded: dict[str, AvatarAssets] = field(default_factory=dict)
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
+    style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
 
     def scheduler(self, clock: Clock) -> FrameScheduler:
-        return FrameScheduler(self.engine, clock, self.metrics)
+        return FrameScheduler(self.engine, clock, self.metrics, style_smoothing=self.style_smoothing)
 
     def avatar_names(self) -> list[str]:
         """The default avatar, then every prepared avatar made for the engine's model."""

@@ -5,6 +5,11 @@ engine in one batch on a worker thread, composites every frame (also off the eve
 delivers. Ticks are paced by absolute deadlines on the injected clock; when the machine falls more
 than MAX_BEHIND ticks behind, the missed ticks are skipped and counted as dropped frames, so time
 stamps stay true to the clock.
+
+Style smoothing (optional, `style_smoothing` a > 0): every session's styles are averaged over its
+frames inside the frame graph (see models.mapping.StyleSmoothing); the scheduler keeps each session's
+last smoothed styles and starts afresh after every idle frame, so speech never blends into the next
+utterance.
 """
 
 from __future__ import annotations
@@ -48,8 +53,13 @@ class FrameScheduler:
         metrics: Metrics | None = None,
         fps: int = FPS,
         inference_timeout: float = INFERENCE_TIMEOUT_S,
+        style_smoothing: float = 0.0,
     ) -> None:
+        if not 0.0 <= style_smoothing < 1.0:
+            raise ValueError(f"style smoothing must be in [0, 1) (0: off); got {style_smoothing}")
         self.engine, self.clock, self.fps = engine, clock, fps
+        self.style_smoothing = style_smoothing
+        self._styles: dict[str, np.ndarray] = {}  # session id -> its last frame's smoothed styles
         self.metrics = metrics or Metrics()
         self.inference_timeout = inference_timeout
         self.sessions: dict[str, AvatarSession] = {}
@@ -61,6 +71,7 @@ class FrameScheduler:
         self.sessions[session.id] = session
 
     def remove(self, session_id: str) -> AvatarSession | None:
+        self._styles.pop(session_id, None)
         return self.sessions.pop(session_id, None)
 
     def start(self) -> None:
@@ -98,6 +109,9 @@ class FrameScheduler:
         regions: list[np.ndarray] = []
         if speech:
             regions = await self._infer_or_fall_back(speech)
+        for plan in plans:
+            if plan.mel is None:  # idle (or fallen back): the next speech frame starts unsmoothed
+                self._styles.pop(plan.session.id, None)
         composite_started = time.perf_counter()
         images = await asyncio.to_thread(self._composite, plans, regions)
         self.metrics.stage_seconds.observe("composite", time.perf_counter() - composite_started)
@@ -114,9 +128,10 @@ class FrameScheduler:
             self.metrics.inference_skipped.inc()
             return _fall_back(speech)
         started = time.perf_counter()
-        job = asyncio.ensure_future(asyncio.to_thread(self._infer, speech))
+        previous = [self._styles.get(p.session.id) for p in speech]
+        job = asyncio.ensure_future(asyncio.to_thread(self._infer, speech, previous))
         try:
-            regions = await asyncio.wait_for(asyncio.shield(job), self.inference_timeout)
+            regions, styles = await asyncio.wait_for(asyncio.shield(job), self.inference_timeout)
         except TimeoutError:
             self.metrics.inference_timeouts.inc()
             self._overrun = job
@@ -129,17 +144,33 @@ class FrameScheduler:
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.stage_seconds.observe("inference", time.perf_counter() - started)
             self.metrics.batch_size.observe(len(speech))
+        if self.style_smoothing:
+            live = (p.session.id for p in speech)  # a session may have ended meanwhile
+            self._styles.update((i, ws) for i, ws in zip(live, styles, strict=True) if i in self.sessions)
         return regions
 
-    def _infer(self, plans: list[FramePlan]) -> list[np.ndarray]:
-        regions = []
+    def _infer(
+        self, plans: list[FramePlan], previous: list[np.ndarray | None]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(regions, smoothed styles) of the speech frames; `previous` holds each one's session's
+        styles of the frame before (None: no smoothing for this frame)."""
+        regions: list[np.ndarray] = []
+        styles: list[np.ndarray] = []
         for start in range(0, len(plans), self.engine.max_batch):
             chunk = plans[start : start + self.engine.max_batch]
+            before = previous[start : start + self.engine.max_batch]
             features = [p.session.assets.features(p.index) for p in chunk]
             feed = {name: np.stack([f[name] for f in features]) for name in features[0]}
             feed["mel"] = np.stack([p.mel for p in chunk]).astype(np.float32)
-            regions.extend(self.engine.run(feed)["region"])
-        return regions
+            blank = np.zeros_like(features[0]["delta_w"])
+            feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in before])
+            feed["smoothing"] = np.array(
+                [[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32
+            )
+            out = self.engine.run(feed)
+            regions.extend(out["region"])
+            styles.extend(out["ws"])
+        return regions, styles
 
     @staticmethod
     def _composite(plans: list[FramePlan], regions: list[np.ndarray]) -> list[np.ndarray]:

@@ -526,6 +526,7 @@ async def health(request: web.Request) -> web.Response:
             "admission": "measured" if state.settings.measured_admission else "count",
             "avatar": runtime.assets.avatar.name,
             "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
+            "style_smoothing": state.scheduler.style_smoothing,
             "engine": runtime.engine.kind,
             "model_id": runtime.engine.model_id,
         }

@@ -206,6 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = build_runtime(
         args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, samples_dir=args.samples
     )
+    runtime.style_smoothing = args.smooth_styles
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
         f"on http://{args.host}:{args.port}"
@@ -261,6 +262,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from lipstream.realtime.runtime import build_runtime
 
     runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
+    runtime.style_smoothing = args.smooth_styles
     result = render(runtime, args.audio, args.output)
     print(
         f"wrote {result.path}: {result.frames} frames ({result.speech_frames} generated), "
@@ -391,6 +393,19 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def smoothing_factor(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 (off) to below 1, e.g. 0.3; got {text}")
+    return value
+
+
+SMOOTH_HELP = (
+    "average the styles over frames (StyleLipSync's MaLS, causal): weight of the previous frame, 0 (off, "
+    "default) to <1; the mouth lags speech by a/(1-a) frames"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipstream", description="Real-time lip-sync avatar server (StyleSync).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -444,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="inference engine (default auto)")
     serve.add_argument("--profile", choices=sorted(PROFILES), default="rt")
     serve.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
+    serve.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--samples", help="folder of 16-bit WAV speech samples the browser page may play")
@@ -490,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
     render.add_argument("--profile", choices=sorted(PROFILES), default="rt")
     render.add_argument("--weights", help="model weights file")
+    render.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
     render.set_defaults(func=cmd_render)
 
     dataset = sub.add_parser("dataset", help="the training cache")
