@@ -28,8 +28,5 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         tensors = [torch.from_numpy(feed[n]).to(self.device) for n in self._input_names]
-        if self.graph == "frame":
-            result = self.module(*tensors[:5], tuple(tensors[5:]))
-        else:
-            result = self.module(*tensors)
+        result = self.module(*tensors[:5], tuple(tensors[5:])) if self.graph == "frame" else self.module(*tensors)
         return {n: t.float().cpu().numpy() for n, t in zip(self._output_names, result, strict=True)}

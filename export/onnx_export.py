@@ -25,7 +25,16 @@ from lipstream import __version__
 from lipstream.models.weights import load_stylesync, state_checksum
 from lipstream.paths import cache_dir
 
-from .graphs import GRAPHS, INTERFACE_VERSION, example_args, graph_module, input_names, input_shapes, output_names, output_shapes
+from .graphs import (
+    GRAPHS,
+    INTERFACE_VERSION,
+    example_args,
+    graph_module,
+    input_names,
+    input_shapes,
+    output_names,
+    output_shapes,
+)
 
 OPSET = 20
 MAX_BATCH = 64

@@ -164,9 +164,7 @@ class FrameScheduler:
             feed["mel"] = np.stack([p.mel for p in chunk]).astype(np.float32)
             blank = np.zeros_like(features[0]["delta_w"])
             feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in before])
-            feed["smoothing"] = np.array(
-                [[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32
-            )
+            feed["smoothing"] = np.array([[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32)
             out = self.engine.run(feed)
             regions.extend(out["region"])
             styles.extend(out["ws"])

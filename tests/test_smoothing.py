@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -37,7 +38,11 @@ def test_smoothing_blends_the_previous_styles_and_zero_changes_nothing() -> None
         assert not torch.allclose(half[0], plain[0]) and torch.allclose(half[1], plain[1], atol=1e-6)
 
 
-def _frames(runtime: Runtime, audio: np.ndarray, smoothing: float) -> tuple[list, FrameScheduler]:
+def _frames(
+    runtime: Runtime,  # noqa: F811 (fixture name)
+    audio: np.ndarray,
+    smoothing: float,
+) -> tuple[list, FrameScheduler]:
     async def scenario() -> tuple[list, FrameScheduler]:
         session = AvatarSession("smooth", runtime.assets, queue_frames=400)
         scheduler = FrameScheduler(runtime.engine, MonotonicClock(), style_smoothing=smoothing)
@@ -74,7 +79,7 @@ def test_the_scheduler_smooths_each_utterance_and_starts_afresh_after_silence(
         """Mean frame-to-frame change of the image during speech (grey levels)."""
         steps = [
             np.abs(b.image.astype(np.float32) - a.image.astype(np.float32)).mean()
-            for a, b in zip(frames, frames[1:], strict=False)
+            for a, b in itertools.pairwise(frames)
             if a.kind == b.kind == "speech"
         ]
         return float(np.mean(steps))
