@@ -255,28 +255,14 @@ def _render_frames(
     maps = [array(f"features/maps_{i:02d}.npy", shape, np.float16) for i, shape in enumerate(cfg.face_map_shapes())]
     f_f = array("features/f_f.npy", (cfg.face_dim,), np.float32)
     delta_w = array("features/delta_w.npy", (cfg.num_layers, cfg.w_dim), np.float32)
-    mel_cfg = MelConfig()
-    silence = torch.full((1, 1, mel_cfg.n_mels, mel_cfg.window_frames), -mel_cfg.max_abs_value)
     reference_tensor = to_tensor(reference[None])
     progress = Progress("prepare", count, enabled=show)
+    features = (maps, f_f, delta_w)
 
     def flush(start: int, frames: list[np.ndarray]) -> None:
-        index = slice(start, start + len(frames))
-        face = model.encode_face(
-            to_tensor(crops[index]),
-            reference_tensor.expand(len(frames), -1, -1, -1),
-            torch.from_numpy(masks[index]).float()[:, None],
-        )
-        for layer, fmap in enumerate(face.maps):
-            maps[layer][index] = fmap.numpy()
-        f_f[index], delta_w[index] = face.f_f.numpy(), face.delta_w.numpy()
-        regions = model.render(silence.expand(len(frames), -1, -1, -1), face.f_f, face.delta_w, face.maps)
         for offset, frame in enumerate(frames):
-            i = start + offset
-            write_jpeg(out / "frames" / f"{i:06d}.jpg", frame)
-            canvas = region_to_crop(crops[i], regions[offset].numpy())
-            idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0, crops[i])
-            write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
+            write_jpeg(out / "frames" / f"{start + offset:06d}.jpg", frame)
+        _encode_and_render_idle(model, start, frames, reference_tensor, crops, masks, paste, transforms, features, out)
         progress.step(len(frames))
 
     batch: list[np.ndarray] = []
@@ -294,3 +280,75 @@ def _render_frames(
     progress.close()
     for written in (crops, masks, paste, *maps, f_f, delta_w):
         written.flush()
+
+
+def _encode_and_render_idle(
+    model: torch.nn.Module,
+    start: int,
+    frames: list[np.ndarray],
+    reference: torch.Tensor,
+    crops: np.ndarray,
+    masks: np.ndarray,
+    paste: np.ndarray,
+    transforms: np.ndarray,
+    features: tuple[list[np.ndarray], np.ndarray, np.ndarray],
+    out: Path,
+) -> None:
+    """Face features of frames start.. (written into `features`: maps, f_f, dW), and their silent
+    renderings pasted onto the frames (written as idle/NNNNNN.jpg under `out`)."""
+    maps, f_f, delta_w = features
+    mel_cfg = MelConfig()
+    silence = torch.full((len(frames), 1, mel_cfg.n_mels, mel_cfg.window_frames), -mel_cfg.max_abs_value)
+    index = slice(start, start + len(frames))
+    face = model.encode_face(
+        to_tensor(crops[index]),
+        reference.expand(len(frames), -1, -1, -1),
+        torch.from_numpy(np.asarray(masks[index])).float()[:, None],
+    )
+    for layer, fmap in enumerate(face.maps):
+        maps[layer][index] = fmap.numpy()
+    f_f[index], delta_w[index] = face.f_f.numpy(), face.delta_w.numpy()
+    regions = model.render(silence, face.f_f, face.delta_w, face.maps)
+    for offset, frame in enumerate(frames):
+        i = start + offset
+        canvas = region_to_crop(crops[i], regions[offset].numpy())
+        idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0, crops[i])
+        write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
+
+
+@torch.inference_mode()
+def refresh_features(folder: Path, weights: Path, extra: dict) -> dict:
+    """Re-renders a prepared avatar's features and idle frames with other weights of its profile (its
+    personalised model), in place: the manifest gets their model id, `weights` (relative to the
+    folder), `extra`, and new checksums. Returns the manifest."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    model, model_id = load_stylesync(manifest["profile"], weights)
+    count = int(manifest["frame_count"])
+    crops = np.load(folder / "crops.npy", mmap_mode="r")
+    masks = np.load(folder / "masks.npy", mmap_mode="r")
+    paste = np.load(folder / "paste_masks.npy", mmap_mode="r")
+    transforms = np.load(folder / "transforms.npy")
+    maps = [np.load(folder / f"features/maps_{i:02d}.npy", mmap_mode="r+") for i in range(model.cfg.num_layers)]
+    f_f = np.load(folder / "features/f_f.npy", mmap_mode="r+")
+    delta_w = np.load(folder / "features/delta_w.npy", mmap_mode="r+")
+    reference = to_tensor(np.asarray(crops[manifest["reference_frame"]])[None])
+    for start in range(0, count, BATCH):
+        stop = min(start + BATCH, count)
+        frames = [
+            cv2.cvtColor(cv2.imread(str(folder / "frames" / f"{i:06d}.jpg")), cv2.COLOR_BGR2RGB)
+            for i in range(start, stop)
+        ]
+        features = (maps, f_f, delta_w)
+        _encode_and_render_idle(model, start, frames, reference, crops, masks, paste, transforms, features, folder)
+    for written in (*maps, f_f, delta_w):
+        written.flush()
+    manifest |= extra | {"model_id": model_id, "weights": str(weights.relative_to(folder))}
+    manifest["files"] = {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and p.suffix not in (".jsonl", ".png")
+    }
+    partial = folder / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2))
+    partial.replace(folder / MANIFEST)
+    return manifest

@@ -11,6 +11,7 @@ import numpy as np
 
 from lipstream.avatars import Avatar
 from lipstream.avatars.default import default_avatar
+from lipstream.avatars.errors import AvatarCacheError
 from lipstream.engines.base import Engine
 from lipstream.engines.select import check_model, open_engine
 from lipstream.export.onnx_export import export_onnx
@@ -54,19 +55,39 @@ class Runtime:
         if name is None or name == self.assets.avatar.name:
             return self.assets
         if name not in self.loaded:
-            avatar = Avatar.load(avatars_dir() / check_name(name), model_id=self.engine.model_id)
+            folder = avatars_dir() / check_name(name)
+            if own_weights(str(folder)) is not None:
+                raise AvatarCacheError(
+                    f"avatar {name!r} is personalised and runs on its own model, not this server's; "
+                    f"serve it with: lipstream serve --avatar {name}"
+                )
+            avatar = Avatar.load(folder, model_id=self.engine.model_id)
             self.loaded[name] = AvatarAssets(avatar)
         return self.loaded[name]
 
 
+def avatar_folder(name: str | None) -> Path | None:
+    """An avatar's folder by name (in the avatar folder) or path; None for the embedded default."""
+    if name is None or name == "default":
+        return None
+    path = Path(name)
+    return path if path.is_dir() else avatars_dir() / check_name(name)
+
+
+def own_weights(name: str | None) -> Path | None:
+    """The weights an avatar was personalised to (`lipstream personalize`), if any."""
+    folder = avatar_folder(name)
+    try:
+        relative = json.loads((folder / "manifest.json").read_text()).get("weights") if folder else None
+    except (OSError, ValueError):
+        return None  # Avatar.load reports what is wrong with the folder
+    return folder / relative if isinstance(relative, str) else None
+
+
 def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
     """An avatar by name (in the avatar folder) or path; None means the embedded default, prepared on first use."""
-    if name is None or name == "default":
-        return default_avatar(profile)
-    path = Path(name)
-    if not path.is_dir():
-        path = avatars_dir() / check_name(name)
-    return Avatar.load(path, model_id=model_id)
+    folder = avatar_folder(name)
+    return default_avatar(profile) if folder is None else Avatar.load(folder, model_id=model_id)
 
 
 def warm_up(engine: Engine) -> None:
@@ -82,6 +103,7 @@ def build_runtime(
     weights: str | None = None,
     samples_dir: str | Path | None = None,
 ) -> Runtime:
+    weights = weights if weights is not None else own_weights(avatar)  # a personalised avatar's own model
     model, model_id = load_stylesync(profile, weights)
     loaded = load_avatar(avatar, profile, model_id)
     export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))

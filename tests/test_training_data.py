@@ -226,3 +226,46 @@ def test_generator_training_steps_with_every_loss_checkpoints_resumes_and_export
     weights = export_generator(tmp_path / "run" / "checkpoint.pt", tmp_path / "rt.pt")
     assert all(t.dtype == torch.float16 for t in torch.load(weights, weights_only=True).values())
     assert load_stylesync("rt", weights)[1].startswith("rt-trained-")
+
+
+def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
+    cache: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import prepare_avatar
+    from lipstream.models.weights import WEIGHTS_DIR, load_stylesync
+    from lipstream.realtime.runtime import load_avatar, own_weights
+    from lipstream.training.personalize import PersonalizeConfig, PersonalizeError, personalize
+
+    source = grid_sources(shared_data / "grid_s1")[-1].path  # 3 s
+    prepared = prepare_avatar(source, "grid", root=tmp_path, max_seconds=3.2, show_progress=False)
+    avatar = Avatar.load(prepared.path)
+    template = (avatar.frame_count - 10) // 5 * 5
+    steps = round(2 * template / 5 / 2)
+    general_id = avatar.manifest["model_id"]
+    idle_before = (avatar.path / "idle" / "000010.jpg").read_bytes()
+    assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
+    expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
+    config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=0.4)
+
+    summary = personalize(avatar, cache, expert, config, log=False)
+
+    assert summary["template_frames"] == template >= 50
+    assert summary["held_out_frames"] == avatar.frame_count - template
+    assert summary["steps"] == steps and summary["base_model_id"] == general_id
+    log = [json.loads(line) for line in (avatar.path / "personal" / "personalize.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == steps and log[-1]["delta_p_sq"] > 0 and log[-1]["delta_w_sq"] > 0
+    weights = own_weights(str(avatar.path))
+    assert weights == avatar.path / "personal" / "rt.pt"
+    model, model_id = load_stylesync("rt", weights)
+    assert model_id == summary["model_id"] != general_id
+    personal = load_avatar(str(avatar.path), model_id=model_id)  # checksums verified, features fresh
+    assert personal.manifest["personalized"]["steps"] == steps
+    assert np.abs(personal.array("features/delta_w.npy")).mean() > 0
+    assert (avatar.path / "idle" / "000010.jpg").read_bytes() != idle_before  # rendered by the new model
+    with pytest.raises(Exception, match="stale"):
+        load_avatar(str(avatar.path), model_id=general_id)
+
+    short = prepare_avatar(source, "short", root=tmp_path, max_seconds=2.2, show_progress=False)
+    with pytest.raises(PersonalizeError, match="at least 2 s"):
+        personalize(Avatar.load(short.path), cache, expert, config, log=False)

@@ -141,6 +141,9 @@ class GeneratorTrainer:
             faces = faces.unflatten(0, (-1, SYNC_FRAMES))  # [B, 5, 3, S, S]
             losses["sync"] = expert_sync_loss(self.expert, faces, batch["sync_mel"])
             total = total + c.lambda_sync * losses["sync"]
+        if extra := self.penalties():
+            losses |= extra
+            total = total + extra["penalty"]
         if use_gan:
             self.disc.requires_grad_(False)
             losses["g_adv"] = F.softplus(-self.disc(fake[:: c.adv_stride])).mean()
@@ -152,6 +155,10 @@ class GeneratorTrainer:
             losses |= self._discriminator_step(fake[:: c.adv_stride].detach(), real[:: c.adv_stride])
         self.step += 1
         return {k: v.item() for k, v in losses.items()} | {"total": total.item()}
+
+    def penalties(self) -> dict[str, torch.Tensor]:
+        """Extra terms of the objective ("penalty" joins the total); none for the general model."""
+        return {}
 
     def _discriminator_step(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config

@@ -372,6 +372,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_personalize(args: argparse.Namespace) -> int:
+    from lipstream.models.weights import WEIGHTS_DIR
+    from lipstream.realtime.runtime import avatar_folder
+    from lipstream.training.dataset import default_root
+    from lipstream.training.personalize import PersonalizeConfig, personalize
+
+    folder = avatar_folder(args.avatar)
+    if folder is None:
+        print(
+            "lipstream personalize: error: the embedded default avatar is a photo without speech; prepare an "
+            "avatar from a video of the person talking (lipstream prepare VIDEO --name NAME) and personalise that",
+            file=sys.stderr,
+        )
+        return 2
+    from lipstream.avatars import Avatar
+
+    avatar = Avatar.load(folder)
+    config = PersonalizeConfig(
+        epochs=args.epochs, batch=args.batch, lr=args.lr, lambda_p=args.lambda_p, hold_out_seconds=args.hold_out
+    )
+    expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
+    cache = Path(args.cache) if args.cache else default_root(avatar.manifest.get("profile", "rt"))
+    summary = personalize(avatar, cache, expert, config, weights=args.weights)
+    print(json.dumps(summary, indent=2))
+    print(f"personalised {avatar.name}: serve and render use it by themselves (model {summary['model_id']})")
+    return 0
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -509,6 +537,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
     render.set_defaults(func=cmd_render)
 
+    personal = sub.add_parser(
+        "personalize", help="personalised optimisation of an avatar (StyleSync dW + dP on its template video)"
+    )
+    personal.add_argument("avatar", help="prepared avatar name or folder (from a video with speech)")
+    personal.add_argument("--epochs", type=positive_float, default=5.0, help="passes over the template (5)")
+    personal.add_argument("--batch", type=positive_int, default=4, help="template samples per step, as many general")
+    personal.add_argument("--lr", type=positive_float, default=1e-4)
+    personal.add_argument("--lambda-p", type=non_negative_float, default=1e-3, help="L2 penalty on dW and dP")
+    personal.add_argument(
+        "--hold-out", type=non_negative_float, default=0.0, metavar="SECONDS", help="leave the template's end out"
+    )
+    personal.add_argument("--cache", help="general training cache mixed in 1:1 (default: <cache>/dataset/rt)")
+    personal.add_argument("--expert", help="SyncNet expert for the sync loss (default: the shipped seed 0)")
+    personal.add_argument("--weights", help="general weights to start from (default: the profile's shipped ones)")
+    personal.set_defaults(func=cmd_personalize)
+
     dataset = sub.add_parser("dataset", help="the training cache")
     dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     build = dataset_sub.add_parser("build", help="videos -> aligned crops, landmarks and mel (incremental)")
@@ -552,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("checkpoint", help="checkpoint.pt of a training run")
     weights.add_argument("-o", "--output", required=True, help="the fp16 weights file to write")
     weights.set_defaults(func=cmd_train_export)
-    for job in (syncnet, generator):
+    for job in (syncnet, generator, personal):
         job.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
     evaluate = sub.add_parser("evaluate", help="score renderings of held-out clips against ground truth")

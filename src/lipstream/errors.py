@@ -13,6 +13,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lipstream.models.weights import WeightsError
     from lipstream.paths import InvalidNameError
     from lipstream.realtime.security import InvalidTokensError
+    from lipstream.training.personalize import PersonalizeError
 
     return (
         AvatarError,
@@ -25,6 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         EngineInputError,
         ExportError,
         InvalidTokensError,
+        PersonalizeError,
     )
 
 
