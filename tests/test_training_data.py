@@ -257,7 +257,7 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     assert log[-1]["step"] == steps and log[-1]["delta_p_sq"] > 0 and log[-1]["delta_w_sq"] > 0
     weights = own_weights(str(avatar.path))
     assert weights == avatar.path / "personal" / "rt.pt"
-    model, model_id = load_stylesync("rt", weights)
+    _, model_id = load_stylesync("rt", weights)
     assert model_id == summary["model_id"] != general_id
     personal = load_avatar(str(avatar.path), model_id=model_id)  # checksums verified, features fresh
     assert personal.manifest["personalized"]["steps"] == steps
