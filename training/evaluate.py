@@ -99,8 +99,11 @@ class MouthLandmarks:
         return np.array([(found[0].landmark[i].x * size, found[0].landmark[i].y * size) for i in LIPS])
 
 
-def render_clip(system: str, clip: Clip, reference: np.ndarray, model: torch.nn.Module | None) -> np.ndarray:
-    """The clip's crops with the lower face rendered by `system`. [N, S, S, 3] uint8"""
+def render_clip(
+    system: str, clip: Clip, reference: np.ndarray, model: torch.nn.Module | None, smoothing: float = 0.0
+) -> np.ndarray:
+    """The clip's crops with the lower face rendered by `system`. [N, S, S, 3] uint8
+    smoothing: the model's styles averaged over frames as the real-time server does (StyleSmoothing)."""
     crops = np.asarray(clip.crops)
     size = crops.shape[1]
     if system == "ground-truth":
@@ -112,6 +115,7 @@ def render_clip(system: str, clip: Clip, reference: np.ndarray, model: torch.nn.
     rows = model.cfg.region_rows
     out = crops.copy()
     windows = mel_windows(clip.mel, 0, clip.frames, MelConfig())
+    previous = None
     with torch.inference_mode():
         for start in range(0, clip.frames, 16):
             stop = min(start + 16, clip.frames)
@@ -121,11 +125,23 @@ def render_clip(system: str, clip: Clip, reference: np.ndarray, model: torch.nn.
                 to_unit(reference[None]).expand(count, -1, -1, -1),
                 torch.from_numpy(mask)[None, None].expand(count, -1, -1, -1),
             )
-            region = model.render(torch.from_numpy(windows[start:stop])[:, None], face.f_f, face.delta_w, face.maps)
+            ws = model.styles(torch.from_numpy(windows[start:stop])[:, None], face.f_f, face.delta_w)
+            if smoothing > 0:
+                for i in range(count):
+                    if previous is not None:
+                        ws[i] = model.smoothing(ws[i : i + 1], previous, torch.full((1, 1), smoothing))[0]
+                    previous = ws[i : i + 1]
+            region = model.generator(ws, face.maps)
             out[start:stop, size - rows :] = (
                 np.clip((region.clamp(-1, 1) + 1) * 127.5 + 0.5, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
             )
     return out
+
+
+def temporal_jerk(frames: np.ndarray, rows: int) -> float:
+    """Mean |second difference over time| of the lower face, grey levels: flicker and jitter."""
+    lower = frames[:, -rows:].astype(np.float32)
+    return float(np.abs(lower[2:] - 2 * lower[1:-1] + lower[:-2]).mean()) if len(lower) > 2 else 0.0
 
 
 def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:
@@ -139,6 +155,7 @@ def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandm
         if a is not None and b is not None:
             distances.append(float(np.linalg.norm(a - b, axis=1).mean()))
     return {
+        "temporal_jerk": temporal_jerk(rendered, rows),
         "psnr_db": psnr(lower_r, lower_t),
         "ssim": float(ssim),
         "lmd_px": float(np.mean(distances)) if distances else None,
@@ -154,9 +171,11 @@ def evaluate(
     max_clips: int = 10,
     weights: str | None = None,
     expert: str | None = None,
+    tail_seconds: float | None = None,
+    smoothing: float = 0.0,
 ) -> dict:
     identities = set(HELD_OUT_IDENTITIES) if identity == "held-out" else set(identity.split(","))
-    pairs = reference_pairs(load_clips(cache, split, identities))[:max_clips]
+    pairs = reference_pairs(load_clips(cache, split, identities), tail_seconds)[:max_clips]
     if not pairs:
         raise ValueError(f"no {split} clips of {identity} in {cache}; build the dataset first")
     clips = [clip for clip, _ in pairs]
@@ -172,13 +191,14 @@ def evaluate(
         "identity": identity,
         "clips": [c.meta["clip_id"] for c in clips],
         "weights": weights or "profile default",
+        "style_smoothing": smoothing,
         "systems": {},
     }
     first_renders = {}
     for system in systems:
         per_clip, renders = [], []
         for clip, reference in pairs:
-            rendered = render_clip(system, clip, reference, model)
+            rendered = render_clip(system, clip, reference, model, smoothing)
             per_clip.append(score(rendered, np.asarray(clip.crops), 64, mouths))
             renders.append(rendered)
         entry = {k: float(np.mean([c[k] for c in per_clip if c[k] is not None])) for k in per_clip[0]}
@@ -192,23 +212,27 @@ def evaluate(
     return report
 
 
-def reference_pairs(clips: list[Clip]) -> list[tuple[Clip, np.ndarray]]:
+def reference_pairs(clips: list[Clip], tail_seconds: float | None = None) -> list[tuple[Clip, np.ndarray]]:
     """(clip to render, reference frame) for each clip: the reference is the middle frame of the same
     person's next clip; a person's only clip is split, its second half rendered with a reference from
-    the first half (the cut falls on a multiple of 5 frames, where mel frames line up exactly)."""
+    the first half (the cut falls on a multiple of 5 frames, where mel frames line up exactly).
+    `tail_seconds`: every clip is split so that only its last seconds are rendered (what a
+    personalised avatar held out of its template)."""
     by_person: dict[str, list[Clip]] = {}
     for clip in clips:
         by_person.setdefault(clip.meta["identity"], []).append(clip)
     pairs = []
     for clip in clips:
         own = by_person[clip.meta["identity"]]
-        if len(own) > 1:
+        if len(own) > 1 and tail_seconds is None:
             other = own[(own.index(clip) + 1) % len(own)]
             pairs.append((clip, np.asarray(other.crops[other.frames // 2])))
             continue
-        cut = (clip.frames // 2 + 4) // 5 * 5
+        keep = clip.frames // 2 if tail_seconds is None else min(clip.frames - 5, round(tail_seconds * 25))
+        cut = (clip.frames - keep + 4) // 5 * 5
+        part = "2nd half" if tail_seconds is None else f"last {(clip.frames - cut) / 25:g} s"
         second = Clip(
-            clip.path, clip.meta | {"frames": clip.frames - cut, "clip_id": clip.meta["clip_id"] + "[2nd half]"}
+            clip.path, clip.meta | {"frames": clip.frames - cut, "clip_id": clip.meta["clip_id"] + f"[{part}]"}
         )
         second.__dict__["crops"] = clip.crops[cut:]
         second.__dict__["mel"] = clip.mel[:, cut * 16 // 5 :]

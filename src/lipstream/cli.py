@@ -366,6 +366,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.max_clips,
         args.weights,
         args.expert,
+        args.tail,
+        args.smooth_styles,
     )
     print(json.dumps(report["systems"], indent=2))
     print(f"wrote {args.out}/evaluation.json, side_by_side.mp4, contact_sheet.png")
@@ -609,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max-clips", type=int, default=10)
     evaluate.add_argument("--weights", help="rt weights for the model (default: the shipped ones)")
+    evaluate.add_argument(
+        "--tail",
+        type=positive_float,
+        metavar="SECONDS",
+        help="render only each clip's last SECONDS, reference from its start (a personalised avatar's held-out end)",
+    )
+    evaluate.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
     evaluate.add_argument("--expert", help="fp16 SyncNet expert for the sync scores")
     evaluate.set_defaults(func=cmd_evaluate)
 
