@@ -61,7 +61,7 @@ class PrepareResult:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """[B, H, W, 3] uint8 -> [B, 3, H, W] float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # a copy: mmaps are read-only
 
 
 def region_to_crop(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
