@@ -303,7 +303,7 @@ def _encode_and_render_idle(
     face = model.encode_face(
         to_tensor(crops[index]),
         reference.expand(len(frames), -1, -1, -1),
-        torch.from_numpy(np.asarray(masks[index])).float()[:, None],
+        torch.from_numpy(np.array(masks[index])).float()[:, None],
     )
     for layer, fmap in enumerate(face.maps):
         maps[layer][index] = fmap.numpy()
