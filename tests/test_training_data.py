@@ -269,3 +269,24 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     short = prepare_avatar(source, "short", root=tmp_path, max_seconds=2.2, show_progress=False)
     with pytest.raises(PersonalizeError, match="at least 2 s"):
         personalize(Avatar.load(short.path), cache, expert, config, log=False)
+
+
+def test_clips_joined_into_a_template_keep_every_frame_and_their_own_audio(shared_data: Path, tmp_path: Path) -> None:
+    import av
+
+    from lipstream.realtime.audio_in import read_audio_file
+    from lipstream.training.template import join_clips, main
+
+    sources = [s.path for s in grid_sources(shared_data / "grid_s1") if s.split == "train"][:2]
+    seconds = join_clips(sources, tmp_path / "joined.mp4")
+
+    with av.open(str(tmp_path / "joined.mp4")) as joined:
+        assert sum(1 for _ in joined.decode(video=0)) == 150 and seconds == pytest.approx(6.0)
+    audio = read_audio_file(str(tmp_path / "joined.mp4"))
+    second = read_audio_file(str(sources[1]))[: 16_000 * 2]
+    # The second clip's speech starts 3 s in: find it by cross-correlation within +-0.1 s.
+    scores = np.correlate(audio[48_000 - 1600 : 48_000 + 1600 + len(second)], second, mode="valid")
+    assert abs(int(np.argmax(scores)) - 1600) <= 1024  # AAC priming: at most one frame of delay
+    assert scores.max() > 0.8 * float(np.dot(second, second))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "none.mp4")])

@@ -333,6 +333,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         validate_every=args.validate_every,
         expert=args.expert,
+        grid_share=args.grid_share,
     )
     result = GeneratorTrainer(cache, out, config, resume=args.resume).run()
     print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
@@ -427,6 +428,13 @@ def smoothing_factor(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number from 0 (off) to below 1, e.g. 0.3; got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability from 0 to 1, e.g. 0.3; got {text}")
     return value
 
 
@@ -588,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     generator.add_argument("--lr", type=positive_float, default=1e-3, help="generator and discriminator")
     generator.add_argument("--expert", help="fp16 SyncNet expert for the sync loss (none: no sync loss)")
     generator.add_argument("--perceptual", choices=("ms-ssim", "none"), default="ms-ssim")
+    generator.add_argument(
+        "--grid-share", type=share, default=0.5, help="probability that a sample comes from GRID, not talking clips"
+    )
     generator.add_argument("--gan-from-step", type=int, default=3000, help="the adversarial loss joins here")
     generator.add_argument("--validate-every", type=int, default=2000)
     generator.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
