@@ -7,6 +7,7 @@ follow each other at once instead of every 40 ms.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +20,7 @@ from lipstream.dsp import MelConfig, num_video_frames
 from .audio_in import SAMPLE_RATE, read_audio_file
 from .clock import MonotonicClock
 from .runtime import Runtime
-from .session import AvatarSession
+from .session import AvatarSession, OutputFrame
 
 
 @dataclass
@@ -34,8 +35,9 @@ def render(runtime: Runtime, audio_path: str | Path, out: str | Path) -> RenderR
     return asyncio.run(render_async(runtime, audio_path, out))
 
 
-async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path) -> RenderResult:
-    samples = read_audio_file(str(audio_path))
+async def rendered_frames(runtime: Runtime, samples: np.ndarray) -> AsyncIterator[OutputFrame]:
+    """Every video frame of `samples` (16 kHz mono float32), from a fresh session whose ticks follow
+    each other at once."""
     total = num_video_frames(len(samples))
     session = AvatarSession("render", runtime.assets, queue_frames=total + 1)
     scheduler = runtime.scheduler(MonotonicClock())
@@ -44,18 +46,26 @@ async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path
     for start in range(0, len(samples), step):
         session.push_audio(samples[start : start + step])
     session.end_of_input()
+    for _ in range(total):
+        await scheduler.tick()
+        yield await session.next_frame()
+
+
+async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path) -> RenderResult:
+    samples = read_audio_file(str(audio_path))
     loop = asyncio.get_running_loop()
     started = loop.time()
     out = Path(out)
+    frames = speech_frames = 0
     with av.open(str(out), "w") as container:
         width, height = runtime.assets.frame_size
         video = container.add_stream("libx264", rate=25, options={"crf": "18", "preset": "veryfast"})
         video.width, video.height, video.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         fifo = av.AudioFifo()
-        for _ in range(total):
-            await scheduler.tick()
-            frame = await session.next_frame()
+        async for frame in rendered_frames(runtime, samples):
+            frames += 1
+            speech_frames += frame.kind == "speech"
             image = np.ascontiguousarray(frame.image[: video.height, : video.width])
             picture = av.VideoFrame.from_ndarray(image, format="rgb24")
             picture.pts, picture.time_base = frame.number, Fraction(1, 25)
@@ -69,4 +79,4 @@ async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path
                 container.mux(audio.encode(chunk))
         container.mux(video.encode())
         container.mux(audio.encode())
-    return RenderResult(out, total, session.counts["speech"], loop.time() - started)
+    return RenderResult(out, frames, speech_frames, loop.time() - started)

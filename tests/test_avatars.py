@@ -15,12 +15,13 @@ import pytest
 from lipstream.avatars import Avatar, AvatarCacheError, SourceError
 from lipstream.avatars.align import invert, paste_back, transform_points
 from lipstream.avatars.default import default_avatar, default_source
+from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import crop_landmarks, points_inside
 from lipstream.avatars.prepare import prepare_avatar
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import InvalidNameError
 
-LIPS = sorted({i for edge in __import__("mediapipe").solutions.face_mesh.FACEMESH_LIPS for i in edge})
+LIPS = list(LIP_POINTS)  # numpy fancy indexing wants a list
 
 
 def prepare(source: Path, root: Path, name: str, **kwargs: object) -> Avatar:

@@ -17,10 +17,13 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
-from lipstream.avatars.align import invert, transform_points
 from lipstream.dsp import read_wav
 from lipstream.realtime.runtime import Runtime, build_runtime
+from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.server import ServerSettings, create_app
+
+import motion
+from motion import SPEAKING, lips_box, luma_cells
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +34,27 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
 
 
 def mouth_box(runtime: Runtime) -> tuple[slice, slice]:
-    assets = runtime.assets
-    size = assets.crops.shape[1]
-    corners = np.array([[0, size / 2], [size, size / 2], [0, size], [size, size]], float)
-    points = transform_points(corners, invert(assets.transforms[0]))
-    (x0, y0), (x1, y1) = np.floor(points.min(axis=0)).astype(int), np.ceil(points.max(axis=0)).astype(int)
-    return slice(max(y0, 0), y1), slice(max(x0, 0), x1)
+    return lips_box(np.asarray(runtime.assets.avatar.array("landmarks.npy")[0]))
 
 
 def mouth_change(runtime: Runtime, image: np.ndarray) -> float:
-    """Mean difference from the idle rendering inside the mouth region (grey levels)."""
-    rows, cols = mouth_box(runtime)
-    idle = runtime.assets.idle(0)
-    return float(np.abs(image[rows, cols].astype(float) - idle[rows, cols]).mean())
+    """How far the mouth is from rest (grey levels; see motion.py)."""
+    return motion.mouth_change(image, runtime.assets.idle(0), mouth_box(runtime))
+
+
+async def rendered_cells(runtime: Runtime, samples: np.ndarray) -> np.ndarray:
+    """The lips of every frame that the same audio gives offline, as luma cells [frames, rows, cols]."""
+    box = mouth_box(runtime)
+    return np.stack([luma_cells(frame.image[box]) async for frame in rendered_frames(runtime, samples)])
+
+
+def best_match(received: np.ndarray, reference: np.ndarray) -> int:
+    """The index of `received` (luma cells per frame) where the `reference` sequence fits best."""
+    distances = [
+        np.abs(received[start : start + len(reference)] - reference).mean()
+        for start in range(len(received) - len(reference) + 1)
+    ]
+    return int(np.argmin(distances))
 
 
 @contextlib.asynccontextmanager
@@ -139,13 +150,13 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         width, height = runtime.assets.frame_size
         assert frames[0][1].shape == (height, width, 3)
         change = np.array([mouth_change(runtime, image) for _, image in viewer.frames])
-        speaking = change > 8.0
+        speaking = change > SPEAKING
         assert speaking.sum() >= 25, "the mouth moves while the client speaks"
         rows, cols = mouth_box(runtime)
         tail = np.stack([image[rows, cols].astype(float) for _, image in viewer.frames[-25:]])
-        motion = np.abs(np.diff(tail, axis=0)).mean(axis=(1, 2, 3))
+        stillness = np.abs(np.diff(tail, axis=0)).mean(axis=(1, 2, 3))
         # Still: the same idle frame again and again (a video key frame may shift it all once).
-        assert not speaking[-25:].any() and np.median(motion) < 0.5, "and rests on the idle frame in silence"
+        assert not speaking[-25:].any() and np.median(stillness) < 0.5, "and rests on the idle frame in silence"
         # The audio that came back is the audio that went in.
         received = np.concatenate([pcm for _, pcm in viewer.audio])
         sent = read_wav(speech_then_silence)[0]
@@ -153,10 +164,18 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         corr = np.correlate(received16 - received16.mean(), sent[:32000] - sent[:32000].mean(), "valid")
         norm = np.linalg.norm(sent[:32000]) * np.sqrt(np.convolve(received16**2, np.ones(32000), "valid")).max()
         assert corr.max() / norm > 0.5
-        # Mouth and sound start together: first moving frame vs first loud audio, by arrival time.
-        first_video = next(t for (t, _), s in zip(viewer.frames, speaking, strict=True) if s)
-        first_audio = next(t for t, pcm in viewer.audio if np.abs(pcm).max() > 0.05)
-        assert abs(first_video - first_audio) <= 0.12
+        # Mouth and sound together. Offline, the same audio gives frame k for samples k*640 onwards; the
+        # received frames that match those show when frame k arrived, the received audio when sample
+        # k*640 did.
+        reference = (await rendered_cells(runtime, sent))[:60]  # 2 s of speech, then rest
+        cells = np.stack([luma_cells(image[rows, cols]) for _, image in viewer.frames])
+        first = best_match(cells, reference)
+        audio_ends = np.cumsum([len(pcm) for _, pcm in viewer.audio])
+        skews = []
+        for k in range(50):
+            packet = np.searchsorted(audio_ends, 3 * (int(corr.argmax()) + 640 * k), side="right")
+            skews.append(viewer.frames[first + k][0] - viewer.audio[packet][0])
+        assert abs(np.median(skews)) <= 0.08, f"video minus audio arrival: {np.median(skews):+.3f} s"
 
     asyncio.run(scenario())
 
@@ -183,7 +202,7 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
             await wait_for_frames(viewer, 10)
             push = asyncio.create_task(push_wav(http, base, session_id, speech_then_silence))
             async with asyncio.timeout(20):
-                while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < 8.0:
+                while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < SPEAKING:
                     viewer.arrived.clear()
                     await viewer.arrived.wait()
             await wait_for_frames(viewer, len(viewer.frames) + 5)  # speaking now
@@ -201,9 +220,9 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
             count = next(line for line in metrics.splitlines() if f'_count{{stage="{stage}"}}' in line)
             assert float(count.split()[1]) > 0, f"stage {stage} was timed"
         # Frames already on their way may still show speech; within 3 frames (120 ms) the avatar is idle.
-        first_idle = next(t for t, change in after if change < 8.0)
+        first_idle = next(t for t, change in after if change < SPEAKING)
         assert first_idle - interrupted_at <= 0.12
-        assert all(change < 8.0 for t, change in after if t > first_idle)
+        assert all(change < SPEAKING for t, change in after if t > first_idle)
 
     asyncio.run(scenario())
 
@@ -219,7 +238,7 @@ def test_two_sessions_at_once_each_get_25_fps(runtime: Runtime, speech_then_sile
                 await viewer.close()
         for viewer in viewers:
             assert 22.0 <= fps(viewer.frames[10:]) <= 28.0
-            assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+            assert sum(mouth_change(runtime, image) > SPEAKING for _, image in viewer.frames) >= 20
 
     asyncio.run(scenario())
 
@@ -253,7 +272,7 @@ def test_whip_ingest_and_whep_viewer(runtime: Runtime, speech_then_silence: Path
                 assert (await response.json())["sessions"] == 0
             await viewer.close()
             await sender.close()
-        assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+        assert sum(mouth_change(runtime, image) > SPEAKING for _, image in viewer.frames) >= 20
 
     asyncio.run(scenario())
 
@@ -313,7 +332,7 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
                 await socket.send_str("hello")
                 assert "error" in await socket.receive_json()
                 async with asyncio.timeout(20):
-                    while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < 8.0:
+                    while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < SPEAKING:
                         viewer.arrived.clear()
                         await viewer.arrived.wait()
                 channel.send("interrupt")
@@ -321,9 +340,7 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
                 await wait_for_frames(viewer, len(viewer.frames) + 15)
             await viewer.close()
         after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at + 0.12]
-        # Idle frames differ from the idle rendering only by the codec (about 4-6 grey levels, a little
-        # more while it refines a still picture); speech differs by 10-28.
-        assert after and max(after) < 10.0 and np.median(after) < 7.0, "the data-channel interrupt took it idle"
+        assert after and max(after) < SPEAKING, "the data-channel interrupt took it idle"
 
     asyncio.run(scenario())
 
@@ -344,7 +361,7 @@ def test_talk_streams_a_file_to_a_session_that_whep_viewers_watch(runtime: Runti
             rate, blocks = await file_blocks(speech_then_silence)
             seconds = await stream(http, base, session["session_id"], rate, blocks)
             await viewer.close()
-            assert sum(mouth_change(runtime, image) > 8.0 for _, image in viewer.frames) >= 20
+            assert sum(mouth_change(runtime, image) > SPEAKING for _, image in viewer.frames) >= 20
             return seconds
 
     assert asyncio.run(scenario()) == pytest.approx(5.0, abs=0.02)

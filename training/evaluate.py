@@ -27,6 +27,7 @@ from skimage.metrics import structural_similarity
 
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
+from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import load_stylesync
 
@@ -34,48 +35,6 @@ from .dataset import HELD_OUT_IDENTITIES
 from .loaders import Clip, load_clips, to_unit
 from .syncnet_train import validate
 
-LIPS = (
-    61,
-    146,
-    91,
-    181,
-    84,
-    17,
-    314,
-    405,
-    321,
-    375,
-    291,
-    185,
-    40,
-    39,
-    37,
-    0,
-    267,
-    269,
-    270,
-    409,
-    78,
-    95,
-    88,
-    178,
-    87,
-    14,
-    317,
-    402,
-    318,
-    324,
-    308,
-    191,
-    80,
-    81,
-    82,
-    13,
-    312,
-    311,
-    310,
-    415,
-)
 SYSTEMS = ("model", "static", "ground-truth")
 
 
@@ -96,7 +55,7 @@ class MouthLandmarks:
         if not found:
             return None
         size = crop.shape[0]
-        return np.array([(found[0].landmark[i].x * size, found[0].landmark[i].y * size) for i in LIPS])
+        return np.array([(found[0].landmark[i].x * size, found[0].landmark[i].y * size) for i in LIP_POINTS])
 
 
 def render_clip(
