@@ -13,7 +13,48 @@ NUM_LANDMARKS = 478
 MAX_GAP_FRAMES = 25  # a face missing for longer than 1 s is an error, not something to interpolate
 SIMILAR_SIZE = 0.8  # a second face at least this fraction of the main face's size is ambiguous
 # The 40 points of the face mesh's outer and inner lip contours (its FACEMESH_LIPS connections).
-LIP_POINTS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+LIP_POINTS = (
+    61,
+    146,
+    91,
+    181,
+    84,
+    17,
+    314,
+    405,
+    321,
+    375,
+    291,
+    185,
+    40,
+    39,
+    37,
+    0,
+    267,
+    269,
+    270,
+    409,
+    78,
+    95,
+    88,
+    178,
+    87,
+    14,
+    317,
+    402,
+    318,
+    324,
+    308,
+    191,
+    80,
+    81,
+    82,
+    13,
+    312,
+    311,
+    310,
+    415,
+)
 
 
 @dataclass

@@ -10,20 +10,19 @@ from pathlib import Path
 
 import aiohttp
 import cv2
+import motion
 import numpy as np
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
+from motion import SPEAKING, lips_box, luma_cells
 
 from lipstream.dsp import read_wav
-from lipstream.realtime.runtime import Runtime, build_runtime
 from lipstream.realtime.render import rendered_frames
+from lipstream.realtime.runtime import Runtime, build_runtime
 from lipstream.realtime.server import ServerSettings, create_app
-
-import motion
-from motion import SPEAKING, lips_box, luma_cells
 
 
 @pytest.fixture(scope="module")

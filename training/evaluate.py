@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
-from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import load_stylesync
 
