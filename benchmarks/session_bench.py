@@ -5,8 +5,8 @@ audio-in -> mouth-out latency measured at the client.
 
 Each client sends silence with speech bursts at known times (1 s of speech every 3 s) through a real
 aiortc peer connection and receives the avatar. Audio in = when the burst's first 20 ms frame is
-handed to the client's sender; mouth out = when the first frame whose mouth region differs from the
-idle rendering arrives back. The server runs in its own process, as `lipstream serve`.
+handed to the client's sender; mouth out = when the first frame whose lips differ from the idle
+rendering (benchmarks/motion.py) arrives back. The server runs in its own process, as `lipstream serve`.
 """
 
 from __future__ import annotations
@@ -28,18 +28,17 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from lipstream.avatars.align import invert, transform_points
 from lipstream.dsp import read_wav
 from lipstream.realtime.audio_in import Resampler
 from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.jitter import LowDelayAudioBuffer, MarkerVideoBuffer, install
 from lipstream.realtime.runtime import load_avatar
 
+from .motion import SPEAKING, mouth_box, mouth_change
 from .report import git_commit, machine_info, output_stem, write_json
 
 RATE, CHUNK = 16_000, 320
 BURST_EVERY, BURST_LENGTH = 3.0, 1.0
-SPEECH_THRESHOLD = 8.0  # grey levels of mean difference from the idle rendering in the mouth region
 LOUD = 0.05  # an audio sample above this (of full scale) is speech
 
 
@@ -91,7 +90,7 @@ class Client:
         self.offered_at = self.connected_at = self.first_frame_at = float("nan")
         self.new_frame = asyncio.Event()
         self._box = mouth_box(assets)
-        self._idle = assets.idle(0)[self._box].astype(np.float32)
+        self._idle = assets.idle(0)
         self._tasks: list[asyncio.Task] = []
         self.pc.addTrack(self.track)
         self.pc.addTransceiver("video", direction="recvonly")
@@ -117,8 +116,7 @@ class Client:
                 if np.isnan(self.first_frame_at):
                     self.first_frame_at = now
                 self.arrivals.append(now)
-                image = frame.to_ndarray(format="rgb24")[self._box].astype(np.float32)
-                self.speaking.append(float(np.abs(image - self._idle).mean()) > SPEECH_THRESHOLD)
+                self.speaking.append(mouth_change(frame.to_ndarray(format="rgb24"), self._idle, self._box) > SPEAKING)
                 self.new_frame.set()
 
     async def connect(self, http: aiohttp.ClientSession, base: str) -> None:
@@ -187,15 +185,6 @@ def load_speech(path: str | Path | None = None) -> np.ndarray:
     if np.abs(samples).max() < 2 * LOUD:
         raise ValueError(f"{path} is (nearly) silent; pass --speech WAV with real speech")
     return samples
-
-
-def mouth_box(assets: AvatarAssets) -> tuple[slice, slice]:
-    """Where the generated region lands in template frame 0: the lower half of the face crop."""
-    size = assets.crops.shape[1]
-    corners = np.array([[0, size / 2], [size, size / 2], [0, size], [size, size]], float)
-    points = transform_points(corners, invert(assets.transforms[0]))
-    (x0, y0), (x1, y1) = np.floor(points.min(axis=0)).astype(int), np.ceil(points.max(axis=0)).astype(int)
-    return slice(max(y0, 0), y1), slice(max(x0, 0), x1)
 
 
 def _metric(text: str, name: str) -> float:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import aiohttp
 import cv2
-import motion
 import numpy as np
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
-from motion import SPEAKING, lips_box, luma_cells
 
+from lipstream.benchmarks import motion
+from lipstream.benchmarks.motion import SPEAKING, luma_cells, mouth_box
 from lipstream.dsp import read_wav
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import Runtime, build_runtime
@@ -32,18 +32,14 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
         return build_runtime(None, engine="onnxruntime")  # the embedded default avatar (one photo)
 
 
-def mouth_box(runtime: Runtime) -> tuple[slice, slice]:
-    return lips_box(np.asarray(runtime.assets.avatar.array("landmarks.npy")[0]))
-
-
 def mouth_change(runtime: Runtime, image: np.ndarray) -> float:
-    """How far the mouth is from rest (grey levels; see motion.py)."""
-    return motion.mouth_change(image, runtime.assets.idle(0), mouth_box(runtime))
+    """How far the mouth is from rest (grey levels; see lipstream.benchmarks.motion)."""
+    return motion.mouth_change(image, runtime.assets.idle(0), mouth_box(runtime.assets))
 
 
 async def rendered_cells(runtime: Runtime, samples: np.ndarray) -> np.ndarray:
     """The lips of every frame that the same audio gives offline, as luma cells [frames, rows, cols]."""
-    box = mouth_box(runtime)
+    box = mouth_box(runtime.assets)
     return np.stack([luma_cells(frame.image[box]) async for frame in rendered_frames(runtime, samples)])
 
 
@@ -151,7 +147,7 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         change = np.array([mouth_change(runtime, image) for _, image in viewer.frames])
         speaking = change > SPEAKING
         assert speaking.sum() >= 25, "the mouth moves while the client speaks"
-        rows, cols = mouth_box(runtime)
+        rows, cols = mouth_box(runtime.assets)
         tail = np.stack([image[rows, cols].astype(float) for _, image in viewer.frames[-25:]])
         stillness = np.abs(np.diff(tail, axis=0)).mean(axis=(1, 2, 3))
         # Still: the same idle frame again and again (a video key frame may shift it all once).

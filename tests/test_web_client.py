@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from motion import CELL, SPEAKING, lips_box, luma_cells
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("LIPSTREAM_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
@@ -41,6 +40,8 @@ if not CHROMIUM.is_file():
     )
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
+
+from lipstream.benchmarks.motion import CELL, SPEAKING, lips_box, luma_cells  # noqa: E402
 
 
 def free_port() -> int:
@@ -108,7 +109,7 @@ def server(speech_then_silence: Path, server_cache: Path) -> Iterator[str]:
 
 @dataclass
 class Lips:
-    """Where the served default avatar's lips are, and their luma cells at rest (see motion.py)."""
+    """Where the served default avatar's lips are, and their luma cells at rest (see lipstream.benchmarks.motion)."""
 
     box: tuple[int, int, int, int]  # x, y, width, height in pixels
     idle: np.ndarray
@@ -149,7 +150,7 @@ def browser(playwright: Playwright, speech_then_silence: Path) -> Iterator[Brows
 
 
 # Records, for every decoded video frame, its time and the mean luma of 6 x 6 pixel cells in a box
-# (whole cells), as motion.py does for the server tests.
+# (whole cells), as lipstream.benchmarks.motion does for the server tests.
 WATCH_MOUTH = """
 ([x, y, width, height]) => {
   const video = document.getElementById('avatar');

@@ -1,8 +1,8 @@
-"""How far an avatar's mouth is from rest in received video, for the server and browser tests.
+"""How far an avatar's mouth is from rest in received video: the benchmarks' and tests' measure.
 
 A video codec moves every picture a little: quantisation and halved chroma blur fine detail, and each
 key frame starts a still picture over at lower quality. With trained weights the mouth's own motion is
-only a few grey levels more than that, so the tests look where the mouth is (a box around the lips of
+only a few grey levels more than that, so this measure looks where the mouth is (a box around the lips of
 the avatar's landmarks, with room for the jaw to drop), at luma only, averaged over 6 x 6 pixel cells:
 the codec's error mostly cancels inside a cell, an opening mouth does not.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipstream.avatars.landmarks import LIP_POINTS
+from lipstream.realtime.compositor import AvatarAssets
 
 CELL = 6
 SPEAKING = 3.0  # grey levels from the idle rendering, over the lips in 6 x 6 cells
@@ -30,6 +31,11 @@ def lips_box(landmarks: np.ndarray) -> tuple[slice, slice]:
     rows = (int(y1 + 0.8 * height) - top) // CELL * CELL
     cols = (int(x1 + 0.15 * width) - left) // CELL * CELL
     return slice(max(top, 0), max(top, 0) + rows), slice(max(left, 0), max(left, 0) + cols)
+
+
+def mouth_box(assets: AvatarAssets) -> tuple[slice, slice]:
+    """The lips box of an avatar's first template frame."""
+    return lips_box(np.asarray(assets.avatar.array("landmarks.npy")[0]))
 
 
 def luma_cells(pixels: np.ndarray) -> np.ndarray:
