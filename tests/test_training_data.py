@@ -182,6 +182,21 @@ def test_evaluation_scores_the_baselines_and_a_model(cache: Path, tmp_path: Path
     assert 10 < systems["static"]["psnr_db"] < 60 and systems["static"]["lmd_px"] > 0
     assert 5 < systems["model"]["psnr_db"] < 60 and 0 < systems["model"]["ssim"] < 1
     assert (tmp_path / "side_by_side.mp4").stat().st_size > 10_000 and (tmp_path / "contact_sheet.png").is_file()
+    truth = systems["ground-truth"]["lip_audio"]
+    assert truth["clips"] == 2 and truth["r"] > 0.5 and abs(truth["lag_frames"]) <= 1
+
+
+def test_lip_audio_correlation_follows_real_speech_not_a_still_or_shifted_mouth(cache: Path) -> None:
+    from lipstream.training.evaluate import MouthLandmarks, lip_audio
+
+    clip = load_clips(cache, "train", {"grid_s1"})[0]
+    crops, mel, mouths = np.asarray(clip.crops), clip.mel, MouthLandmarks()
+    r, lag = lip_audio(crops, mel, mouths)
+    assert r > 0.5 and abs(lag) <= 1, "GRID's own mouth opens with its loudness"
+    shifted, _ = lip_audio(crops[12:], mel, mouths)  # the sound half a second early
+    assert shifted < r - 0.1
+    still = lip_audio(np.repeat(crops[:1], len(crops), axis=0), mel, mouths)
+    assert still is None or abs(still[0]) < 0.05
 
 
 def test_a_person_with_one_clip_is_rendered_from_its_own_first_half(cache: Path) -> None:

@@ -7,7 +7,11 @@ the ground-truth aligned crops:
 - PSNR and SSIM of the generated region (the crop's lower rows);
 - LMD: mean distance of the mouth landmarks (mediapipe, on the 128-px crop), pixels;
 - sync: offset accuracy and confidence from an evaluation expert, for the rendering and for ground
-  truth side by side (when an expert is given).
+  truth side by side (when an expert is given);
+- lip-audio correlation: Pearson's r between the mouth's opening (inner lip landmarks, every frame)
+  and the audio's loudness (mean log-mel of the frame), at the best lag within +-3 frames, and that
+  lag. It needs no expert, so it also works for faces the expert never saw; a still mouth scores
+  about 0.
 Systems: a model (`rt` weights, or the seeded init), and two baselines: `static` (the reference
 frame's mouth pasted in: no lip motion) and `ground-truth`. Writes JSON, a side-by-side MP4
 (ground truth | rendering) of the first clip, and a PNG contact sheet.
@@ -103,6 +107,34 @@ def temporal_jerk(frames: np.ndarray, rows: int) -> float:
     return float(np.abs(lower[2:] - 2 * lower[1:-1] + lower[:-2]).mean()) if len(lower) > 2 else 0.0
 
 
+MAX_LAG = 3  # frames either way that lip-audio correlation searches
+
+
+def lip_audio(rendered: np.ndarray, mel: np.ndarray, mouths: MouthLandmarks) -> tuple[float, int] | None:
+    """(Pearson's r, lag in frames; positive: the sound comes after the mouth) between the opening of
+    the mouth and the loudness of the audio, at the lag within +-MAX_LAG where r is highest. None for a
+    clip too short or without a face in most frames."""
+    upper, lower = LIP_POINTS.index(13), LIP_POINTS.index(14)  # the middle of the inner lips
+    opening = np.full(len(rendered), np.nan)
+    for i, crop in enumerate(rendered):
+        points = mouths(crop)
+        if points is not None:
+            opening[i] = np.linalg.norm(points[upper] - points[lower])
+    count = min(len(rendered), mel.shape[1] * 5 // 16)
+    loudness = np.array([mel[:, k * 16 // 5 : (k + 1) * 16 // 5].mean() for k in range(count)])
+    best = None
+    for lag in range(-MAX_LAG, MAX_LAG + 1):
+        a = opening[max(0, -lag) : count - max(0, lag)]
+        b = loudness[max(0, lag) : count - max(0, -lag)]
+        keep = ~np.isnan(a)
+        if keep.sum() < 25 or a[keep].std() == 0:
+            continue
+        r = float(np.corrcoef(a[keep], b[keep])[0, 1])
+        if best is None or r > best[0]:
+            best = (r, lag)
+    return best
+
+
 def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:
     lower_r, lower_t = rendered[:, -rows:], truth[:, -rows:]
     ssim = np.mean(
@@ -155,12 +187,19 @@ def evaluate(
     }
     first_renders = {}
     for system in systems:
-        per_clip, renders = [], []
+        per_clip, renders, correlations = [], [], []
         for clip, reference in pairs:
             rendered = render_clip(system, clip, reference, model, smoothing)
             per_clip.append(score(rendered, np.asarray(clip.crops), 64, mouths))
             renders.append(rendered)
+            correlations.append(lip_audio(rendered, clip.mel, mouths))
         entry = {k: float(np.mean([c[k] for c in per_clip if c[k] is not None])) for k in per_clip[0]}
+        measured = [c for c in correlations if c is not None]
+        entry["lip_audio"] = {
+            "clips": len(measured),
+            "r": float(np.mean([r for r, _ in measured])) if measured else None,
+            "lag_frames": float(np.median([lag for _, lag in measured])) if measured else None,
+        }
         if net is not None:
             entry["sync"] = _sync(net, clips, renders)
         report["systems"][system] = entry
