@@ -1,9 +1,9 @@
 """Loading a profile's weights, and the model id that ties cached avatar features to them.
 
-Trained weights are looked up in `models/weights/<profile>.pt` (shipped with the package once
-trained) unless a file is given. Where none exists yet, the networks keep their seeded
-initialisation: the whole pipeline runs, and the id says "init" so nothing mistakes it for a trained
-model.
+Trained weights are looked up in `models/weights/<profile>.pt`, shipped with the package (`rt.pt`, with
+its model card `rt.md`), unless a file is given. A profile without trained weights (`hq`: nothing
+trains it on this CPU) keeps the networks' seeded initialisation: the whole pipeline runs, and the id
+says "init" so nothing mistakes it for a trained model.
 """
 
 from __future__ import annotations
