@@ -463,11 +463,13 @@ def summary_markdown(payload: dict, plots: list[Path]) -> str:
         "",
         f"Bursts of {settings['burst_s']:g} s of speech every {settings['burst_every_s']:g} s: {run['bursts']} "
         f"bursts; received {run['fps']:.2f} fps; {run['frames_dropped_by_server']:.0f} frames dropped by the server.",
-        f"The floor of audio-in -> mouth-out is the mel window's look-ahead, {settings['mel_lookahead_ms']:.1f} ms "
-        "(the window reaches that far past the end of the frame's own audio), plus one 40 ms frame of audio "
-        "to collect, the jitter buffer (1 frame) and one tick of inference and compositing. A shorter look-ahead "
-        "(`MelConfig.window_shift`) lowers the floor by 40 ms per frame of shift, at the price of less "
-        "future context for the mouth shape (plosives are prepared before they sound).",
+        "Mouth out is the first frame whose lips are 3 grey levels from rest (`benchmarks/motion.py`). Each "
+        f"frame's mel window reaches {settings['mel_lookahead_ms']:.1f} ms past the frame's own audio, so a "
+        "frame before the onset's own frame already reacts to it: the first reaction waits for audio up to "
+        "the end of that earlier window (0-40 ms after the onset), the jitter buffer (1 frame) and one tick "
+        "of inference and compositing. The frame of the onset itself comes a look-ahead later; a shorter "
+        "look-ahead (`MelConfig.window_shift`) brings it 40 ms earlier per frame of shift, at the price of "
+        "less future context for the mouth shape (plosives are prepared before they sound).",
         "",
         "## Stage breakdown (server, per call)",
         "",
