@@ -74,6 +74,7 @@ class Viewer:
     def __init__(self) -> None:
         self.pc = RTCPeerConnection()
         self.frames: list[tuple[float, np.ndarray]] = []
+        self.stamps: list[int] = []  # each frame's RTP timestamp (90 kHz, from a random origin)
         self.audio: list[tuple[float, np.ndarray]] = []
         self.tasks: list[asyncio.Task] = []
         self.arrived = asyncio.Event()
@@ -88,6 +89,7 @@ class Viewer:
                 frame = await track.recv()
                 if track.kind == "video":
                     self.frames.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
+                    self.stamps.append(frame.pts)
                     self.arrived.set()
                 else:
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
@@ -127,9 +129,16 @@ async def wait_for_frames(viewer: Viewer, count: int) -> None:
         pytest.fail(f"only {len(viewer.frames)} of {count} frames arrived in 30 s")
 
 
-def fps(frames: list[tuple[float, np.ndarray]]) -> float:
-    times = [t for t, _ in frames]
-    return (len(times) - 1) / (times[-1] - times[0])
+def assert_25_fps(stamps: list[int]) -> None:
+    """The stream runs at 25 fps by its own clock: RTP timestamps 3600 apart (90 kHz / 25), a gap only
+    where the server skipped a tick it could not make in time, and few of those.
+
+    Arrival times are not asserted: on a loaded machine they stretch (the receiving peer decodes in
+    this same process), and speed belongs in the benchmarks (`lipstream bench session`)."""
+    steps = np.diff(np.array(stamps, dtype=np.int64)) % 2**32  # RTP timestamps wrap at 2**32
+    assert len(steps) >= 20, f"only {len(steps) + 1} frames to judge"
+    assert (steps % 3600 == 0).all() and (steps > 0).all(), f"timestamps not whole 40-ms frames: {set(steps)}"
+    assert (steps == 3600).mean() >= 0.9, f"ticks skipped: steps in frames {np.bincount(steps // 3600)}"
 
 
 def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_then_silence: Path) -> None:
@@ -140,10 +149,9 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
             await connect(http, base, viewer, send_audio=player.audio)
             await wait_for_frames(viewer, 130)
             await viewer.close()
-        frames = viewer.frames[10:]
-        assert 22.0 <= fps(frames) <= 28.0
+        assert_25_fps(viewer.stamps[10:])
         width, height = runtime.assets.frame_size
-        assert frames[0][1].shape == (height, width, 3)
+        assert viewer.frames[0][1].shape == (height, width, 3)
         change = np.array([mouth_change(runtime, image) for _, image in viewer.frames])
         speaking = change > SPEAKING
         assert speaking.sum() >= 25, "the mouth moves while the client speaks"
@@ -232,7 +240,7 @@ def test_two_sessions_at_once_each_get_25_fps(runtime: Runtime, speech_then_sile
             for viewer in viewers:
                 await viewer.close()
         for viewer in viewers:
-            assert 22.0 <= fps(viewer.frames[10:]) <= 28.0
+            assert_25_fps(viewer.stamps[10:])
             assert sum(mouth_change(runtime, image) > SPEAKING for _, image in viewer.frames) >= 20
 
     asyncio.run(scenario())
