@@ -129,16 +129,17 @@ async def wait_for_frames(viewer: Viewer, count: int) -> None:
         pytest.fail(f"only {len(viewer.frames)} of {count} frames arrived in 30 s")
 
 
-def assert_25_fps(stamps: list[int]) -> None:
+def assert_25_fps(stamps: list[int], share: float = 0.9) -> None:
     """The stream runs at 25 fps by its own clock: RTP timestamps 3600 apart (90 kHz / 25), a gap only
-    where the server skipped a tick it could not make in time, and few of those.
+    where a frame was skipped (a tick the server could not make in time, or one a browser did not
+    show), and at least `share` of the steps single frames.
 
     Arrival times are not asserted: on a loaded machine they stretch (the receiving peer decodes in
     this same process), and speed belongs in the benchmarks (`lipstream bench session`)."""
     steps = np.diff(np.array(stamps, dtype=np.int64)) % 2**32  # RTP timestamps wrap at 2**32
     assert len(steps) >= 20, f"only {len(steps) + 1} frames to judge"
     assert (steps % 3600 == 0).all() and (steps > 0).all(), f"timestamps not whole 40-ms frames: {set(steps)}"
-    assert (steps == 3600).mean() >= 0.9, f"ticks skipped: steps in frames {np.bincount(steps // 3600)}"
+    assert (steps == 3600).mean() >= share, f"frames skipped: steps in frames {np.bincount(steps // 3600)}"
 
 
 def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_then_silence: Path) -> None:

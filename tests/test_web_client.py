@@ -40,6 +40,7 @@ if not CHROMIUM.is_file():
     )
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
+from test_server import assert_25_fps  # noqa: E402
 
 from lipstream.benchmarks.motion import CELL, SPEAKING, lips_box, luma_cells  # noqa: E402
 
@@ -149,7 +150,7 @@ def browser(playwright: Playwright, speech_then_silence: Path) -> Iterator[Brows
     launched.close()
 
 
-# Records, for every decoded video frame, its time and the mean luma of 6 x 6 pixel cells in a box
+# Records, for every decoded video frame, its time, its RTP timestamp and the mean luma of 6 x 6 pixel cells in a box
 # (whole cells), as lipstream.benchmarks.motion does for the server tests.
 WATCH_MOUTH = """
 ([x, y, width, height]) => {
@@ -158,7 +159,7 @@ WATCH_MOUTH = """
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   const columns = width / 6;
   window.mouth = [];
-  const onFrame = (now) => {
+  const onFrame = (now, metadata) => {
     canvas.width = video.videoWidth; canvas.height = video.videoHeight;
     ctx.drawImage(video, 0, 0);
     const pixels = ctx.getImageData(x, y, width, height).data;
@@ -167,7 +168,7 @@ WATCH_MOUTH = """
       const luma = 0.299 * pixels[4 * i] + 0.587 * pixels[4 * i + 1] + 0.114 * pixels[4 * i + 2];
       cells[Math.floor(i / width / 6) * columns + Math.floor((i % width) / 6)] += luma / 36;
     }
-    window.mouth.push([now, cells]);
+    window.mouth.push([now, metadata.rtpTimestamp, cells]);
     video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
@@ -184,49 +185,51 @@ def connect(page: Page, base: str, source: str, box: tuple[int, int, int, int] =
     page.evaluate(WATCH_MOUTH, list(box))
 
 
-def mouth_trace(page: Page, seconds: float, lips: Lips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """After `seconds`: each frame's time (s), its distance from rest, and its motion since the previous
-    frame (grey levels over the lips' cells)."""
+def mouth_trace(page: Page, seconds: float, lips: Lips) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """After `seconds`: each frame's time (s), its distance from rest, its motion since the previous
+    frame (grey levels over the lips' cells), and its RTP timestamp."""
     page.wait_for_timeout(seconds * 1000)
     trace = page.evaluate("window.mouth")
     rows, cols = lips.idle.shape
-    cells = np.array([frame for _, frame in trace], np.float32).reshape(-1, rows, cols)
+    cells = np.array([frame for _, _, frame in trace], np.float32).reshape(-1, rows, cols)
     motion = np.r_[0.0, np.abs(np.diff(cells, axis=0)).mean(axis=(1, 2))]
-    return np.array([t for t, _ in trace]) / 1000, lips.change(cells), motion
+    times = np.array([t for t, _, _ in trace]) / 1000
+    return times, lips.change(cells), motion, [stamp for _, stamp, _ in trace]
 
 
 def test_live_session_from_the_microphone(browser: Browser, server: str, lips: Lips) -> None:
     page = browser.new_page()
     connect(page, server, "microphone", lips.box)
-    times, change, motion = mouth_trace(page, 8.0, lips)  # the fake microphone loops 2 s of speech, 3 s of silence
+    # The fake microphone loops 2 s of speech and 3 s of silence.
+    times, change, motion, stamps = mouth_trace(page, 8.0, lips)
     page.screenshot(path=str(ARTIFACTS / "web_client_speaking.png"))
-    fps = (len(times) - 1) / (times[-1] - times[0])
-    assert 20.0 <= fps <= 30.0, f"the browser saw {fps:.1f} fps"
+    assert_25_fps(stamps, share=0.75)  # the browser may leave a frame unshown now and then
+    fps = (len(times) - 1) / (times[-1] - times[0])  # reported, not asserted: it is the machine's speed
     assert (change > SPEAKING).sum() >= 25, "the mouth moves while the microphone speaks"
     rest = [change[(times >= t) & (times < t + 1.0)].max() for t in np.arange(times[0], times[-1] - 1.0, 0.2)]
     still = [motion[(times >= t) & (times < t + 1.0)].max() for t in np.arange(times[0], times[-1] - 1.0, 0.2)]
     assert min(rest) < SPEAKING and min(still) < 1.0, "and rests, still, for a second of silence"
     page.wait_for_function("document.getElementById('stat-fps').textContent !== '-'")
     stats = {k: page.text_content(f"#stat-{k}") for k in ("fps", "resolution", "rtt", "jitter", "lost", "delay")}
-    assert float(stats["fps"]) > 15 and "×" in stats["resolution"] and stats["rtt"].endswith("ms")
+    assert float(stats["fps"]) > 0 and "×" in stats["resolution"] and stats["rtt"].endswith("ms")
     assert stats["jitter"].endswith("ms") and stats["lost"].isdigit() and stats["delay"].endswith("ms")
     (ARTIFACTS / "web_client_stats.json").write_text(json.dumps({"fps_measured": fps, "panel": stats}, indent=2))
     page.click("#disconnect")
     page.wait_for_selector("#connect:not([disabled])")
     connect(page, server, "microphone", lips.box)  # reconnect without reloading
-    assert len(mouth_trace(page, 2.0, lips)[0]) > 30
+    assert_25_fps(mouth_trace(page, 2.0, lips)[3], share=0.75)
     page.close()
 
 
 def test_a_sample_streams_and_interrupt_goes_idle(browser: Browser, server: str, lips: Lips) -> None:
     page = browser.new_page()
     connect(page, server, "sample:speech_then_silence.wav", lips.box)
-    times, change, _ = mouth_trace(page, 1.2, lips)  # the sample speaks for 2 s
+    times, change, _, _ = mouth_trace(page, 1.2, lips)  # the sample speaks for 2 s
     assert (change > SPEAKING).sum() >= 5, "the sample moves the mouth"
     page.screenshot(path=str(ARTIFACTS / "web_client_sample.png"))
     page.click("#interrupt")
     clicked = page.evaluate("performance.now()") / 1000
-    times, change, motion = mouth_trace(page, 1.5, lips)
+    times, change, motion, _ = mouth_trace(page, 1.5, lips)
     speaking = times[(times > clicked) & (change > SPEAKING)]
     idle_after_ms = 1000 * float(speaking[-1] - clicked) if len(speaking) else 0.0
     (ARTIFACTS / "web_client_interrupt.json").write_text(
