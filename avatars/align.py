@@ -110,6 +110,46 @@ def warp_to_crop(frame: np.ndarray, transform: np.ndarray, size: int) -> np.ndar
     return cv2.warpAffine(frame, transform, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def region_to_crop(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with its bottom rows replaced by a generated region [3, rows, S] in [-1, 1].
+    Returns [S, S, 3] float32 in 0..255."""
+    canvas = crop.astype(np.float32)
+    rows = region.shape[1]
+    canvas[-rows:] = ((np.clip(region, -1, 1) + 1) * 127.5).transpose(1, 2, 0)
+    return canvas
+
+
+# The band of the paste weight where the generated region must look like the skin it is laid over.
+MATCH_BAND = (0.05, 0.9)
+MATCH_SIGMA = 0.12  # smoothness of the colour correction, as a fraction of the crop side
+
+
+def match_colour(canvas: np.ndarray, template_crop: np.ndarray, weight: np.ndarray, rows: int) -> np.ndarray:
+    """The generated bottom `rows` of `canvas` shifted in colour and brightness to the template crop.
+
+    canvas: [S, S, 3] float 0..255 (the template crop with a generated region); template_crop:
+    [S, S, 3]; weight: the paste weight [S, S] in [0, 1]. The offset is measured where the paste
+    fades in (MATCH_BAND of the weight: cheeks, jaw, the skin under the seam) and spread smoothly
+    over the region (normalised Gaussian averaging), so a generator that renders the skin a little
+    darker or tinted leaves no seam, while the mouth's own shading is kept. Returns a new canvas.
+    """
+    size = canvas.shape[0]
+    top = size - rows
+    band = ((weight[top:] > MATCH_BAND[0]) & (weight[top:] < MATCH_BAND[1])).astype(np.float32)
+    if band.sum() < 1:
+        return canvas
+    diff = template_crop[top:].astype(np.float32) - canvas[top:]  # [rows, S, 3]
+    mean = (diff * band[..., None]).sum(axis=(0, 1)) / band.sum()  # [3]
+    sigma = MATCH_SIGMA * size
+    prior = 0.05  # pulls the correction towards the mean offset far from the band
+    spread = cv2.GaussianBlur(diff * band[..., None], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    support = cv2.GaussianBlur(band, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)[..., None]
+    field = (spread + prior * mean) / (support + prior)
+    out = canvas.copy()
+    out[top:] = np.clip(canvas[top:] + field, 0.0, 255.0)
+    return out
+
+
 DETAIL_FADE = 24.0  # grey levels of change over which the template's fine detail fades out
 
 

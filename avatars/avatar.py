@@ -3,7 +3,8 @@
 Layout (all written by `lipstream prepare`):
     manifest.json            what is here, for which model, and the sha256 of every other file
     frames/NNNNNN.jpg        template frames at 25 fps
-    idle/NNNNNN.jpg          the same frames rendered with silence (shown while nobody speaks)
+    idle/NNNNNN.jpg          the same frames rendered with silence (the generator's rest mouth: a baseline
+                             for measures; while nobody speaks viewers see frames/ untouched)
     crops.npy                [N, S, S, 3] uint8 aligned face crops
     masks.npy                [N, S, S] uint8 lower-face masks given to the face encoder (1 = erased)
     paste_masks.npy          [N, S, S] uint8 feathered paste weights (255 = generated pixel)

@@ -32,7 +32,9 @@ from .align import (
     choose_reference,
     eye_distance,
     frame_to_crop,
+    match_colour,
     paste_back,
+    region_to_crop,
     smooth_transforms,
     warp_to_crop,
 )
@@ -62,14 +64,6 @@ class PrepareResult:
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """[B, H, W, 3] uint8 -> [B, 3, H, W] float in [-1, 1]."""
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # a copy: mmaps are read-only
-
-
-def region_to_crop(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """The crop [S, S, 3] uint8 with its bottom rows replaced by a generated region [3, rows, S] in [-1, 1]."""
-    canvas = crop.astype(np.float32)
-    rows = region.shape[1]
-    canvas[-rows:] = ((np.clip(region, -1, 1) + 1) * 127.5).transpose(1, 2, 0)
-    return canvas
 
 
 def write_jpeg(path: Path, rgb: np.ndarray) -> None:
@@ -311,8 +305,10 @@ def _encode_and_render_idle(
     regions = model.render(silence, face.f_f, face.delta_w, face.maps)
     for offset, frame in enumerate(frames):
         i = start + offset
+        weight = paste[i].astype(np.float32) / 255.0
         canvas = region_to_crop(crops[i], regions[offset].numpy())
-        idle = paste_back(frame, canvas, transforms[i], paste[i].astype(np.float32) / 255.0, crops[i])
+        canvas = match_colour(canvas, crops[i], weight, model.cfg.region_rows)
+        idle = paste_back(frame, canvas, transforms[i], weight, crops[i])
         write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
 
 

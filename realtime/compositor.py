@@ -13,9 +13,8 @@ from threading import Lock
 import cv2
 import numpy as np
 
-from lipstream.avatars.align import paste_back
+from lipstream.avatars.align import match_colour, paste_back, region_to_crop
 from lipstream.avatars.avatar import Avatar
-from lipstream.avatars.prepare import region_to_crop
 
 FRAME_CACHE_BYTES = 512 * 1024 * 1024
 
@@ -50,15 +49,17 @@ class AvatarAssets:
         return self._image("frames", index)
 
     def idle(self, index: int) -> np.ndarray:
-        """Template frame `index` rendered with silence: what is shown while nobody speaks. [H, W, 3] uint8"""
+        """Template frame `index` rendered with silence: the generator's mouth at rest, the baseline that
+        mouth-motion measures compare generated frames with (viewers see the template itself). [H, W, 3]"""
         return self._image("idle", index)
 
-    def composite(self, index: int, region: np.ndarray) -> np.ndarray:
-        """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`. [H, W, 3] uint8"""
+    def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
+        """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to
+        it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]"""
         crop = np.asarray(self.crops[index])
-        canvas = region_to_crop(crop, region)
         weight = self.paste_masks[index].astype(np.float32) / 255.0
-        return paste_back(self.template(index), canvas, self.transforms[index], weight, crop)
+        canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
+        return paste_back(self.template(index), canvas, self.transforms[index], weight * blend, crop)
 
     def _image(self, kind: str, index: int) -> np.ndarray:
         key = (kind, index)

@@ -174,8 +174,8 @@ class FrameScheduler:
     def _composite(plans: list[FramePlan], regions: list[np.ndarray]) -> list[np.ndarray]:
         generated = iter(regions)
         return [
-            p.session.assets.composite(p.index, next(generated))
+            p.session.assets.composite(p.index, next(generated), p.blend)
             if p.mel is not None
-            else p.session.assets.idle(p.index)
+            else p.session.assets.template(p.index)
             for p in plans
         ]

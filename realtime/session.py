@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .compositor import AvatarAssets
 from .metrics import Metrics
 
 MAX_BUFFER_SECONDS = 30.0
+# Frames over which the view passes between the template's own lower face and the generated one, at
+# speech onset (the ramp starts on queued frames ahead of it when there are some) and after speech.
+BLEND_FRAMES = 3
 
 
 class BufferFullError(RuntimeError):
@@ -37,9 +41,11 @@ class BufferFullError(RuntimeError):
 class FramePlan:
     session: AvatarSession
     index: int  # template frame shown
-    mel: np.ndarray | None  # [1, 80, 16] when the frame needs inference (speech), else None
+    mel: np.ndarray | None  # [1, 80, 16] when the frame needs inference (blend > 0), else None
     audio: np.ndarray  # [640] float32, the audio leaving with this frame
     from_input: bool  # the audio is the client's (else silence while idle)
+    blend: float = 0.0  # weight of the generated lower face against the template's own (0: idle)
+    speech: bool = False  # the frame's audio holds speech
 
 
 @dataclass
@@ -47,7 +53,7 @@ class OutputFrame:
     number: int  # session frame counter: RTP video timestamp 3600 * number, audio sample 640 * number
     image: np.ndarray  # [H, W, 3] uint8 RGB
     audio: np.ndarray  # [640] float32, 16 kHz
-    kind: str  # "speech" (generated), "idle" (cached silent rendering)
+    kind: str  # "speech" (generated), "blend" (passing to or from the template), "idle" (the template)
 
 
 @dataclass
@@ -66,12 +72,19 @@ class AvatarSession:
         jitter_frames: int = 1,
         queue_frames: int = 25,
         metrics: Metrics | None = None,
+        blend_frames: int = BLEND_FRAMES,
     ) -> None:
+        if blend_frames < 1:
+            raise ValueError(f"blend_frames must be at least 1 (1: no blending); got {blend_frames}")
         self.id = session_id
         self.metrics = metrics or Metrics()
         self.assets = assets
         self.mel_cfg = mel_cfg or MelConfig()
         self.jitter_frames = jitter_frames
+        self.blend_frames = blend_frames
+        self._blend = 0.0  # the last frame's weight of the generated lower face
+        cfg = self.mel_cfg
+        self._silent_window = np.full((1, cfg.n_mels, cfg.window_frames), -cfg.max_abs_value, np.float32)
         self._entries: deque[_Entry] = deque()
         self._playing = False
         self._ended = False
@@ -79,7 +92,7 @@ class AvatarSession:
         self._position = 0
         self._number = 0
         self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
-        self.counts = {"speech": 0, "idle": 0, "dropped": 0, "underruns": 0, "late_input_dropped": 0}
+        self.counts = {"dropped": 0, "underruns": 0, "late_input_dropped": 0}
         self.closed = False
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
         self._discard = 0  # input samples still to drop after an interrupt
@@ -177,7 +190,7 @@ class AvatarSession:
             if not self._ended:
                 self.counts["underruns"] += 1
         if not self._playing:
-            return FramePlan(self, index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False)
+            return self._blended(index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False, False)
         if self.max_backlog_frames is not None and len(self._entries) > self.max_backlog_frames:
             excess = len(self._entries) - self.max_backlog_frames
             for _ in range(excess):
@@ -185,11 +198,35 @@ class AvatarSession:
             self.counts["late_input_dropped"] += excess
         entry = self._entries.popleft()
         self._consumed.set()
-        return FramePlan(self, index, entry.window[None] if entry.speech else None, entry.audio, True)
+        # Speech within the next few queued frames starts the ramp early, so that it is complete by then.
+        coming = entry.speech or any(e.speech for e in islice(self._entries, self.blend_frames - 1))
+        return self._blended(index, entry.window[None], entry.audio, True, entry.speech, coming)
+
+    def _blended(
+        self,
+        index: int,
+        window: np.ndarray | None,
+        audio: np.ndarray,
+        from_input: bool,
+        speech: bool,
+        towards_speech: bool = False,
+    ) -> FramePlan:
+        """A frame plan whose generated share moves one step of 1/blend_frames towards 1 (speech now or
+        soon) or towards 0; while it is above 0 the frame is generated, from its own mel window, or from
+        silence when no input is left."""
+        step = 1.0 / self.blend_frames
+        if towards_speech:
+            self._blend = min(1.0, self._blend + step)
+        else:
+            self._blend = max(0.0, self._blend - step)
+        if self._blend < 1e-6:
+            self._blend = 0.0
+            return FramePlan(self, index, None, audio, from_input, 0.0, speech)
+        mel = window if window is not None else self._silent_window
+        return FramePlan(self, index, mel, audio, from_input, self._blend, speech)
 
     def deliver(self, plan: FramePlan, image: np.ndarray) -> None:
-        kind = "speech" if plan.mel is not None else "idle"
-        self.counts[kind] += 1
+        kind = "idle" if plan.mel is None else "speech" if plan.speech else "blend"
         if self._out.full():  # nobody is reading fast enough: drop the oldest frame, keep the newest
             self._out.get_nowait()
             self.counts["dropped"] += 1

@@ -120,11 +120,11 @@ def test_generator_samples_bring_targets_windows_reference_and_mask(cache: Path)
     assert not torch.equal(sample["reference"], sample["targets"][0])
 
 
-def test_augmented_samples_are_mirrored_or_jittered_alike_in_every_frame(cache: Path) -> None:
+def test_augmented_samples_are_mirrored_and_colour_cast_alike_in_every_frame_and_the_reference(cache: Path) -> None:
     clips = load_clips(cache, "train")
     plain = GeneratorSamples(clips, length=20, seed=3)
     augmented = GeneratorSamples(clips, length=20, seed=3, augment=True)
-    mirrored = 0
+    mirrored = coloured = 0
     for i in range(20):
         a, b = plain[i], augmented[i]
         assert torch.equal(a["mels"], b["mels"]) and torch.equal(a["sync_mel"], b["sync_mel"])
@@ -132,11 +132,21 @@ def test_augmented_samples_are_mirrored_or_jittered_alike_in_every_frame(cache: 
         straight = np.corrcoef(a["targets"].flatten(), b["targets"].flatten())[0, 1]
         mirrored += flipped > straight
         source = a["targets"].flip(-1) if flipped > straight else a["targets"]
-        # One gain and shift for all five frames and the reference (up to clipping at +-1).
-        inside = (b["targets"].abs() < 0.99) & (source.abs() < 0.99)
-        fit = np.polyfit(source[inside].numpy(), b["targets"][inside].numpy(), 1)
-        assert 0.8 - 1e-3 <= fit[0] <= 1.2 + 1e-3 and abs(fit[1]) <= 0.1 + 1e-3
+        reference = a["reference"].flip(-1) if flipped > straight else a["reference"]
+        # One gain and shift per colour channel for all five frames and the reference (up to clipping).
+        casts = []
+        for channel in range(3):
+            x = torch.cat([source[:, channel].flatten(), reference[channel].flatten()])
+            y = torch.cat([b["targets"][:, channel].flatten(), b["reference"][channel].flatten()])
+            inside = (x.abs() < 0.99) & (y.abs() < 0.99)
+            fit = np.polyfit(x[inside].numpy(), y[inside].numpy(), 1)
+            residual = np.abs(np.polyval(fit, x[inside].numpy()) - y[inside].numpy()).max()
+            assert residual < 1e-4  # the reference went through the very same cast
+            assert 0.8 * 0.85 - 1e-3 <= fit[0] <= 1.2 * 1.15 + 1e-3 and abs(fit[1]) <= 0.18 + 1e-3
+            casts.append(fit[0])
+        coloured += np.ptp(casts) > 0.01
     assert 3 <= mirrored <= 17
+    assert coloured >= 15  # the channels get different gains: a colour cast, not only brightness
 
 
 def test_grid_share_sets_how_often_grid_clips_are_drawn(cache: Path) -> None:
@@ -144,7 +154,8 @@ def test_grid_share_sets_how_often_grid_clips_are_drawn(cache: Path) -> None:
     assert {c.meta["identity"] for c in clips} == {"grid_s1", "hdtf_RD_Radio10"}
     talking = load_clips(cache, "train", {"hdtf_RD_Radio10"})[0]
     first_talking_frame = to_unit(np.asarray(talking.crops))
-    for share, expected in ((0.0, 1.0), (1.0, 0.0), (0.5, 0.5)):
+    # None: no GRID share, every person equally likely, however many clips GRID has.
+    for share, expected in ((0.0, 1.0), (1.0, 0.0), (0.5, 0.5), (None, 0.5)):
         data = GeneratorSamples(clips, length=200, grid_share=share)
         from_talking = np.mean(
             [any(torch.equal(data[i]["reference"], f) for f in first_talking_frame) for i in range(0, 200, 4)]

@@ -111,16 +111,22 @@ MAX_LAG = 3  # frames either way that lip-audio correlation searches
 
 
 def lip_audio(rendered: np.ndarray, mel: np.ndarray, mouths: MouthLandmarks) -> tuple[float, int] | None:
-    """(Pearson's r, lag in frames; positive: the sound comes after the mouth) between the opening of
-    the mouth and the loudness of the audio, at the lag within +-MAX_LAG where r is highest. None for a
-    clip too short or without a face in most frames."""
+    """lip_audio_r of the inner-lip opening that mediapipe finds in each rendered crop."""
     upper, lower = LIP_POINTS.index(13), LIP_POINTS.index(14)  # the middle of the inner lips
     opening = np.full(len(rendered), np.nan)
     for i, crop in enumerate(rendered):
         points = mouths(crop)
         if points is not None:
             opening[i] = np.linalg.norm(points[upper] - points[lower])
-    count = min(len(rendered), mel.shape[1] * 5 // 16)
+    return lip_audio_r(opening, mel)
+
+
+def lip_audio_r(opening: np.ndarray, mel: np.ndarray) -> tuple[float, int] | None:
+    """(Pearson's r, lag in frames; positive: the sound comes after the mouth) between the opening of
+    the mouth per frame ([N], NaN where no face was found) and the loudness of the audio (mean log-mel
+    of each frame), at the lag within +-MAX_LAG where r is highest. None for a clip too short or
+    without a face in most frames."""
+    count = min(len(opening), mel.shape[1] * 5 // 16)
     loudness = np.array([mel[:, k * 16 // 5 : (k + 1) * 16 // 5].mean() for k in range(count)])
     best = None
     for lag in range(-MAX_LAG, MAX_LAG + 1):
@@ -135,7 +141,9 @@ def lip_audio(rendered: np.ndarray, mel: np.ndarray, mouths: MouthLandmarks) -> 
     return best
 
 
-def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:
+def psnr_ssim_lmd(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:
+    """Lower-face (last `rows` rows) PSNR and SSIM, and the lip landmarks' mean distance in pixels
+    (every 5th frame), of aligned crops [N, S, S, 3] against the true ones."""
     lower_r, lower_t = rendered[:, -rows:], truth[:, -rows:]
     ssim = np.mean(
         [structural_similarity(r, t, channel_axis=2, data_range=255) for r, t in zip(lower_r, lower_t, strict=True)]
@@ -146,11 +154,14 @@ def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandm
         if a is not None and b is not None:
             distances.append(float(np.linalg.norm(a - b, axis=1).mean()))
     return {
-        "temporal_jerk": temporal_jerk(rendered, rows),
         "psnr_db": psnr(lower_r, lower_t),
         "ssim": float(ssim),
         "lmd_px": float(np.mean(distances)) if distances else None,
     }
+
+
+def score(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:
+    return {"temporal_jerk": temporal_jerk(rendered, rows)} | psnr_ssim_lmd(rendered, truth, rows, mouths)
 
 
 def evaluate(

@@ -71,6 +71,7 @@ class GeneratorTrainConfig:
     validate_clips: int = 4
     max_minutes: float = 120.0  # one chunk; resume for more
     expert: str | None = None  # fp16 SyncNet expert (the training one); None: no sync loss
+    init: str | None = None  # fp16 StyleSync weights to start from (a fine-tune); None: the seeded init
 
 
 def load_expert(path: str | Path, device: torch.device) -> SyncNet:
@@ -88,6 +89,9 @@ class GeneratorTrainer:
         cfg = get_profile(config.profile)
         torch.manual_seed(INIT_SEED)
         self.model = StyleSync(cfg).to(self.device)
+        if config.init and not resume:
+            state = torch.load(config.init, map_location="cpu", weights_only=True)
+            self.model.load_state_dict({k: v.float() for k, v in state.items()})
         self.model.delta_w.requires_grad_(False)
         self.disc = Discriminator(cfg).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]

@@ -97,12 +97,20 @@ class SyncPairs(Dataset):
         return faces, in_sync, off_sync
 
 
+def by_identity(clips: list[Clip]) -> list[list[Clip]]:
+    """Clips grouped by the person in them, in first-seen order."""
+    people: dict[str, list[Clip]] = {}
+    for clip in clips:
+        people.setdefault(clip.meta["identity"], []).append(clip)
+    return list(people.values())
+
+
 class GeneratorSamples(Dataset):
     """Five consecutive target frames with their own mel windows, a reference frame at least 1 s away
     in the same clip, the lower-face mask, and the expert's window for the five frames.
 
-    `grid_share` is the probability of drawing a GRID clip (there are ~25 times more of them than of
-    the other identities' clips, which are longer). `augment` mirrors a sample and jitters its
+    `grid_share` is the probability of drawing a GRID s1 clip (there are ~25 times more of them than of
+    the other identities' clips, which are longer); within a group every person is equally likely. `augment` mirrors a sample and jitters its
     brightness and contrast, the same for all its frames and its reference (mirroring leaves the sync
     with the audio intact).
     """
@@ -122,9 +130,9 @@ class GeneratorSamples(Dataset):
         grid = [c for c in clips if c.meta["identity"] == "grid_s1"]
         other = [c for c in clips if c.meta["identity"] != "grid_s1"]
         if grid_share is None or not grid or not other:
-            self.groups, self.shares = [clips], [1.0]
+            self.groups, self.shares = [by_identity(clips)], [1.0]
         else:
-            self.groups, self.shares = [grid, other], [grid_share, 1.0 - grid_share]
+            self.groups, self.shares = [by_identity(grid), by_identity(other)], [grid_share, 1.0 - grid_share]
         self.mel_cfg = mel_cfg or MelConfig()
         size = clips[0].crops.shape[1]
         self.mask = torch.from_numpy(ushape_mask(size))[None]  # [1, S, S]
@@ -134,8 +142,9 @@ class GeneratorSamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))
-        group = self.groups[rng.choice(len(self.groups), p=self.shares)]
-        clip = group[rng.integers(len(group))]
+        people = self.groups[rng.choice(len(self.groups), p=self.shares)]
+        clips = people[rng.integers(len(people))]  # every person equally likely, whatever their footage
+        clip = clips[rng.integers(len(clips))]
         while True:
             first = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
             if clip.has_sync_window(first):
@@ -159,7 +168,12 @@ class GeneratorSamples(Dataset):
     def _augment(
         rng: np.random.Generator, targets: torch.Tensor, reference: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same mirror, gain, offset and per-channel colour cast for the frames and their reference:
+        a face's colours change, so the generator must take the lips' and skin's colour from the
+        reference, not from memory of the identity."""
         if rng.random() < 0.5:
             targets, reference = targets.flip(-1), reference.flip(-1)
-        gain, shift = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))
+        gain = float(rng.uniform(0.8, 1.2)) * torch.from_numpy(rng.uniform(0.85, 1.15, 3).astype(np.float32))
+        shift = float(rng.uniform(-0.1, 0.1)) + torch.from_numpy(rng.uniform(-0.08, 0.08, 3).astype(np.float32))
+        gain, shift = gain[:, None, None], shift[:, None, None]  # [3, 1, 1]
         return (targets * gain + shift).clamp(-1, 1), (reference * gain + shift).clamp(-1, 1)

@@ -334,6 +334,8 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         expert=args.expert,
         grid_share=args.grid_share,
+        lambda_sync=args.lambda_sync,
+        init=args.init,
     )
     result = GeneratorTrainer(cache, out, config, resume=args.resume).run()
     print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
@@ -354,6 +356,19 @@ def cmd_train_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.video:
+        from lipstream.benchmarks.video_eval import evaluate_video
+
+        report = evaluate_video(
+            args.video, args.out, args.template, args.weights, args.engine, args.max_seconds, args.template_seconds
+        )
+        shown = ("frames", "face_width_px", "systems", "seam")
+        print(json.dumps({k: report[k] for k in shown if k in report}, indent=2))
+        print(f"wrote {args.out}/evaluation.json, contact_sheet.png")
+        return 0
+    if args.template:
+        print("lipstream evaluate: error: --template needs --video (the clip to score)", file=sys.stderr)
+        return 2
     from lipstream.training.dataset import default_root
     from lipstream.training.evaluate import evaluate
 
@@ -600,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid-share", type=share, default=0.5, help="probability that a sample comes from GRID, not talking clips"
     )
     generator.add_argument("--gan-from-step", type=int, default=3000, help="the adversarial loss joins here")
+    generator.add_argument(
+        "--lambda-sync", type=non_negative_float, default=1.0, help="weight of the sync loss (lambda_s)"
+    )
+    generator.add_argument("--init", help="fp16 weights to start from, e.g. models/weights/rt.pt (a fine-tune)")
     generator.add_argument("--validate-every", type=int, default=2000)
     generator.add_argument("--max-minutes", type=positive_float, default=120.0, help="length of one chunk")
     generator.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -613,6 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
     evaluate = sub.add_parser("evaluate", help="score renderings of held-out clips against ground truth")
+    evaluate.add_argument(
+        "--video", metavar="CLIP", help="score any video with audio: prepared as the avatar, driven by its own audio"
+    )
+    evaluate.add_argument("--template", metavar="VIDEO", help="with --video: prepare this video as the avatar instead")
+    evaluate.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="with --video: the render's engine")
+    evaluate.add_argument(
+        "--max-seconds", type=positive_float, default=60.0, help="with --video: score at most this much of the clip"
+    )
+    evaluate.add_argument(
+        "--template-seconds", type=positive_float, default=120.0, help="with --template: seconds of it to prepare"
+    )
     evaluate.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
     evaluate.add_argument("--out", default="evaluation", help="folder for the JSON, MP4 and PNG")
     evaluate.add_argument("--systems", default="model,static,ground-truth", help="comma-separated")

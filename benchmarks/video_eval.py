@@ -1,0 +1,248 @@
+"""`lipstream evaluate --video CLIP [--template VIDEO]`: score the real-time pipeline on any video.
+
+The clip (or the template, when one is given) is prepared as an avatar; the clip's own audio drives
+`lipstream render`'s pipeline (session, scheduler, engine, compositor); the frames that come out are
+scored against the clip's real frames. Three systems:
+- `model`: what the server shows;
+- `static`: the avatar's reference mouth pasted onto the template frames (no lip motion);
+- `ground-truth`: the clip's real frames.
+
+Measures, per system:
+- lower-face PSNR and SSIM, and LMD (lip landmarks, pixels), on the aligned 128-px crop, as
+  `lipstream evaluate` does on the training cache;
+- mouth sharpness: variance of the Laplacian of luma in the lips box at the frame's own resolution,
+  as a ratio to the real frames' (a blurred mouth scores well below 1);
+- opening amplitude: standard deviation of the inner-lip gap (mediapipe on a 256-px crop), as a ratio
+  to the real mouth's, and the opening's correlation with the real mouth's opening;
+- lip-audio correlation and temporal jerk (`training.evaluate`);
+- for `model`, the seam: gradient energy in the band where the generated region fades into the
+  frame, against the same band of the template frame it was pasted onto (1: no visible edge).
+Writes evaluation.json and contact_sheet.png (aligned crops, and the lips box at full resolution).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lipstream.avatars import Avatar
+from lipstream.avatars.align import invert, paste_back, warp_to_crop
+from lipstream.avatars.landmarks import LIP_POINTS
+from lipstream.avatars.masks import ushape_mask
+from lipstream.avatars.prepare import FPS, prepare_avatar, track_face
+from lipstream.avatars.source import SourceInfo, iter_frames, probe, read_audio
+from lipstream.dsp import MelConfig, melspectrogram, num_video_frames
+from lipstream.realtime.render import rendered_frames
+from lipstream.realtime.runtime import build_runtime
+from lipstream.training.evaluate import MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
+
+from .motion import lips_box
+
+SYSTEMS = ("model", "static", "ground-truth")
+CROP = 128  # the crop the pixel measures use (LMD "at 128")
+GAP_CROP = 256  # the crop mediapipe measures the inner-lip gap on
+SEAM_BAND = (0.1, 0.9)  # paste weights that count as the seam band
+
+
+def sharpness(frame: np.ndarray, box: tuple[slice, slice]) -> float:
+    """Variance of the Laplacian of luma in a box of an RGB frame [H, W, 3]."""
+    grey = cv2.cvtColor(np.ascontiguousarray(frame[box]), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def seam_energy(frame: np.ndarray, transform: np.ndarray, weight: np.ndarray) -> float:
+    """Mean squared luma gradient of `frame` where the crop's paste weight [S, S], taken back into the
+    frame through `transform` (frame -> crop), lies within SEAM_BAND."""
+    height, width = frame.shape[:2]
+    back = cv2.warpAffine(weight.astype(np.float32), invert(transform), (width, height), flags=cv2.INTER_LINEAR)
+    band = (back > SEAM_BAND[0]) & (back < SEAM_BAND[1])
+    if not band.any():
+        return 0.0
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return float((gx**2 + gy**2)[band].mean())
+
+
+def scaled(transform: np.ndarray, size: int) -> np.ndarray:
+    """A frame -> crop transform [2, 3] of the CROP-px canonical crop, for a crop of `size` px."""
+    return transform * (size / CROP)
+
+
+def inner_gap(points: np.ndarray | None) -> float:
+    """Inner-lip gap from LIP_POINTS landmarks [40, 2] (NaN without a face)."""
+    if points is None:
+        return float("nan")
+    return float(np.linalg.norm(points[LIP_POINTS.index(13)] - points[LIP_POINTS.index(14)]))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    keep = ~(np.isnan(a) | np.isnan(b))
+    if keep.sum() < 3 or a[keep].std() == 0 or b[keep].std() == 0:
+        return None
+    return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+
+class Measured:
+    """Per-frame measurements of one system: aligned crops, lip gaps, sharpness."""
+
+    def __init__(self) -> None:
+        self.crops: list[np.ndarray] = []
+        self.gaps: list[float] = []
+        self.sharpness: list[float] = []
+        self.lips: list[np.ndarray] = []  # the lips box at the frame's own resolution, for the sheet
+
+    def add(self, frame: np.ndarray, transform: np.ndarray, landmarks: np.ndarray, mouths: MouthLandmarks) -> None:
+        self.crops.append(warp_to_crop(frame, scaled(transform, CROP), CROP))
+        self.gaps.append(inner_gap(mouths(warp_to_crop(frame, scaled(transform, GAP_CROP), GAP_CROP))))
+        box = lips_box(landmarks)
+        self.sharpness.append(sharpness(frame, box))
+        self.lips.append(np.ascontiguousarray(frame[box]))
+
+
+def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | None) -> list:
+    runtime = build_runtime(str(avatar_path), engine=engine, weights=weights)
+
+    async def collect() -> list:
+        return [frame async for frame in rendered_frames(runtime, samples)]
+
+    return asyncio.run(collect())
+
+
+def evaluate_video(
+    clip: str | Path,
+    out: str | Path,
+    template: str | Path | None = None,
+    weights: str | None = None,
+    engine: str = "auto",
+    max_seconds: float = 60.0,
+    template_seconds: float = 120.0,
+    show_progress: bool = True,
+) -> dict:
+    """Scores the pipeline on `clip` (see the module's docstring); returns the report it writes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = probe(clip)
+    if info.kind != "video" or not info.has_audio:
+        raise ValueError(f"{clip}: evaluate --video needs a video with an audio track (it drives the render)")
+    max_frames = round(max_seconds * FPS)
+    mel_cfg = MelConfig()
+    with tempfile.TemporaryDirectory(prefix="lipstream-eval-") as scratch:
+        avatar_path = prepare_avatar(
+            template or clip,
+            "evaluated",
+            root=scratch,
+            max_seconds=template_seconds if template else max_seconds,
+            weights=weights,
+            show_progress=show_progress,
+        ).path
+        avatar = Avatar.load(avatar_path)
+        if template is None:
+            truth_landmarks = np.asarray(avatar.array("landmarks.npy"))
+            truth_transforms = np.asarray(avatar.array("transforms.npy"))
+        else:
+            from lipstream.avatars.align import frame_to_crop, smooth_transforms
+
+            truth_landmarks, _ = track_face(info, max_frames, show_progress)
+            truth_transforms = smooth_transforms(frame_to_crop(truth_landmarks, CROP), 2.0)
+        count = len(truth_landmarks)
+        samples = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
+        rendered = _render(avatar_path, samples, engine, weights)
+        count = min(count, len(rendered), num_video_frames(len(samples)))
+        report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
+    report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
+    report["weights"] = weights or "profile default"
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _score(
+    avatar: Avatar,
+    info: SourceInfo,
+    rendered: list,
+    truth_landmarks: np.ndarray,
+    truth_transforms: np.ndarray,
+    samples: np.ndarray,
+    out: Path,
+) -> dict:
+    count = len(rendered)
+    loop = np.asarray(avatar.array("idle_loop.npy"))
+    transforms = np.asarray(avatar.array("transforms.npy"))
+    landmarks = np.asarray(avatar.array("landmarks.npy"))
+    crops = avatar.array("crops.npy")
+    paste_masks = avatar.array("paste_masks.npy")
+    reference = np.asarray(crops[avatar.manifest["reference_frame"]]).astype(np.float32)
+    weight_static = cv2.GaussianBlur(ushape_mask(CROP), (0, 0), 0.02 * CROP)[..., None]
+    mouths, gap_mouths = MouthLandmarks(), MouthLandmarks()
+    systems = {name: Measured() for name in SYSTEMS}
+    seams: list[tuple[float, float]] = []
+    for k, truth in enumerate(iter_frames(info, FPS, count)):
+        shown = int(loop[k % len(loop)])
+        template = cv2.cvtColor(cv2.imread(str(avatar.path / "frames" / f"{shown:06d}.jpg")), cv2.COLOR_BGR2RGB)
+        crop = np.asarray(crops[shown]).astype(np.float32)
+        canvas = crop * (1 - weight_static) + reference * weight_static
+        paste = paste_masks[shown].astype(np.float32) / 255.0
+        static = paste_back(template, canvas, transforms[shown], paste, crop)
+        frame = rendered[k]
+        systems["model"].add(frame.image, transforms[shown], landmarks[shown], gap_mouths)
+        systems["static"].add(static, transforms[shown], landmarks[shown], gap_mouths)
+        systems["ground-truth"].add(truth, truth_transforms[k], truth_landmarks[k], gap_mouths)
+        if frame.kind != "idle":
+            seams.append([seam_energy(image, transforms[shown], paste) for image in (frame.image, template)])
+    truth = systems["ground-truth"]
+    truth_crops = np.stack(truth.crops)
+    truth_gaps = np.array(truth.gaps)
+    mel = melspectrogram(samples, MelConfig())
+    report: dict = {"frames": count, "face_width_px": _face_width(truth_landmarks), "systems": {}}
+    for name, measured in systems.items():
+        crops_s = np.stack(measured.crops)
+        gaps = np.array(measured.gaps)
+        entry = psnr_ssim_lmd(crops_s, truth_crops, CROP // 2, mouths)
+        entry["temporal_jerk"] = temporal_jerk(crops_s, CROP // 2)
+        entry["sharpness_ratio"] = float(np.mean(measured.sharpness) / max(np.mean(truth.sharpness), 1e-9))
+        real_std = float(np.nanstd(truth_gaps))
+        entry["opening_amplitude_ratio"] = float(np.nanstd(gaps) / real_std) if real_std > 0 else None
+        entry["opening_correlation"] = pearson(gaps, truth_gaps)
+        best = lip_audio_r(gaps, mel)
+        entry["lip_audio_r"], entry["lip_audio_lag_frames"] = best if best else (None, None)
+        report["systems"][name] = entry
+    if seams:
+        generated, real = np.array(seams).mean(axis=0)
+        ratio = generated / max(real, 1e-9)
+        report["seam"] = {"frames": len(seams), "model": generated, "template": real, "ratio": ratio}
+    _sheet(out / "contact_sheet.png", systems, count)
+    return report
+
+
+def _face_width(landmarks: np.ndarray) -> float:
+    """Median cheek-to-cheek width (landmarks 234 and 454), source pixels."""
+    return float(np.median(np.linalg.norm(landmarks[:, 454] - landmarks[:, 234], axis=-1)))
+
+
+def _sheet(path: Path, systems: dict[str, Measured], count: int) -> None:
+    """Rows: each system's aligned crops at six moments (enlarged 2x), then each system's lips box at
+    the frame's own resolution (enlarged 2x, nearest neighbour: blur is the system's, not the sheet's)."""
+    picks = np.linspace(0, count - 1, 6).astype(int)
+    rows = []
+    for name, measured in systems.items():
+        row = np.concatenate([cv2.resize(measured.crops[k], None, fx=2, fy=2) for k in picks], axis=1)
+        cv2.putText(row, name, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        rows.append(row)
+    width = rows[0].shape[1] // len(picks)
+    for name, measured in systems.items():
+        cells = []
+        for k in picks:
+            lips = measured.lips[k]
+            scale = min(width / lips.shape[1], 2.0)
+            cell = np.zeros((round(width * 0.6), width, 3), np.uint8)
+            big = cv2.resize(lips, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)[: cell.shape[0]]
+            cell[: big.shape[0], : big.shape[1]] = big
+            cells.append(cell)
+        row = np.concatenate(cells, axis=1)
+        cv2.putText(row, f"{name} lips", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        rows.append(row)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
