@@ -2,9 +2,7 @@
 
 Layout (all written by `lipstream prepare`):
     manifest.json            what is here, for which model, and the sha256 of every other file
-    frames/NNNNNN.jpg        template frames at 25 fps
-    idle/NNNNNN.jpg          the same frames rendered with silence (the generator's rest mouth: a baseline
-                             for measures; while nobody speaks viewers see frames/ untouched)
+    frames/NNNNNN.jpg        template frames at 25 fps (shown untouched while nobody speaks)
     crops.npy                [N, S, S, 3] uint8 aligned face crops
     masks.npy                [N, S, S] uint8 lower-face masks given to the face encoder (1 = erased)
     paste_masks.npy          [N, S, S] uint8 feathered paste weights (255 = generated pixel)
@@ -29,7 +27,7 @@ import numpy as np
 
 from .errors import AvatarCacheError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: no silent renderings (idle shows the template frames themselves)
 MANIFEST = "manifest.json"
 
 
@@ -64,9 +62,6 @@ class Avatar:
 
     def frame_path(self, index: int) -> Path:
         return self.path / "frames" / f"{index:06d}.jpg"
-
-    def idle_path(self, index: int) -> Path:
-        return self.path / "idle" / f"{index:06d}.jpg"
 
     def array(self, relative: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.path / relative, mmap_mode="r" if mmap else None)

@@ -2,7 +2,7 @@
 
 Two streaming passes over the source, so no more than a batch of frames is ever decoded at once:
 1. landmarks of the main face in every frame -> smoothed crop transforms, reference frame choice;
-2. crops, masks, face-encoder features, silent renderings and JPEG frames, a batch at a time.
+2. crops, masks, face-encoder features and JPEG frames, a batch at a time.
 Everything is written into a temporary folder that is renamed into place only when complete.
 """
 
@@ -32,9 +32,6 @@ from .align import (
     choose_reference,
     eye_distance,
     frame_to_crop,
-    match_colour,
-    paste_back,
-    region_to_crop,
     smooth_transforms,
     warp_to_crop,
 )
@@ -156,7 +153,6 @@ def prepare_avatar(
     shutil.rmtree(partial, ignore_errors=True)
     try:
         (partial / "frames").mkdir(parents=True)
-        (partial / "idle").mkdir()
         (partial / "features").mkdir()
         reference = warp_to_crop(nth_frame(info, reference_index), transforms[reference_index], size)
         _render_frames(info, model, transforms, landmarks, reference, mask, partial, show_progress)
@@ -235,7 +231,7 @@ def _render_frames(
     out: Path,
     show: bool,
 ) -> None:
-    """Pass 2: crops, masks, features, silent renderings and JPEGs, BATCH frames at a time."""
+    """Pass 2: crops, masks, features and JPEGs, BATCH frames at a time."""
     cfg = model.cfg
     size, count = cfg.face_size, len(transforms)
 
@@ -256,7 +252,7 @@ def _render_frames(
     def flush(start: int, frames: list[np.ndarray]) -> None:
         for offset, frame in enumerate(frames):
             write_jpeg(out / "frames" / f"{start + offset:06d}.jpg", frame)
-        _encode_and_render_idle(model, start, frames, reference_tensor, crops, masks, paste, transforms, features, out)
+        _encode(model, slice(start, start + len(frames)), reference_tensor, crops, masks, features)
         progress.step(len(frames))
 
     batch: list[np.ndarray] = []
@@ -276,45 +272,30 @@ def _render_frames(
         written.flush()
 
 
-def _encode_and_render_idle(
+def _encode(
     model: torch.nn.Module,
-    start: int,
-    frames: list[np.ndarray],
+    index: slice,
     reference: torch.Tensor,
     crops: np.ndarray,
     masks: np.ndarray,
-    paste: np.ndarray,
-    transforms: np.ndarray,
     features: tuple[list[np.ndarray], np.ndarray, np.ndarray],
-    out: Path,
 ) -> None:
-    """Face features of frames start.. (written into `features`: maps, f_f, dW), and their silent
-    renderings pasted onto the frames (written as idle/NNNNNN.jpg under `out`)."""
+    """Face features of the frames in `index`, written into `features` (maps, f_f, dW)."""
     maps, f_f, delta_w = features
-    mel_cfg = MelConfig()
-    silence = torch.full((len(frames), 1, mel_cfg.n_mels, mel_cfg.window_frames), -mel_cfg.max_abs_value)
-    index = slice(start, start + len(frames))
+    count = index.stop - index.start
     face = model.encode_face(
         to_tensor(crops[index]),
-        reference.expand(len(frames), -1, -1, -1),
+        reference.expand(count, -1, -1, -1),
         torch.from_numpy(np.array(masks[index])).float()[:, None],
     )
     for layer, fmap in enumerate(face.maps):
         maps[layer][index] = fmap.numpy()
     f_f[index], delta_w[index] = face.f_f.numpy(), face.delta_w.numpy()
-    regions = model.render(silence, face.f_f, face.delta_w, face.maps)
-    for offset, frame in enumerate(frames):
-        i = start + offset
-        weight = paste[i].astype(np.float32) / 255.0
-        canvas = region_to_crop(crops[i], regions[offset].numpy())
-        canvas = match_colour(canvas, crops[i], weight, model.cfg.region_rows)
-        idle = paste_back(frame, canvas, transforms[i], weight, crops[i])
-        write_jpeg(out / "idle" / f"{i:06d}.jpg", idle)
 
 
 @torch.inference_mode()
 def refresh_features(folder: Path, weights: Path, extra: dict) -> dict:
-    """Re-renders a prepared avatar's features and idle frames with other weights of its profile (its
+    """Re-encodes a prepared avatar's features with other weights of its profile (its
     personalised model), in place: the manifest gets their model id, `weights` (relative to the
     folder), `extra`, and new checksums. Returns the manifest."""
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -322,20 +303,12 @@ def refresh_features(folder: Path, weights: Path, extra: dict) -> dict:
     count = int(manifest["frame_count"])
     crops = np.load(folder / "crops.npy", mmap_mode="r")
     masks = np.load(folder / "masks.npy", mmap_mode="r")
-    paste = np.load(folder / "paste_masks.npy", mmap_mode="r")
-    transforms = np.load(folder / "transforms.npy")
     maps = [np.load(folder / f"features/maps_{i:02d}.npy", mmap_mode="r+") for i in range(model.cfg.num_layers)]
     f_f = np.load(folder / "features/f_f.npy", mmap_mode="r+")
     delta_w = np.load(folder / "features/delta_w.npy", mmap_mode="r+")
     reference = to_tensor(np.asarray(crops[manifest["reference_frame"]])[None])
     for start in range(0, count, BATCH):
-        stop = min(start + BATCH, count)
-        frames = [
-            cv2.cvtColor(cv2.imread(str(folder / "frames" / f"{i:06d}.jpg")), cv2.COLOR_BGR2RGB)
-            for i in range(start, stop)
-        ]
-        features = (maps, f_f, delta_w)
-        _encode_and_render_idle(model, start, frames, reference, crops, masks, paste, transforms, features, folder)
+        _encode(model, slice(start, min(start + BATCH, count)), reference, crops, masks, (maps, f_f, delta_w))
     for written in (*maps, f_f, delta_w):
         written.flush()
     manifest |= extra | {"model_id": model_id, "weights": str(weights.relative_to(folder))}

@@ -13,6 +13,8 @@ idle frames 1.6 grey levels from the idle rendering (at most 2.1 after a key fra
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from lipstream.avatars.landmarks import LIP_POINTS
@@ -48,3 +50,28 @@ def luma_cells(pixels: np.ndarray) -> np.ndarray:
 def mouth_change(image: np.ndarray, idle: np.ndarray, box: tuple[slice, slice]) -> float:
     """Mean cell difference between a received frame and the idle rendering, over the lips."""
     return float(np.abs(luma_cells(image[box]) - luma_cells(idle[box])).mean())
+
+
+def lips_steps(images: list[np.ndarray], box: tuple[slice, slice]) -> np.ndarray:
+    """Frame-to-frame change over the lips, in luma cells (mean absolute difference). [N - 1]"""
+    cells = [luma_cells(image[box]) for image in images]
+    return np.array([float(np.abs(b - a).mean()) for a, b in itertools.pairwise(cells)])
+
+
+def transition_report(images: list[np.ndarray], kinds: list[str], box: tuple[slice, slice]) -> dict:
+    """How much the lips jump when speech starts or ends, against how much they move inside speech.
+
+    images: the frames as shown; kinds: each frame's OutputFrame.kind. A transition step is one
+    between an idle frame and a non-idle one, or between a blend frame and anything; `ratio` is the
+    largest such step over the median step between two speech frames (about 1: nothing pops).
+    """
+    steps = lips_steps(images, box)
+    pairs = list(itertools.pairwise(kinds))
+    transition = [
+        s for s, (a, b) in zip(steps, pairs, strict=True) if (a == "idle") != (b == "idle") or "blend" in (a, b)
+    ]
+    speech = [s for s, (a, b) in zip(steps, pairs, strict=True) if a == b == "speech"]
+    if not transition or not speech:
+        return {"transitions": len(transition), "max_transition": None, "median_speech": None, "ratio": None}
+    worst, typical = float(max(transition)), float(np.median(speech))
+    return {"transitions": len(transition), "max_transition": worst, "median_speech": typical, "ratio": worst / typical}

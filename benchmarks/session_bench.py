@@ -5,8 +5,8 @@ audio-in -> mouth-out latency measured at the client.
 
 Each client sends silence with speech bursts at known times (1 s of speech every 3 s) through a real
 aiortc peer connection and receives the avatar. Audio in = when the burst's first 20 ms frame is
-handed to the client's sender; mouth out = when the first frame whose lips differ from the idle
-rendering (benchmarks/motion.py) arrives back. The server runs in its own process, as `lipstream serve`.
+handed to the client's sender; mouth out = when the first frame whose lips differ from the template
+frame shown in silence (benchmarks/motion.py) arrives back. The server runs in its own process, as `lipstream serve`.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class BurstTrack(MediaStreamTrack):
 
 class Client:
     """An aiortc peer that sends `track` (speech bursts) and receives the avatar. It records each video
-    frame's arrival and whether its mouth differs from the idle rendering, each 20 ms of returned
-    audio's arrival and whether it is loud, and the connection's milestones."""
+    frame's arrival and whether its mouth differs from the template frame shown in silence, each 20 ms
+    of returned audio's arrival and whether it is loud, and the connection's milestones."""
 
     def __init__(self, assets: AvatarAssets, speech: np.ndarray, **burst: float) -> None:
         self.pc = RTCPeerConnection()
@@ -90,7 +90,7 @@ class Client:
         self.offered_at = self.connected_at = self.first_frame_at = float("nan")
         self.new_frame = asyncio.Event()
         self._box = mouth_box(assets)
-        self._idle = assets.idle(0)
+        self._idle = assets.template(0)
         self._tasks: list[asyncio.Task] = []
         self.pc.addTrack(self.track)
         self.pc.addTransceiver("video", direction="recvonly")
@@ -268,7 +268,7 @@ def _start_server(sessions: int) -> tuple[subprocess.Popen, str]:
 def run_session_bench(
     sessions: int = 2, seconds: float = 60.0, speech_path: str | None = None, out_dir: Path = Path("benchmarks/results")
 ) -> dict:
-    avatar = load_avatar(None)  # the server's default avatar: its idle rendering tells speech from silence
+    avatar = load_avatar(None)  # the server's default avatar: its template frame tells speech from silence
     assets = AvatarAssets(avatar)
     speech = load_speech(speech_path)
     server, base = _start_server(sessions)

@@ -202,6 +202,8 @@ def _score(
         crops_s = np.stack(measured.crops)
         gaps = np.array(measured.gaps)
         entry = psnr_ssim_lmd(crops_s, truth_crops, CROP // 2, mouths)
+        if not np.isfinite(entry["psnr_db"]):
+            entry["psnr_db"] = None  # identical to the truth; JSON has no infinity
         entry["temporal_jerk"] = temporal_jerk(crops_s, CROP // 2)
         entry["sharpness_ratio"] = float(np.mean(measured.sharpness) / max(np.mean(truth.sharpness), 1e-9))
         real_std = float(np.nanstd(truth_gaps))

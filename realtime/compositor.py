@@ -2,7 +2,7 @@
 
 `AvatarAssets` is loaded once per avatar and shared by every session showing it: the cached
 face-encoder features (the engine's per-frame inputs), the paste transforms and masks, and decoded
-template and idle frames, kept in a bounded cache.
+template frames, kept in a bounded cache.
 """
 
 from __future__ import annotations
@@ -47,11 +47,6 @@ class AvatarAssets:
 
     def template(self, index: int) -> np.ndarray:
         return self._image("frames", index)
-
-    def idle(self, index: int) -> np.ndarray:
-        """Template frame `index` rendered with silence: the generator's mouth at rest, the baseline that
-        mouth-motion measures compare generated frames with (viewers see the template itself). [H, W, 3]"""
-        return self._image("idle", index)
 
     def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
         """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to

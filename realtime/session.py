@@ -28,9 +28,11 @@ from .compositor import AvatarAssets
 from .metrics import Metrics
 
 MAX_BUFFER_SECONDS = 30.0
-# Frames over which the view passes between the template's own lower face and the generated one, at
-# speech onset (the ramp starts on queued frames ahead of it when there are some) and after speech.
-BLEND_FRAMES = 3
+# Frames over which the view passes from the template's own lower face to the generated one at speech
+# onset (the ramp starts on queued frames ahead of it when there are some), and back after speech. The
+# way out can be slower: nothing is said meanwhile.
+BLEND_IN_FRAMES = 4
+BLEND_OUT_FRAMES = 6
 
 
 class BufferFullError(RuntimeError):
@@ -72,10 +74,10 @@ class AvatarSession:
         jitter_frames: int = 1,
         queue_frames: int = 25,
         metrics: Metrics | None = None,
-        blend_frames: int = BLEND_FRAMES,
+        blend_frames: tuple[int, int] = (BLEND_IN_FRAMES, BLEND_OUT_FRAMES),
     ) -> None:
-        if blend_frames < 1:
-            raise ValueError(f"blend_frames must be at least 1 (1: no blending); got {blend_frames}")
+        if min(blend_frames) < 1:
+            raise ValueError(f"blend_frames (in, out) must be at least 1 each (1: no blending); got {blend_frames}")
         self.id = session_id
         self.metrics = metrics or Metrics()
         self.assets = assets
@@ -155,6 +157,7 @@ class AvatarSession:
         self._consumed.set()
         self._entries.clear()
         self._playing = False
+        self._blend = 0.0  # an interrupt cuts to the template at once, as the sound stops at once
         self._new_stream()
         self._ended = False
         while not self._out.empty():
@@ -199,7 +202,7 @@ class AvatarSession:
         entry = self._entries.popleft()
         self._consumed.set()
         # Speech within the next few queued frames starts the ramp early, so that it is complete by then.
-        coming = entry.speech or any(e.speech for e in islice(self._entries, self.blend_frames - 1))
+        coming = entry.speech or any(e.speech for e in islice(self._entries, self.blend_frames[0] - 1))
         return self._blended(index, entry.window[None], entry.audio, True, entry.speech, coming)
 
     def _blended(
@@ -211,14 +214,14 @@ class AvatarSession:
         speech: bool,
         towards_speech: bool = False,
     ) -> FramePlan:
-        """A frame plan whose generated share moves one step of 1/blend_frames towards 1 (speech now or
-        soon) or towards 0; while it is above 0 the frame is generated, from its own mel window, or from
-        silence when no input is left."""
-        step = 1.0 / self.blend_frames
+        """A frame plan whose generated share moves one step towards 1 (speech now or soon; steps of
+        1 / blend-in frames) or towards 0 (steps of 1 / blend-out frames); while it is above 0 the frame
+        is generated, from its own mel window, or from silence when no input is left."""
+        blend_in, blend_out = self.blend_frames
         if towards_speech:
-            self._blend = min(1.0, self._blend + step)
+            self._blend = min(1.0, self._blend + 1.0 / blend_in)
         else:
-            self._blend = max(0.0, self._blend - step)
+            self._blend = max(0.0, self._blend - 1.0 / blend_out)
         if self._blend < 1e-6:
             self._blend = 0.0
             return FramePlan(self, index, None, audio, from_input, 0.0, speech)

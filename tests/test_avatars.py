@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lipstream.avatars import Avatar, AvatarCacheError, SourceError
-from lipstream.avatars.align import invert, paste_back, transform_points
+from lipstream.avatars.align import MATCH_BAND, invert, match_colour, paste_back, transform_points
 from lipstream.avatars.default import default_avatar, default_source
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import crop_landmarks, points_inside
@@ -71,10 +71,10 @@ def face_box_psnr(avatar: Avatar, index: int, pasted: np.ndarray) -> float:
 def test_manifest_describes_the_cache(anchor: Avatar) -> None:
     m = anchor.manifest
     _, model_id = load_stylesync("rt")
-    assert m["format_version"] == 1 and m["profile"] == "rt" and m["model_id"] == model_id
+    assert m["format_version"] == 2 and m["profile"] == "rt" and m["model_id"] == model_id
     assert (m["fps"], m["frame_count"], m["frame_size"], m["crop_size"]) == (25, 30, [512, 512], 128)
     assert m["interpolated_frames"] == 0 and m["detected_frames"] == 30
-    assert len(list((anchor.path / "frames").iterdir())) == len(list((anchor.path / "idle").iterdir())) == 30
+    assert len(list((anchor.path / "frames").iterdir())) == 30 and not (anchor.path / "idle").exists()
     assert set(m["files"]) >= {"crops.npy", "masks.npy", "transforms.npy", "audio.wav", "features/f_f.npy"}
     maps = anchor.feature_maps()
     assert [tuple(x.shape[1:]) for x in maps] == load_stylesync("rt")[0].cfg.face_map_shapes()
@@ -143,6 +143,29 @@ def test_a_changed_mouth_lands_on_the_lips_and_nowhere_else(anchor: Avatar) -> N
     assert np.abs(at(landmarks[[33, 133, 362, 263, 10]])).max() < 2, "eyes and forehead untouched"
 
 
+def test_a_colour_cast_of_the_generated_region_is_matched_away_and_the_mouth_kept(anchor: Avatar) -> None:
+    i, rows = 5, 64
+    crop = anchor.array("crops.npy")[i].astype(np.float32)
+    weight = anchor.array("paste_masks.npy")[i] / 255.0
+    lips = crop_landmarks(anchor.array("landmarks.npy")[i], anchor.array("transforms.npy")[i])[list(LIP_POINTS)]
+    centre, radius = lips.mean(axis=0), 0.6 * np.ptp(lips[:, 0])
+    y, x = np.mgrid[0:128, 0:128] + 0.5
+    mouth = np.hypot(x - centre[0], y - centre[1]) < radius
+    generated = crop.copy()
+    generated[-rows:] += np.array([18.0, -12.0, 6.0])  # a generator that renders the skin tinted
+    generated[mouth] *= 0.7  # and a mouth of its own
+    matched = match_colour(generated, crop, weight, rows)
+    band = (weight > MATCH_BAND[0]) & (weight < MATCH_BAND[1])
+    band[:-rows] = False
+    before = np.abs(generated[band] - crop[band]).mean()
+    after = np.abs(matched[band] - crop[band]).mean()
+    assert before > 10 and after < 0.25 * before, (before, after)
+    assert np.array_equal(matched[:-rows], generated[:-rows]), "rows above the region untouched"
+    # The mouth's own shading survives: it is still darker than the skin around it.
+    centre = mouth & ~band
+    assert matched[centre].mean() < matched[band].mean() - 10
+
+
 def test_a_30fps_clip_becomes_25fps(shared_data: Path, root: Path) -> None:
     avatar = prepare(shared_data / "talking" / "hdtf_RD_Radio10_short.mp4", root, "radio")
     assert avatar.frame_count == pytest.approx(62 / 29.97 * 25, abs=1)
@@ -185,8 +208,8 @@ def test_a_missing_file_a_stale_model_and_an_old_format_are_refused(anchor: Avat
     with pytest.raises(AvatarCacheError, match="format version 0"):
         Avatar.load(copy)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    (copy / "idle" / "000003.jpg").unlink()
-    with pytest.raises(AvatarCacheError, match=r"idle/000003\.jpg is missing"):
+    (copy / "frames" / "000003.jpg").unlink()
+    with pytest.raises(AvatarCacheError, match=r"frames/000003\.jpg is missing"):
         Avatar.load(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(AvatarCacheError, match=r"manifest\.json is corrupt"):

@@ -34,7 +34,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
 
 def mouth_change(runtime: Runtime, image: np.ndarray) -> float:
     """How far the mouth is from rest (grey levels; see lipstream.benchmarks.motion)."""
-    return motion.mouth_change(image, runtime.assets.idle(0), mouth_box(runtime.assets))
+    return motion.mouth_change(image, runtime.assets.template(0), mouth_box(runtime.assets))
 
 
 async def rendered_cells(runtime: Runtime, samples: np.ndarray) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         rows, cols = mouth_box(runtime.assets)
         tail = np.stack([image[rows, cols].astype(float) for _, image in viewer.frames[-25:]])
         stillness = np.abs(np.diff(tail, axis=0)).mean(axis=(1, 2, 3))
-        # Still: the same idle frame again and again (a video key frame may shift it all once).
+        # Still: the same template frame again and again (a video key frame may shift it all once).
         assert not speaking[-25:].any() and np.median(stillness) < 0.5, "and rests on the idle frame in silence"
         # The audio that came back is the audio that went in.
         received = np.concatenate([pcm for _, pcm in viewer.audio])

@@ -68,7 +68,7 @@ def test_the_scheduler_smooths_each_utterance_and_starts_afresh_after_silence(
     smooth, scheduler = _frames(runtime, audio, 0.6)
     kinds = [f.kind for f in plain]
     assert kinds == [f.kind for f in smooth]
-    starts = [i for i, k in enumerate(kinds) if k == "speech" and (i == 0 or kinds[i - 1] != "speech")]
+    starts = [i for i, k in enumerate(kinds) if k != "idle" and (i == 0 or kinds[i - 1] == "idle")]
     assert len(starts) >= 2, kinds
     for start in starts:  # each utterance's first frame has nothing to blend with
         assert np.array_equal(plain[start].image, smooth[start].image)

@@ -269,7 +269,6 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     template = (avatar.frame_count - 10) // 5 * 5
     steps = round(2 * template / 5 / 2)
     general_id = avatar.manifest["model_id"]
-    idle_before = (avatar.path / "idle" / "000010.jpg").read_bytes()
     assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=0.4)
@@ -288,7 +287,6 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     personal = load_avatar(str(avatar.path), model_id=model_id)  # checksums verified, features fresh
     assert personal.manifest["personalized"]["steps"] == steps
     assert np.abs(personal.array("features/delta_w.npy")).mean() > 0
-    assert (avatar.path / "idle" / "000010.jpg").read_bytes() != idle_before  # rendered by the new model
     with pytest.raises(Exception, match="stale"):
         load_avatar(str(avatar.path), model_id=general_id)
 

@@ -124,7 +124,7 @@ class Lips:
 def lips(server: str, server_cache: Path) -> Lips:
     avatar = server_cache / "avatars" / "default-rt"  # prepared by the server as it started
     rows, cols = lips_box(np.load(avatar / "landmarks.npy")[0])
-    idle = cv2.imread(str(avatar / "idle" / "000000.jpg"))[..., ::-1]
+    idle = cv2.imread(str(avatar / "frames" / "000000.jpg"))[..., ::-1]  # what is shown in silence
     return Lips((cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start), luma_cells(idle[rows, cols]))
 
 

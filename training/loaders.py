@@ -110,9 +110,9 @@ class GeneratorSamples(Dataset):
     in the same clip, the lower-face mask, and the expert's window for the five frames.
 
     `grid_share` is the probability of drawing a GRID s1 clip (there are ~25 times more of them than of
-    the other identities' clips, which are longer); within a group every person is equally likely. `augment` mirrors a sample and jitters its
-    brightness and contrast, the same for all its frames and its reference (mirroring leaves the sync
-    with the audio intact).
+    the other identities' clips, which are longer); within a group every person is equally likely.
+    `augment` mirrors a sample and casts its colours (see _augment), the same for all its frames and its
+    reference (mirroring leaves the sync with the audio intact).
     """
 
     def __init__(
