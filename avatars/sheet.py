@@ -1,6 +1,6 @@
 """A contact sheet of one prepared frame, for a person to check an avatar at a glance:
 the template frame with its crop outline, the crop with the mask over it, the untouched crop pasted
-back, the difference that paste makes (x10), and the cached silent rendering."""
+back, and the difference that paste makes (x10)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,5 @@ def contact_sheet(avatar: Avatar, index: int = 0, height: int = 256) -> np.ndarr
         _tile(overlay.astype(np.uint8), height, "crop + mask"),
         _tile(pasted, height, "crop pasted back (replace)"),
         _tile(difference, height, "|difference| x10"),
-        _tile(_read(str(avatar.idle_path(index))), height, "silent rendering"),
     ]
     return np.concatenate(tiles, axis=1)

@@ -6,9 +6,10 @@ only a few grey levels more than that, so this measure looks where the mouth is 
 the avatar's landmarks, with room for the jaw to drop), at luma only, averaged over 6 x 6 pixel cells:
 the codec's error mostly cancels inside a cell, an opening mouth does not.
 
-Measured with the rt weights of step 8029 on the default avatar through aiortc's VP8 (espeak speech):
-idle frames 1.6 grey levels from the idle rendering (at most 2.1 after a key frame), speech frames 3.5
-(10th percentile), 6.4 (median), up to 10.5.
+Measured with the rt weights of step 8029 on the default avatar through aiortc's VP8 (espeak speech),
+when idle frames were silent renderings and the measure's rest was one: idle frames 1.6 grey levels
+from rest (at most 2.1 after a key frame), speech frames 3.5 (10th percentile), 6.4 (median), up to
+10.5. Rest is now the template frame, which idle frames show untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.realtime.compositor import AvatarAssets
 
 CELL = 6
-SPEAKING = 3.0  # grey levels from the idle rendering, over the lips in 6 x 6 cells
+SPEAKING = 3.0  # grey levels from the template frame, over the lips in 6 x 6 cells
 
 
 def lips_box(landmarks: np.ndarray) -> tuple[slice, slice]:
@@ -48,7 +49,7 @@ def luma_cells(pixels: np.ndarray) -> np.ndarray:
 
 
 def mouth_change(image: np.ndarray, idle: np.ndarray, box: tuple[slice, slice]) -> float:
-    """Mean cell difference between a received frame and the idle rendering, over the lips."""
+    """Mean cell difference between a received frame and the frame shown at rest, over the lips."""
     return float(np.abs(luma_cells(image[box]) - luma_cells(idle[box])).mean())
 
 

@@ -122,7 +122,7 @@ class FrameScheduler:
 
     async def _infer_or_fall_back(self, speech: list[FramePlan]) -> list[np.ndarray]:
         """The batch's mouths; on an engine error, an inference over its time budget, or while an
-        earlier overrun is still running, none: those frames show the idle rendering instead (the
+        earlier overrun is still running, none: those frames show their template frame instead (the
         sessions go on, the error is counted, and the next batch tries again)."""
         if self._overrun is not None and not self._overrun.done():
             self.metrics.inference_skipped.inc()
