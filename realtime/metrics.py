@@ -77,7 +77,7 @@ class StageHistograms:
 class Metrics:
     def __init__(self) -> None:
         self.frames_generated = Counter("lipstream_frames_generated_total", "Frames whose mouth was generated")
-        self.frames_idle = Counter("lipstream_frames_idle_total", "Frames that show the template frame untouched (no inference)")
+        self.frames_idle = Counter("lipstream_frames_idle_total", "Frames showing the template frame untouched")
         self.frames_dropped = Counter("lipstream_frames_dropped_total", "Frames skipped because the machine was late")
         self.inference_errors = Counter("lipstream_inference_errors_total", "Batches whose inference failed")
         self.inference_timeouts = Counter(
