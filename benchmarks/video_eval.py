@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -113,32 +114,35 @@ def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | 
     return asyncio.run(collect())
 
 
-def evaluate_video(
-    clip: str | Path,
-    out: str | Path,
-    template: str | Path | None = None,
-    weights: str | None = None,
-    engine: str = "auto",
-    max_seconds: float = 60.0,
-    template_seconds: float = 120.0,
-    show_progress: bool = True,
-) -> dict:
+@dataclass(frozen=True)
+class VideoEvalOptions:
+    template: str | Path | None = None  # prepared as the avatar instead of the clip
+    weights: str | None = None  # rt weights (default: the shipped ones)
+    engine: str = "auto"  # the render's engine
+    max_seconds: float = 60.0  # of the clip scored
+    template_seconds: float = 120.0  # of the template prepared
+    show_progress: bool = True
+
+
+def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions | None = None) -> dict:
     """Scores the pipeline on `clip` (see the module's docstring); returns the report it writes."""
+    o = options or VideoEvalOptions()
+    template, weights = o.template, o.weights
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = probe(clip)
     if info.kind != "video" or not info.has_audio:
         raise ValueError(f"{clip}: evaluate --video needs a video with an audio track (it drives the render)")
-    max_frames = round(max_seconds * FPS)
+    max_frames = round(o.max_seconds * FPS)
     mel_cfg = MelConfig()
     with tempfile.TemporaryDirectory(prefix="lipstream-eval-") as scratch:
         avatar_path = prepare_avatar(
             template or clip,
             "evaluated",
             root=scratch,
-            max_seconds=template_seconds if template else max_seconds,
+            max_seconds=o.template_seconds if template else o.max_seconds,
             weights=weights,
-            show_progress=show_progress,
+            show_progress=o.show_progress,
         ).path
         avatar = Avatar.load(avatar_path)
         if template is None:
@@ -147,17 +151,42 @@ def evaluate_video(
         else:
             from lipstream.avatars.align import frame_to_crop, smooth_transforms
 
-            truth_landmarks, _ = track_face(info, max_frames, show_progress)
+            truth_landmarks, _ = track_face(info, max_frames, o.show_progress)
             truth_transforms = smooth_transforms(frame_to_crop(truth_landmarks, CROP), 2.0)
         count = len(truth_landmarks)
         samples = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
-        rendered = _render(avatar_path, samples, engine, weights)
+        rendered = _render(avatar_path, samples, o.engine, weights)
         count = min(count, len(rendered), num_video_frames(len(samples)))
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
     report["weights"] = weights or "profile default"
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def evaluate_videos(clips: list[str | Path], out: str | Path, options: VideoEvalOptions | None = None) -> dict:
+    """evaluate_video for each clip (into out/<clip name>/) and the mean of every measure over the
+    clips, per system, weighted equally per clip (out/summary.json)."""
+    out = Path(out)
+    reports = {}
+    for clip in clips:
+        folder = out / Path(clip).stem if len(clips) > 1 else out
+        reports[Path(clip).stem] = evaluate_video(clip, folder, options)
+    mean: dict = {}
+    for system in SYSTEMS:
+        values: dict[str, list[float]] = {}
+        for report in reports.values():
+            for key, value in report["systems"][system].items():
+                if isinstance(value, float | int) and not isinstance(value, bool):
+                    values.setdefault(key, []).append(float(value))
+        mean[system] = {key: float(np.mean(v)) for key, v in values.items()}
+    seams = [r["seam"]["ratio"] for r in reports.values() if "seam" in r]
+    mean["seam_ratio"] = float(np.mean(seams)) if seams else None
+    weights = options.weights if options else None
+    summary = {"clips": list(reports), "weights": weights or "profile default", "mean": mean, "per_clip": reports}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _score(

@@ -86,7 +86,8 @@ class CapacityMonitor:
         idle = None
         if last.total > first.total:  # NaN where /proc/stat was unreadable: the comparison is False
             cores = (last.total - first.total) / seconds
-            idle = cores * (1 - (last.busy - first.busy) / (last.total - first.total))
+            # max: a fully busy machine comes out a rounding error below zero (seen: -1.5e-13)
+            idle = max(0.0, cores * (1 - (last.busy - first.busy) / (last.total - first.total)))
         return Load(
             seconds=seconds,
             idle_cores=idle,

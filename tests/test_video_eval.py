@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lipstream.benchmarks.video_eval import evaluate_video
+from lipstream.benchmarks.video_eval import VideoEvalOptions, evaluate_video
 
 
 def test_a_clip_is_scored_against_its_own_footage(
@@ -15,7 +15,8 @@ def test_a_clip_is_scored_against_its_own_footage(
 ) -> None:
     monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
     clip = shared_data / "talking" / "may_5s.mp4"
-    report = evaluate_video(clip, tmp_path / "out", engine="onnxruntime", max_seconds=3.0, show_progress=False)
+    options = VideoEvalOptions(engine="onnxruntime", max_seconds=3.0, show_progress=False)
+    report = evaluate_video(clip, tmp_path / "out", options)
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["frames"] == report["frames"] == 75
     assert (tmp_path / "out" / "contact_sheet.png").stat().st_size > 10_000
     model, static, truth = (report["systems"][s] for s in ("model", "static", "ground-truth"))

@@ -357,14 +357,15 @@ def cmd_train_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.video:
-        from lipstream.benchmarks.video_eval import evaluate_video
+        from lipstream.benchmarks.video_eval import VideoEvalOptions, evaluate_videos
 
-        report = evaluate_video(
-            args.video, args.out, args.template, args.weights, args.engine, args.max_seconds, args.template_seconds
-        )
-        shown = ("frames", "face_width_px", "systems", "seam")
-        print(json.dumps({k: report[k] for k in shown if k in report}, indent=2))
-        print(f"wrote {args.out}/evaluation.json, contact_sheet.png")
+        if args.template and len(args.video) > 1:
+            print("lipstream evaluate: error: --template goes with a single --video clip", file=sys.stderr)
+            return 2
+        options = VideoEvalOptions(args.template, args.weights, args.engine, args.max_seconds, args.template_seconds)
+        report = evaluate_videos(args.video, args.out, options)
+        print(json.dumps(report["mean"], indent=2))
+        print(f"wrote {args.out}/summary.json and, per clip, evaluation.json and contact_sheet.png")
         return 0
     if args.template:
         print("lipstream evaluate: error: --template needs --video (the clip to score)", file=sys.stderr)
@@ -633,7 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="score renderings of held-out clips against ground truth")
     evaluate.add_argument(
-        "--video", metavar="CLIP", help="score any video with audio: prepared as the avatar, driven by its own audio"
+        "--video",
+        metavar="CLIP",
+        nargs="+",
+        help="score videos with speech: each is prepared as the avatar and driven by its own audio",
     )
     evaluate.add_argument("--template", metavar="VIDEO", help="with --video: prepare this video as the avatar instead")
     evaluate.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="with --video: the render's engine")
