@@ -15,10 +15,11 @@ benchmarks/RESULTS.md). Where /proc cannot be read (not Linux), only the dropped
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from .clock import Clock, MonotonicClock
 
 WINDOW_S = 5.0
 MARGIN = 1.25
@@ -61,8 +62,11 @@ class Load:
 
 
 class CapacityMonitor:
-    def __init__(self, window: float = WINDOW_S, first_session_cores: float = FIRST_SESSION_CORES) -> None:
+    def __init__(
+        self, window: float = WINDOW_S, first_session_cores: float = FIRST_SESSION_CORES, clock: Clock | None = None
+    ) -> None:
         self.window = window
+        self.clock = clock or MonotonicClock()
         self.first_session_cores = first_session_cores
         self._samples: deque[Sample] = deque()
 
@@ -70,7 +74,7 @@ class CapacityMonitor:
         machine = _machine_cpu()
         busy, total = machine if machine is not None else (float("nan"), float("nan"))
         times = os.times()
-        now = time.monotonic()
+        now = self.clock.now()
         self._samples.append(Sample(now, busy, total, times.user + times.system, dropped, sessions))
         while len(self._samples) > 2 and now - self._samples[1].at >= self.window:
             self._samples.popleft()

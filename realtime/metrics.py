@@ -80,6 +80,19 @@ class Metrics:
         self.frames_idle = Counter("lipstream_frames_idle_total", "Frames showing the template frame untouched")
         self.frames_dropped = Counter("lipstream_frames_dropped_total", "Frames skipped because the machine was late")
         self.inference_errors = Counter("lipstream_inference_errors_total", "Batches whose inference failed")
+        self.jitter_patch_missing = Counter(
+            "lipstream_jitter_patch_missing_total",
+            "Ingest peers left with aiortc's own 80 ms receive buffer (the low-delay one could not be installed)",
+        )
+        self.underruns = Counter(
+            "lipstream_underruns_total", "Times a session's input ran dry mid-utterance (it shows idle frames)"
+        )
+        self.late_input_dropped = Counter(
+            "lipstream_late_input_dropped_total", "Live input frames dropped because they were played too late"
+        )
+        self.output_dropped = Counter(
+            "lipstream_output_dropped_total", "Finished frames dropped because nobody read them in time"
+        )
         self.inference_timeouts = Counter(
             "lipstream_inference_timeouts_total", "Batches abandoned because inference overran its time budget"
         )
@@ -118,6 +131,10 @@ class Metrics:
             self.frames_idle,
             self.frames_dropped,
             self.inference_errors,
+            self.jitter_patch_missing,
+            self.underruns,
+            self.late_input_dropped,
+            self.output_dropped,
             self.inference_timeouts,
             self.inference_skipped,
             self.inference_seconds,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from lipstream.engines.base import Engine
 
 from .clock import Clock
+from .log import RateLimitedLog, spawn
 from .metrics import Metrics
 from .session import AvatarSession, FramePlan
 
@@ -65,7 +67,7 @@ class FrameScheduler:
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
         self._overrun: asyncio.Future | None = None  # an inference abandoned at its timeout, still running
-        self.ticks = 0
+        self._log_error, self._log_overrun = RateLimitedLog(logging.ERROR), RateLimitedLog(logging.WARNING)
 
     def add(self, session: AvatarSession) -> None:
         self.sessions[session.id] = session
@@ -76,7 +78,7 @@ class FrameScheduler:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="frame-scheduler")
+            self._task = spawn(self.run(), "frame-scheduler")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -118,7 +120,6 @@ class FrameScheduler:
         for plan, image in zip(plans, images, strict=True):
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
-        self.ticks += 1
 
     async def _infer_or_fall_back(self, speech: list[FramePlan]) -> list[np.ndarray]:
         """The batch's mouths; on an engine error, an inference over its time budget, or while an
@@ -130,17 +131,26 @@ class FrameScheduler:
         started = time.perf_counter()
         previous = [self._styles.get(p.session.id) for p in speech]
         job = asyncio.ensure_future(asyncio.to_thread(self._infer, speech, previous))
+        # The budget runs on the injected clock, so tests can overrun it without waiting.
+        budget = asyncio.ensure_future(self.clock.sleep_until(self.clock.now() + self.inference_timeout))
         try:
-            regions, styles = await asyncio.wait_for(asyncio.shield(job), self.inference_timeout)
-        except TimeoutError:
-            self.metrics.inference_timeouts.inc()
-            self._overrun = job
-            job.add_done_callback(_consume_result)
-            return _fall_back(speech)
-        except Exception:  # an engine failure must not end every session
+            await asyncio.wait({job, budget}, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():
+                self.metrics.inference_timeouts.inc()
+                self._log_overrun(
+                    f"inference of {len(speech)} frames overran its {1000 * self.inference_timeout:.0f} ms budget; "
+                    "they show their template frames"
+                )
+                self._overrun = job
+                job.add_done_callback(_consume_result)
+                return _fall_back(speech)
+            regions, styles = job.result()
+        except Exception as error:  # an engine failure must not end every session
             self.metrics.inference_errors.inc()
+            self._log_error("inference failed; the batch's frames show their template frames", error)
             return _fall_back(speech)
         finally:
+            budget.cancel()
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.stage_seconds.observe("inference", time.perf_counter() - started)
             self.metrics.batch_size.observe(len(speech))

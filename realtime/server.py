@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import secrets
 import struct
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from . import jitter
 from .audio_in import AudioFormatError, Resampler
 from .capacity import CapacityMonitor
 from .clock import Clock, MonotonicClock
+from .log import logger, spawn
 from .openapi import openapi_document
 from .runtime import Runtime
 from .scheduler import FPS, FrameScheduler
@@ -73,13 +73,17 @@ class LiveSession:
     broadcast: Broadcast
     client: str  # remote address that opened it
     watch_id: str  # addresses the session's WHEP resource: watching, not control
+    clock: Clock
     peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     viewers: set[str] = field(default_factory=set)  # peer ids of WHEP viewers
-    last_active: float = field(default_factory=time.monotonic)  # audio in or a peer attached
+    last_active: float = 0.0  # when audio came in or a peer attached, on `clock`
+
+    def __post_init__(self) -> None:
+        self.touch()
 
     def touch(self) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = self.clock.now()
 
 
 class ServerState:
@@ -91,7 +95,7 @@ class ServerState:
         # What the pipeline adds between audio in and mouth out, before the network: the mel window's
         # look-ahead, the jitter buffer, and one tick for inference and compositing.
         self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
-        self.capacity = CapacityMonitor()
+        self.capacity = CapacityMonitor(clock=clock)
         runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
         runtime.metrics.gauge(
             "lipstream_idle_cores",
@@ -142,7 +146,7 @@ class ServerState:
         session = AvatarSession(
             session_id, assets, jitter_frames=self.settings.jitter_frames, metrics=self.runtime.metrics
         )
-        live = LiveSession(session, Broadcast(session), client, watch_id)
+        live = LiveSession(session, Broadcast(session), client, watch_id, self.clock)
         self.live[session_id] = live
         self.watched[watch_id] = session_id
         self.scheduler.add(session)
@@ -180,13 +184,13 @@ class ServerState:
         `abandoned_after` seconds (a client that created one and vanished)."""
         while True:
             await asyncio.sleep(min(5.0, self.settings.abandoned_after / 4))
-            now = time.monotonic()
+            now = self.clock.now()
             for session_id, live in list(self.live.items()):
                 if not live.peers and now - live.last_active > self.settings.abandoned_after:
                     await self.close(session_id)
 
-    def spawn(self, live: LiveSession, coroutine: object) -> None:
-        task = asyncio.create_task(coroutine)
+    def spawn(self, live: LiveSession, coroutine: object, name: str) -> None:
+        task = spawn(coroutine, f"{name}-{live.session.id}")
         live.tasks.add(task)
         task.add_done_callback(live.tasks.discard)
 
@@ -249,7 +253,7 @@ async def _answer(
     @pc.on("track")
     def on_track(track: object) -> None:
         if ingest and track.kind == "audio":
-            state.spawn(live, _ingest(live, track))
+            state.spawn(live, _ingest(live, track), "ingest")
 
     @pc.on("datachannel")
     def on_datachannel(channel: object) -> None:
@@ -271,8 +275,13 @@ async def _answer(
 
     try:
         await pc.setRemoteDescription(offer)
-        if ingest:
-            jitter.install(pc, "audio", jitter.LowDelayAudioBuffer)  # aiortc's own waits 80 ms
+        # aiortc's own buffer waits 80 ms; without ours every ingest peer carries that delay
+        if ingest and not jitter.install(pc, "audio", jitter.LowDelayAudioBuffer):
+            state.runtime.metrics.jitter_patch_missing.inc()
+            logger.error(
+                "this aiortc has no receiver buffer field to replace: the low-delay audio buffer is "
+                "not installed and ingest keeps aiortc's 80 ms of buffering; pin aiortc as pyproject.toml does"
+            )
         if send:
             video, audio = live.broadcast.attach(peer_id)
             pc.addTrack(video)
@@ -506,9 +515,9 @@ async def push_audio(request: web.Request) -> web.Response:
         live.session.push_audio(samples)
         live.touch()
         received += len(chunk)
-        waited = time.monotonic()
+        waited = state.clock.now()
         await live.session.wait_until_buffered_at_most(ahead)  # throttles a pusher faster than real time
-        throttled += time.monotonic() - waited
+        throttled += state.clock.now() - waited
     live.session.end_of_input()
     # throttled_seconds: how long reading was paused because the push ran more than
     # push_ahead_seconds ahead of playback (the client is told, and TCP back-pressure slowed it).
@@ -569,8 +578,8 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
 
     async def start(_app: web.Application) -> None:
         state.scheduler.start()
-        background.append(asyncio.create_task(state.reap(), name="session-reaper"))
-        background.append(asyncio.create_task(state.measure(), name="capacity-monitor"))
+        background.append(spawn(state.reap(), "session-reaper"))
+        background.append(spawn(state.measure(), "capacity-monitor"))
 
     async def stop(_app: web.Application) -> None:
         for task in background:

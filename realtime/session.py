@@ -94,7 +94,6 @@ class AvatarSession:
         self._position = 0
         self._number = 0
         self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
-        self.counts = {"dropped": 0, "underruns": 0, "late_input_dropped": 0}
         self.closed = False
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
         self._discard = 0  # input samples still to drop after an interrupt
@@ -191,14 +190,14 @@ class AvatarSession:
         if self._playing and not self._entries:
             self._playing = False
             if not self._ended:
-                self.counts["underruns"] += 1
+                self.metrics.underruns.inc()
         if not self._playing:
             return self._blended(index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False, False)
         if self.max_backlog_frames is not None and len(self._entries) > self.max_backlog_frames:
             excess = len(self._entries) - self.max_backlog_frames
             for _ in range(excess):
                 self._entries.popleft()
-            self.counts["late_input_dropped"] += excess
+            self.metrics.late_input_dropped.inc(excess)
         entry = self._entries.popleft()
         self._consumed.set()
         # Speech within the next few queued frames starts the ramp early, so that it is complete by then.
@@ -232,7 +231,7 @@ class AvatarSession:
         kind = "idle" if plan.mel is None else "speech" if plan.speech else "blend"
         if self._out.full():  # nobody is reading fast enough: drop the oldest frame, keep the newest
             self._out.get_nowait()
-            self.counts["dropped"] += 1
+            self.metrics.output_dropped.inc()
         self._out.put_nowait(OutputFrame(self._number, image, plan.audio, kind))
         self._number += 1
 

@@ -13,6 +13,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
+from .log import spawn
 from .metrics import Metrics
 from .session import AvatarSession, OutputFrame
 
@@ -101,7 +102,7 @@ class Broadcast:
         self.session = session
         self.metrics = session.metrics
         self.viewers: dict[str, tuple[AvatarVideoTrack, AvatarAudioTrack]] = {}
-        self._task = asyncio.create_task(self._pump(), name=f"broadcast-{session.id}")
+        self._task = spawn(self._pump(), f"broadcast-{session.id}")
 
     def attach(self, viewer_id: str) -> tuple[AvatarVideoTrack, AvatarAudioTrack]:
         tracks = (AvatarVideoTrack(self.metrics), AvatarAudioTrack(self.metrics))

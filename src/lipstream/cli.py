@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -716,6 +717,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from lipstream.errors import USER_ERRORS
 
+    # lipstream's own records (engine failures, failed tasks) reach stderr; other libraries' warnings too.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lipstream").setLevel(logging.INFO)
     if getattr(args, "threads", None):
         import torch
 
