@@ -43,7 +43,8 @@ class FakeClock:
 
     async def sleep_until(self, deadline: float) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self._now >= deadline)
+            # a nanosecond of slack: 0.04 + 0.24 must reach a deadline of 7 / 25 in binary floating point
+            await self._changed.wait_for(lambda: self._now >= deadline - 1e-9)
 
     async def advance(self, seconds: float) -> None:
         async with self._changed:

@@ -93,7 +93,7 @@ class FrameScheduler:
         while True:
             deadline = start + tick / self.fps
             await self.clock.sleep_until(deadline)
-            behind = int((self.clock.now() - deadline) * self.fps)
+            behind = int((self.clock.now() - deadline) * self.fps + 1e-6)  # 5 frames late is 5, not 4.999
             if behind >= MAX_BEHIND:
                 self.metrics.frames_dropped.inc(behind * len(self.sessions))
                 tick += behind

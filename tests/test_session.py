@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
+from fakes import FakeAssets
 from test_hardening import cache, runtime  # noqa: F401 (fixtures)
 
 from lipstream.benchmarks.motion import mouth_box, transition_report
 from lipstream.realtime.clock import MonotonicClock
+from lipstream.realtime.metrics import Metrics
 from lipstream.realtime.runtime import Runtime
 from lipstream.realtime.scheduler import FrameScheduler
 from lipstream.realtime.session import AvatarSession, FramePlan
@@ -88,3 +91,71 @@ def test_an_interrupt_cuts_to_the_template_at_once(runtime: Runtime, speech: np.
 
     kinds = asyncio.run(scenario())
     assert kinds[19] == "speech" and kinds[20:] == ["idle"] * 3, kinds
+
+
+# The logic alone, frame by frame, on FakeAssets: no engine, no clock.
+
+
+def _fake_session(**options: object) -> tuple[AvatarSession, Metrics]:
+    metrics = Metrics()
+    return AvatarSession("fake", FakeAssets(), metrics=metrics, **options), metrics
+
+
+def _push_frames(session: AvatarSession, audio: np.ndarray, frames: int) -> None:
+    """Pushes audio until `frames` more entries are buffered (each needs its look-ahead)."""
+    target = session.buffered_frames + frames
+    while session.buffered_frames < target:
+        session.push_audio(audio[:160])
+        audio = audio[160:]
+
+
+def test_playing_starts_once_the_jitter_buffer_holds_more_than_its_frames(speech: np.ndarray) -> None:
+    session, _ = _fake_session(jitter_frames=2)
+    _push_frames(session, speech[8_000:], 2)
+    assert not session.plan().from_input  # 2 buffered: still waiting
+    _push_frames(session, speech[8_000 + 640 * 10 :], 1)
+    assert session.plan().from_input and session.buffered_frames == 2
+
+
+def test_input_running_dry_mid_utterance_is_an_underrun_and_shows_idle(speech: np.ndarray) -> None:
+    session, metrics = _fake_session(jitter_frames=1)
+    _push_frames(session, speech[8_000:], 3)
+    plans = [session.plan() for _ in range(5)]
+    assert [p.from_input for p in plans] == [True, True, True, False, False]
+    assert metrics.underruns.value == 1
+    session.end_of_input()  # a finished utterance running out is not an underrun
+    _push_frames(session, speech[20_000:], 2)
+    session.end_of_input()
+    [session.plan() for _ in range(session.buffered_frames + 2)]
+    assert metrics.underruns.value == 1
+
+
+def test_a_live_backlog_beyond_its_limit_is_dropped_and_counted(speech: np.ndarray) -> None:
+    session, metrics = _fake_session(jitter_frames=1)
+    session.max_backlog_frames = 3
+    _push_frames(session, speech[8_000:], 10)
+    session.plan()
+    assert metrics.late_input_dropped.value == 7 and session.buffered_frames == 2
+
+
+def test_blend_ramps_up_ahead_of_speech_and_down_after_it_and_interrupt_cuts(speech: np.ndarray) -> None:
+    session, _ = _fake_session(jitter_frames=1, blend_frames=(4, 6))
+    silence = np.zeros(16_000, np.float32)
+    session.push_audio(np.concatenate([silence, speech[8_000:24_000], silence]))
+    session.end_of_input()
+    plans = [session.plan() for _ in range(session.buffered_frames)]
+    blends = [round(p.blend, 2) for p in plans]
+    first = next(i for i, p in enumerate(plans) if p.speech)
+    assert blends[first - 4 : first + 1] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(p.mel is None for p in plans[: first - 3]) and all(p.mel is not None for p in plans[first - 3 : first])
+    last = max(i for i, p in enumerate(plans) if p.speech)
+    assert blends[last : last + 7] == [1.0, 0.83, 0.67, 0.5, 0.33, 0.17, 0.0]
+    session.push_audio(speech[8_000:24_000])
+    [session.plan() for _ in range(10)]
+    session.clear_buffer()
+    assert session.plan().mel is None and session.plan().blend == 0.0
+
+
+def test_blend_frames_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        _fake_session(blend_frames=(0, 6))
