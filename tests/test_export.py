@@ -161,7 +161,14 @@ def test_engine_benchmark_writes_json_plot_and_table(
 
     monkeypatch.setattr(bench, "export_onnx", lambda *a, **k: exported)
     payload = run_engine_bench(
-        "rt", engines=("onnxruntime", "torch"), batches=(1, 2), runs=2, ort_threads=(2,), out_dir=tmp_path
+        "rt",
+        engines=("onnxruntime", "torch"),
+        batches=(1, 2),
+        runs=2,
+        ort_threads=(2,),
+        out_dir=tmp_path,
+        rounds=2,
+        ops=True,
     )
     saved = json.loads(Path(payload["files"][0]).read_text())
     assert saved["machine"]["cores"] and saved["commit"] and saved["settings"]["profile"] == "rt"
@@ -172,5 +179,13 @@ def test_engine_benchmark_writes_json_plot_and_table(
         ("torch", 2),
     ]
     assert all(r["median_ms"] > 0 and r["frames_per_s"] > 0 for r in saved["results"])
+    gflops = saved["settings"]["gflops_per_frame"]
+    assert 0.5 < gflops < 3  # the rt profile's per-frame path
+    for r in saved["results"]:
+        assert r["graph_gflops_per_s"] == pytest.approx(r["frames_per_s"] * gflops)
+        assert r["efficiency"] == pytest.approx(r["graph_gflops_per_s"] / r["matmul_gflops_per_s"])
+        assert r["matmul_gflops_per_s"] > 1 and r["efficiency"] > 0
+    for ops in saved["ort_ops"].values():  # ONNX Runtime's own profile, at batch 1 and 8
+        assert sum(o["share"] for o in ops) == pytest.approx(1.0) and "Conv" in {o["op"] for o in ops}
     assert Path(payload["files"][1]).stat().st_size > 5_000
     assert "| onnxruntime (2 threads) | 1 |" in Path(payload["files"][2]).read_text()

@@ -181,6 +181,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batches=tuple(int(b) for b in args.batches.split(",")),
         runs=args.runs,
         out_dir=Path(args.out),
+        rounds=args.rounds,
+        ops=args.ops,
     )
     from lipstream.benchmarks.engine_bench import markdown
 
@@ -678,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--batches", default="1,2,4,8,16", help="comma-separated batch sizes")
     engine.add_argument("--runs", type=int, default=30, help="timed calls per engine and batch (median and p95)")
+    engine.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds; the best of each is kept")
+    engine.add_argument("--ops", action="store_true", help="add ONNX Runtime's time per operator type (batch 1, 8)")
     engine.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and markdown")
     engine.set_defaults(func=cmd_bench)
     session = bench_sub.add_parser("session", help="N loopback clients: fps, dropped frames, audio-to-mouth latency")
