@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from lipstream.export.onnx_export import ExportResult
-from lipstream.models.stylesync import StyleSync
+from typing import TYPE_CHECKING
 
 from .base import Engine, EngineError
+
+if TYPE_CHECKING:  # engines run files that export made; they never import it (no cycle, no torch)
+    from lipstream.export.onnx_export import ExportResult
+    from lipstream.models.stylesync import StyleSync
 
 ENGINE_KINDS = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
 

@@ -20,7 +20,8 @@ def test_session_benchmark_measures_fps_drops_and_latency(
     assert session["frames"] > 100 and 15 < session["fps"] < 35
     assert session["bursts"] >= 2 and session["bursts_seen"] >= 1
     assert 0 < session["audio_to_mouth_ms"]["p50"] < 3000
-    assert saved["frames_dropped_by_server"] >= 0 and saved["machine"]["cores"]
+    # A count read from the server's metrics, and far fewer than the frames that arrived.
+    assert 0 <= saved["frames_dropped_by_server"] < 0.1 * session["frames"] and saved["machine"]["cores"]
 
 
 def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_path: Path) -> None:

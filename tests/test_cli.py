@@ -130,3 +130,16 @@ def test_serve_answers_health_on_its_port(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["talk", "serve"])
+def test_client_and_server_help_do_not_import_torch(command: str) -> None:
+    """`talk` is a client and `serve --help` a question: neither may pay for torch (or mediapipe)."""
+    code = (
+        "import sys\n"
+        "from lipstream.cli import main\n"
+        f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({'torch', 'mediapipe'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]

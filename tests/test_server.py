@@ -222,7 +222,8 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
                 metrics = await response.text()
             await viewer.close()
         after = [(t, mouth_change(runtime, image)) for t, image in viewer.frames if t > interrupted_at]
-        assert pushed["seconds"] == pytest.approx(5.0, abs=0.01) and pushed["throttled_seconds"] >= 0
+        # 5 s pushed at once fit in push_ahead_seconds (5 s): reading was not held back for long.
+        assert pushed["seconds"] == pytest.approx(5.0, abs=0.01) and pushed["throttled_seconds"] < 1.0
         for stage in ("resample", "vad", "mel", "inference", "composite", "video_queue", "encode_send"):
             count = next(line for line in metrics.splitlines() if f'_count{{stage="{stage}"}}' in line)
             assert float(count.split()[1]) > 0, f"stage {stage} was timed"
@@ -331,10 +332,11 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
             session_id = await connect(http, base, viewer)
             pcm = (speech[8000:40000] * 32767).astype("<i2").tobytes()
             async with http.ws_connect(f"{base}/sessions/{session_id}/ws?rate=16000") as socket:
-                for start in range(0, len(pcm), 3200):  # 100 ms messages
+                buffered = []
+                for start in range(0, len(pcm), 3200):  # 100 ms messages, sent faster than real time
                     await socket.send_bytes(pcm[start : start + 3200])
-                    reply = await socket.receive_json()
-                    assert reply["buffered_seconds"] >= 0
+                    buffered.append((await socket.receive_json())["buffered_seconds"])
+                assert max(buffered) > 0.3, "the replies report the audio waiting to be played"
                 await socket.send_str("end")
                 await socket.send_str("hello")
                 assert "error" in await socket.receive_json()
