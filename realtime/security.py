@@ -1,8 +1,9 @@
 """Access control and input limits of the HTTP API.
 
-Bearer tokens (RFC 6750, as WHIP and WHEP use them) guard every route that creates, drives, watches
-or ends a session; the others (the page, avatars, samples, health, metrics, the API description) stay
-open. Tokens are compared in constant time and never logged or echoed.
+Bearer tokens (RFC 6750, as WHIP and WHEP use them) guard every route that is not declared public
+(routes.py): whatever creates, drives, watches or ends a session, and any route added later and not
+thought about. The page, avatars, samples, health, metrics and the API description are public. Tokens
+are compared in constant time and never logged or echoed.
 
 An SDP offer is checked before aiortc sees it: size, line syntax, number of media sections, and a
 codec this server can use in the direction the endpoint needs (audio it can decode for ingest, video
@@ -20,20 +21,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-PROTECTED_ROUTES = frozenset(
-    {
-        "offer",
-        "whip",
-        "whip-end",
-        "whep",
-        "whep-end",
-        "session-create",
-        "audio",
-        "interrupt",
-        "audio-socket",
-        "session-end",
-    }
-)
 MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 8
 AUDIO_CODECS = ("opus", "pcmu", "pcma")  # what aiortc decodes
@@ -82,13 +69,16 @@ def is_authorised(header: str, tokens: tuple[str, ...]) -> bool:
     return found
 
 
-def auth_middleware(tokens: tuple[str, ...]) -> Callable:
+def auth_middleware(tokens: tuple[str, ...], public: frozenset[str]) -> Callable:
+    """With tokens, every request needs one unless its route's name is in `public` (closed by default:
+    an unnamed route, or an unknown path, needs one too)."""
+
     @web.middleware
     async def check_token(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         route = request.match_info.route
-        if tokens and route.name in PROTECTED_ROUTES:
+        if tokens and route.name not in public:
             header = request.headers.get("Authorization", "")
             if not is_authorised(header, tokens):
                 challenge = 'Bearer realm="lipstream"' + (', error="invalid_token"' if header else "")

@@ -1,27 +1,12 @@
 """`lipstream serve`: the aiohttp application (built by `create_app`, state in typed app keys).
 
-POST   /offer                        {sdp, type} -> answer {sdp, type, session_id} (aiortc's convention):
-                                     the peer's microphone drives the avatar it receives
-POST   /whip                         WHIP (RFC 9725) audio ingest: application/sdp -> 201 + Location
-DELETE /whip/{session}               ends that session
-POST   /whep/{watch}                 WHEP viewer of a session: application/sdp -> 201 + Location. {watch} is
-                                     the session's watch id, which lets one watch but not drive or end it
-DELETE /whep/{watch}/{viewer}        ends that viewer
-POST   /sessions                     a session without a peer (audio by HTTP/WebSocket, viewers by WHEP):
-                                     optional JSON {avatar} -> 201 {session_id, watch_url}
-POST   /sessions/{session}/audio     streamed PCM (audio/pcm or application/octet-stream with ?rate=&channels=,
-                                     s16le) or audio/wav, for TTS systems; throttled to about real time
-GET    /sessions/{session}/ws        the same as a WebSocket: binary PCM messages, "end", "interrupt"
-POST   /sessions/{session}/interrupt drop queued audio and pending frames; idle within one frame
-                                     (also the message "interrupt" on a data channel of the peer)
-DELETE /sessions/{session}           ends a session
-GET    /health, /metrics             status, and Prometheus metrics
-GET    /, /static/*                  the browser demo client (web_client/)
-GET    /avatars, /samples[/{name}]   avatars that can be chosen, speech samples the page can play
-GET    /openapi.json                 this API as an OpenAPI 3.1 document
+The routes are declared once, in ROUTES (method, path, handler, name, summary, public): the router,
+the token check and /openapi.json are built from that table. In short: POST /offer (aiortc's
+convention), WHIP ingest and WHEP viewers, sessions without a peer fed by HTTP or WebSocket audio,
+interrupt, health, Prometheus metrics, and the browser page with its avatars and samples.
 
-With tokens configured, every route that creates, drives, watches or ends a session needs
-`Authorization: Bearer <token>` (see security.py).
+With tokens configured, every route not declared public needs `Authorization: Bearer <token>`
+(security.py, routes.py).
 """
 
 from __future__ import annotations
@@ -48,6 +33,7 @@ from .capacity import CapacityMonitor
 from .clock import Clock, MonotonicClock
 from .log import logger, spawn
 from .openapi import openapi_document
+from .routes import Route, add_routes, public_names
 from .runtime import Runtime
 from .scheduler import FPS, FrameScheduler
 from .security import MAX_SDP_BYTES, auth_middleware, check_sdp, error_response
@@ -543,36 +529,42 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def api_description(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(bool(request.app[STATE].settings.tokens)))
+    return web.json_response(openapi_document(bool(request.app[STATE].settings.tokens), ROUTES))
 
 
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=request.app[STATE].runtime.metrics.render(), content_type="text/plain")
 
 
+ROUTES = (
+    Route("POST", "/offer", offer, "offer", "Open a session: the peer sends its microphone and receives the avatar"),
+    Route("POST", "/whip", whip, "whip", "WHIP (RFC 9725) audio ingest: opens a session driven by the offer's audio"),
+    Route("DELETE", "/whip/{session}", end_session, "whip-end", "End a WHIP session"),
+    Route("POST", "/whep/{watch}", whep, "whep", "WHEP viewer of a session, addressed by its watch id"),
+    Route("DELETE", "/whep/{watch}/{viewer}", end_whep, "whep-end", "End a viewer"),
+    Route("POST", "/sessions", create_session, "session-create", "Open a session without a peer (audio by HTTP/WS)"),
+    Route("POST", "/sessions/{session}/audio", push_audio, "audio", "Stream PCM or WAV audio into a session"),
+    Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
+    Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
+    Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
+    Route("GET", "/openapi.json", api_description, "openapi", "This document", public=True),
+    Route("GET", "/", index, "page", "The browser demo client", public=True, api=False),
+    Route("GET", "/avatars", list_avatars, "avatars", "Avatars that can be chosen", public=True),
+    Route("GET", "/samples", list_samples, "samples", "Speech samples the page can play", public=True),
+    Route("GET", "/samples/{name}", sample, "sample", "One speech sample (WAV)", public=True),
+    Route("GET", "/health", health, "health", "Status", public=True),
+    Route("GET", "/metrics", metrics, "metrics", "Prometheus metrics", public=True),
+)
+
+
 def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: Clock | None = None) -> web.Application:
     settings = settings or ServerSettings()
-    app = web.Application(client_max_size=MAX_SDP_BYTES, middlewares=[auth_middleware(settings.tokens)])
+    public = public_names(ROUTES) | {"static"}
+    app = web.Application(client_max_size=MAX_SDP_BYTES, middlewares=[auth_middleware(settings.tokens, public)])
     state = ServerState(runtime, settings, clock or MonotonicClock())
     app[STATE] = state
-    app.router.add_post("/offer", offer, name="offer")
-    app.router.add_post("/whip", whip, name="whip")
-    app.router.add_delete("/whip/{session}", end_session, name="whip-end")
-    app.router.add_post("/whep/{watch}", whep, name="whep")
-    app.router.add_delete("/whep/{watch}/{viewer}", end_whep, name="whep-end")
-    app.router.add_post("/sessions", create_session, name="session-create")
-    app.router.add_post("/sessions/{session}/audio", push_audio, name="audio")
-    app.router.add_post("/sessions/{session}/interrupt", interrupt, name="interrupt")
-    app.router.add_get("/sessions/{session}/ws", audio_socket, name="audio-socket")
-    app.router.add_delete("/sessions/{session}", end_session, name="session-end")
-    app.router.add_get("/openapi.json", api_description)
-    app.router.add_get("/", index)
-    app.router.add_static("/static", WEB_CLIENT)
-    app.router.add_get("/avatars", list_avatars)
-    app.router.add_get("/samples", list_samples)
-    app.router.add_get("/samples/{name}", sample)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    add_routes(app, ROUTES)
+    app.router.add_static("/static", WEB_CLIENT, name="static")
 
     background: list[asyncio.Task] = []
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from hypothesis import HealthCheck, given, settings
@@ -25,8 +26,8 @@ from hypothesis import strategies as st
 from test_server import Viewer, assert_25_fps, connect, serving, wait_for_frames
 
 from lipstream.realtime.runtime import Runtime, build_runtime
-from lipstream.realtime.security import PROTECTED_ROUTES, InvalidTokensError, check_sdp, load_tokens
-from lipstream.realtime.server import create_app
+from lipstream.realtime.security import InvalidTokensError, check_sdp, load_tokens
+from lipstream.realtime.server import ROUTES, ServerSettings, create_app
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -219,7 +220,36 @@ def test_openapi_describes_exactly_the_routes_the_server_has(runtime: Runtime) -
     }
     assert {(m, p) for m, p, _ in served} == {(m, p) for m, p, _ in documented}
     secured = {name for _, _, name in documented if "security" in _operation(document, name)}
-    assert secured == set(PROTECTED_ROUTES)
+    assert secured == {r.name for r in ROUTES if not r.public}
+    assert {"offer", "whip", "whep", "audio", "interrupt", "session-end"} <= secured
+
+
+def test_a_route_nobody_declared_public_needs_a_token(runtime: Runtime) -> None:
+    """Closed by default: a route added without thinking about tokens is not served to anyone without one."""
+
+    async def scenario() -> tuple[int, int, int]:
+        async def secret(_request: web.Request) -> web.Response:
+            return web.Response(text="secret")
+
+        app = create_app(runtime, ServerSettings(tokens=(TOKEN,), measured_admission=False))
+        app.router.add_get("/added-later", secret, name="added-later")
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                anonymous, _, _ = await _call(http, "GET", f"{base}/added-later")
+                allowed, _, _ = await _call(
+                    http, "GET", f"{base}/added-later", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                health, _, _ = await _call(http, "GET", f"{base}/health")
+        finally:
+            await runner.cleanup()
+        return anonymous, allowed, health
+
+    assert asyncio.run(scenario()) == (401, 200, 200)
 
 
 def _operation(document: dict, name: str) -> dict:
