@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lipstream import __version__
-from lipstream.dsp import MelConfig
+from lipstream.dsp import FPS, MelConfig, to_s16
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import avatars_dir, check_name
 from lipstream.progress import Progress
@@ -41,7 +41,6 @@ from .landmarks import FaceTracker
 from .masks import MASK_KINDS, crop_landmarks, lower_face_mask, paste_mask
 from .source import SourceInfo, iter_frames, probe, read_audio
 
-FPS = 25
 MAX_UPSCALE = 2.0  # a face enlarged more than this into the crop is too small for the profile
 BATCH = 16
 JPEG_QUALITY = 95
@@ -71,7 +70,7 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
+    pcm = to_s16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

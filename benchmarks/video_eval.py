@@ -35,9 +35,9 @@ from lipstream.avatars import Avatar
 from lipstream.avatars.align import invert, paste_back, warp_to_crop
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
-from lipstream.avatars.prepare import FPS, prepare_avatar, track_face
+from lipstream.avatars.prepare import prepare_avatar, track_face
 from lipstream.avatars.source import SourceInfo, iter_frames, probe, read_audio
-from lipstream.dsp import MelConfig, melspectrogram, num_video_frames
+from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
 from lipstream.training.evaluate import MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk

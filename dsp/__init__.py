@@ -1,5 +1,6 @@
 """Signal processing shared by training and the real-time path: mel features, WAV input."""
 
+from .media import FPS, MEL_SAMPLE_RATE, RTP_TICKS_PER_FRAME, SAMPLES_PER_FRAME, VIDEO_CLOCK, from_s16, to_s16
 from .mel import (
     AudioInputError,
     MelConfig,
@@ -14,15 +15,22 @@ from .mel import (
 from .wav import WavFormatError, read_wav
 
 __all__ = [
+    "FPS",
+    "MEL_SAMPLE_RATE",
+    "RTP_TICKS_PER_FRAME",
+    "SAMPLES_PER_FRAME",
+    "VIDEO_CLOCK",
     "AudioInputError",
     "MelConfig",
     "StreamingMel",
     "StreamingMelWindows",
     "WavFormatError",
     "WindowBatch",
+    "from_s16",
     "mel_filterbank",
     "mel_windows",
     "melspectrogram",
     "num_video_frames",
     "read_wav",
+    "to_s16",
 ]

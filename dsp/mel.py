@@ -20,6 +20,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .media import FPS, MEL_SAMPLE_RATE
+
 
 class AudioInputError(ValueError):
     """Audio handed to the mel extractor is not what it expects (1-D finite float samples)."""
@@ -29,7 +31,7 @@ class AudioInputError(ValueError):
 class MelConfig:
     """Every constant of the mel features and of the per-video-frame windows."""
 
-    sample_rate: int = 16_000  # Hz, mono
+    sample_rate: int = MEL_SAMPLE_RATE  # Hz, mono
     preemphasis: float = 0.97  # y[n] = x[n] - 0.97 x[n-1]
     n_fft: int = 800  # STFT size and Hann window length (50 ms)
     hop_length: int = 200  # 12.5 ms: 80 mel frames per second
@@ -39,7 +41,7 @@ class MelConfig:
     ref_level_db: float = 20.0
     min_level_db: float = -100.0
     max_abs_value: float = 4.0  # normalised values lie in [-4, 4]
-    fps: int = 25  # video frame rate the windows are cut for
+    fps: int = FPS  # video frame rate the windows are cut for
     window_frames: int = 16  # mel frames per window: 0.2 s
     # Where the window starts relative to video frame k, in mel frames. It sets how much future audio a
     # frame needs, which is the latency floor of the real-time path (see `lookahead_seconds`).

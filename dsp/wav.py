@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .media import from_s16
+
 
 class WavFormatError(ValueError):
     """A WAV file this reader cannot take (compressed, or a sample width other than 16-bit)."""
@@ -22,5 +24,5 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise WavFormatError(f"{path}: not a PCM WAV file ({err}); convert it, e.g. to 16-bit PCM with sox") from err
     if width != 2:
         raise WavFormatError(f"{path}: {8 * width}-bit samples; expected 16-bit PCM (convert with sox -b 16)")
-    samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    samples = from_s16(raw)
     return samples.reshape(-1, channels).mean(axis=1), rate

@@ -10,8 +10,10 @@ from __future__ import annotations
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
-VAD_FRAME = 320  # 20 ms at 16 kHz, one of the frame sizes webrtcvad accepts
+from lipstream.dsp import MEL_SAMPLE_RATE, to_s16
+
+SAMPLE_RATE = MEL_SAMPLE_RATE
+VAD_FRAME = SAMPLE_RATE // 50  # 20 ms, one of the frame lengths webrtcvad accepts
 
 
 class AudioFormatError(ValueError):
@@ -76,7 +78,7 @@ class VoiceActivity:
         blocks = len(self._pending) // VAD_FRAME
         for b in range(blocks):
             block = self._pending[b * VAD_FRAME : (b + 1) * VAD_FRAME]
-            pcm = (np.clip(block, -1, 1) * 32767).astype("<i2").tobytes()
+            pcm = to_s16(block).tobytes()
             self._decisions.append(self._vad.is_speech(pcm, SAMPLE_RATE))
         self._pending = self._pending[blocks * VAD_FRAME :]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipstream.dsp import MelConfig, num_video_frames
+from lipstream.dsp import MelConfig, num_video_frames, to_s16
 
 from .audio_in import SAMPLE_RATE, read_audio_file
 from .clock import MonotonicClock
@@ -70,9 +70,7 @@ async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path
             picture = av.VideoFrame.from_ndarray(image, format="rgb24")
             picture.pts, picture.time_base = frame.number, Fraction(1, 25)
             container.mux(video.encode(picture))
-            sound = av.AudioFrame.from_ndarray(
-                (frame.audio * 32767).astype(np.int16)[None], format="s16", layout="mono"
-            )
+            sound = av.AudioFrame.from_ndarray(to_s16(frame.audio)[None], format="s16", layout="mono")
             sound.sample_rate, sound.pts = SAMPLE_RATE, frame.number * len(frame.audio)
             fifo.write(sound)
             while (chunk := fifo.read(audio.frame_size or 1024)) is not None:

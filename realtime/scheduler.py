@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from lipstream.dsp import FPS
 from lipstream.engines.base import Engine
 
 from .clock import Clock
@@ -28,7 +29,6 @@ from .log import RateLimitedLog, spawn
 from .metrics import Metrics
 from .session import AvatarSession, FramePlan
 
-FPS = 25
 MAX_BEHIND = 3
 # An inference still running after this is abandoned for its frames (idle ones are shown). Normal
 # batches take 5-20 ms on two cores; 100 ms (2.5 frames) leaves room for a busy machine.

@@ -23,7 +23,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError
 
 from lipstream.avatars.errors import AvatarError
-from lipstream.dsp import MelConfig
+from lipstream.dsp import FPS, MelConfig
 from lipstream.paths import InvalidNameError
 from lipstream.web_client import ROOT as WEB_CLIENT
 
@@ -35,7 +35,7 @@ from .log import logger, spawn
 from .openapi import openapi_document
 from .routes import Route, add_routes, public_names
 from .runtime import Runtime
-from .scheduler import FPS, FrameScheduler
+from .scheduler import FrameScheduler
 from .security import MAX_SDP_BYTES, auth_middleware, check_sdp, error_response
 from .session import AvatarSession
 from .tracks import Broadcast

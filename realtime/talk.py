@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 
-from lipstream.dsp import read_wav
+from lipstream.dsp import read_wav, to_s16
 
 BLOCK_SECONDS = 0.02
 
@@ -29,7 +28,7 @@ class TalkError(RuntimeError):
 async def file_blocks(path: Path) -> tuple[int, AsyncIterator[bytes]]:
     """(rate, 20 ms blocks of s16le mono) from a WAV file, paced in real time."""
     samples, rate = await asyncio.to_thread(read_wav, path)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    pcm = to_s16(samples)
     block = round(rate * BLOCK_SECONDS)
 
     async def blocks() -> AsyncIterator[bytes]:

@@ -13,13 +13,14 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
+from lipstream.dsp import MEL_SAMPLE_RATE, RTP_TICKS_PER_FRAME, VIDEO_CLOCK, to_s16
+
 from .log import spawn
 from .metrics import Metrics
 from .session import AvatarSession, OutputFrame
 
-VIDEO_CLOCK = 90_000
-AUDIO_RATE = 16_000
-AUDIO_CHUNK = 320  # 20 ms
+AUDIO_RATE = MEL_SAMPLE_RATE  # the returned audio is the input resampled for the features
+AUDIO_CHUNK = AUDIO_RATE // 50  # 20 ms
 
 
 class _QueueTrack(MediaStreamTrack):
@@ -64,7 +65,7 @@ class AvatarVideoTrack(_QueueTrack):
         offered, frame = await self.next()
         self.metrics.stage_seconds.observe("video_queue", time.perf_counter() - offered)
         picture = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
-        picture.pts = frame.number * (VIDEO_CLOCK // 25)
+        picture.pts = frame.number * RTP_TICKS_PER_FRAME
         picture.time_base = Fraction(1, VIDEO_CLOCK)
         self._returned = time.perf_counter()
         return picture
@@ -80,7 +81,7 @@ class AvatarAudioTrack(_QueueTrack):
     async def recv(self) -> av.AudioFrame:
         if not self._pending:
             _, frame = await self.next()
-            samples = (np.clip(frame.audio, -1, 1) * 32767).astype(np.int16)
+            samples = to_s16(frame.audio)
             first = frame.number * len(frame.audio)
             self._pending = [(first + i, samples[i : i + AUDIO_CHUNK]) for i in range(0, len(samples), AUDIO_CHUNK)]
         start, chunk = self._pending.pop(0)

@@ -27,9 +27,9 @@ import numpy as np
 from lipstream.avatars.align import frame_to_crop, smooth_transforms, warp_to_crop
 from lipstream.avatars.errors import SourceError
 from lipstream.avatars.masks import crop_landmarks
-from lipstream.avatars.prepare import FPS, check_face_size, track_face
+from lipstream.avatars.prepare import check_face_size, track_face
 from lipstream.avatars.source import iter_frames, probe, read_audio
-from lipstream.dsp import MelConfig, melspectrogram
+from lipstream.dsp import FPS, MelConfig, melspectrogram
 from lipstream.models.config import get_profile
 from lipstream.paths import cache_dir
 from lipstream.progress import Progress

@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from lipstream.dsp import to_s16
 from lipstream.realtime.audio_in import SAMPLE_RATE, read_audio_file
 
 
@@ -52,9 +53,7 @@ def join_clips(sources: list[Path], out: Path) -> float:
                 frame.time_base = 1 / rate
                 output.mux(video.encode(frame))
                 frames += 1
-            chunk = av.AudioFrame.from_ndarray(
-                np.clip(pcm * 32767, -32768, 32767).astype(np.int16)[None], format="s16", layout="mono"
-            )
+            chunk = av.AudioFrame.from_ndarray(to_s16(pcm)[None], format="s16", layout="mono")
             chunk.sample_rate = SAMPLE_RATE
             output.mux(audio.encode(chunk))
         output.mux(video.encode())
