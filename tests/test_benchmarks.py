@@ -20,8 +20,10 @@ def test_session_benchmark_measures_fps_drops_and_latency(
     assert session["frames"] > 100 and 15 < session["fps"] < 35
     assert session["bursts"] >= 2 and session["bursts_seen"] >= 1
     assert 0 < session["audio_to_mouth_ms"]["p50"] < 3000
-    # A count read from the server's metrics, and far fewer than the frames that arrived.
-    assert 0 <= saved["frames_dropped_by_server"] < 0.1 * session["frames"] and saved["machine"]["cores"]
+    # A whole count from the server's metrics; a dropped frame was never sent, so frames received and
+    # dropped together are at most the 25 per second of the run (a loaded machine drops more, sends fewer).
+    dropped = saved["frames_dropped_by_server"]
+    assert dropped == int(dropped) >= 0 and session["frames"] + dropped <= 25 * 7.0 + 5 and saved["machine"]["cores"]
 
 
 def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_path: Path) -> None:
