@@ -208,10 +208,13 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(eye_distance(landmarks), 1e-6)
 
 
-def choose_reference(landmarks: np.ndarray) -> int:
+REFERENCE_PERCENTILE = 75.0
+
+
+def choose_reference(landmarks: np.ndarray, percentile: float = REFERENCE_PERCENTILE) -> int:
     """The frame used as the reference for every template frame: the one whose mouth opening is
-    nearest the clip's 75th percentile, so the generator sees the teeth and the inside of the mouth
+    nearest the clip's `percentile`, so the generator sees the teeth and the inside of the mouth
     as this person shows them while talking. One reference for all frames keeps that appearance steady.
     """
     opening = mouth_opening(landmarks)
-    return int(np.argmin(np.abs(opening - np.percentile(opening, 75))))
+    return int(np.argmin(np.abs(opening - np.percentile(opening, percentile))))

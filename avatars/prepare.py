@@ -28,6 +28,7 @@ from lipstream.paths import avatars_dir, check_name
 from lipstream.progress import Progress
 
 from .align import (
+    REFERENCE_PERCENTILE,
     centre_jitter,
     choose_reference,
     eye_distance,
@@ -124,8 +125,12 @@ def prepare_avatar(
     smoothing: float = 2.0,
     weights: str | Path | None = None,
     show_progress: bool = True,
+    reference_percentile: float = REFERENCE_PERCENTILE,
 ) -> PrepareResult:
-    """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache)."""
+    """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache).
+    reference_percentile: the reference frame's mouth opening, as a percentile of the clip's."""
+    if not 0 <= reference_percentile <= 100:
+        raise ValueError(f"reference_percentile must be in [0, 100], got {reference_percentile}")
     check_name(name)
     if mask not in MASK_KINDS:
         raise ValueError(f"unknown mask {mask!r}; choose one of: {', '.join(MASK_KINDS)}")
@@ -143,7 +148,7 @@ def prepare_avatar(
     raw = frame_to_crop(landmarks, size)
     transforms = smooth_transforms(raw, smoothing)
     check_face_size(transforms, landmarks, cfg.name, size)
-    reference_index = choose_reference(landmarks)
+    reference_index = choose_reference(landmarks, reference_percentile)
 
     root = Path(root) if root is not None else avatars_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -187,7 +192,7 @@ def prepare_avatar(
             "style_layers": cfg.num_layers,
             "frame_count": count,
             "reference_frame": reference_index,
-            "reference_rule": "mouth opening nearest the 75th percentile of the clip",
+            "reference_rule": f"mouth opening nearest the {reference_percentile:g}th percentile of the clip",
             "detected_frames": int(detected.sum()),
             "interpolated_frames": int((~detected).sum()),
             "smoothing_sigma_frames": smoothing,

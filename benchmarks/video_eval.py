@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from lipstream.avatars import Avatar
-from lipstream.avatars.align import invert, paste_back, warp_to_crop
+from lipstream.avatars.align import REFERENCE_PERCENTILE, invert, paste_back, warp_to_crop
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.avatars.prepare import prepare_avatar, track_face
@@ -121,6 +121,7 @@ class VideoEvalOptions:
     engine: str = "auto"  # the render's engine
     max_seconds: float = 60.0  # of the clip scored
     template_seconds: float = 120.0  # of the template prepared
+    reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
     show_progress: bool = True
 
 
@@ -143,6 +144,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             max_seconds=o.template_seconds if template else o.max_seconds,
             weights=weights,
             show_progress=o.show_progress,
+            reference_percentile=o.reference_percentile,
         ).path
         avatar = Avatar.load(avatar_path)
         if template is None:

@@ -67,6 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         smoothing=args.smoothing,
         weights=args.weights,
         show_progress=not args.quiet,
+        reference_percentile=args.reference_percentile,
     )
     m = result.manifest
     jitter = m["crop_jitter"]
@@ -365,7 +366,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.template and len(args.video) > 1:
             print("lipstream evaluate: error: --template goes with a single --video clip", file=sys.stderr)
             return 2
-        options = VideoEvalOptions(args.template, args.weights, args.engine, args.max_seconds, args.template_seconds)
+        options = VideoEvalOptions(
+            args.template, args.weights, args.engine, args.max_seconds, args.template_seconds, args.reference_percentile
+        )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
         print(f"wrote {args.out}/summary.json and, per clip, evaluation.json and contact_sheet.png")
@@ -450,6 +453,16 @@ def smoothing_factor(text: str) -> float:
     return value
 
 
+REFERENCE_HELP = "the reference frame is the one whose mouth opening is at this percentile of the clip's (75)"
+
+
+def percentile(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentile from 0 to 100, got {text}")
+    return value
+
+
 def share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -491,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoothing", type=non_negative_float, default=2.0, help="crop smoothing, Gaussian sigma in frames (2)"
     )
     prepare.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
+    prepare.add_argument("--reference-percentile", type=percentile, default=75.0, metavar="P", help=REFERENCE_HELP)
     prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
     prepare.add_argument("--quiet", action="store_true", help="no progress display")
@@ -649,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--template-seconds", type=positive_float, default=120.0, help="with --template: seconds of it to prepare"
+    )
+    evaluate.add_argument(
+        "--reference-percentile", type=percentile, default=75.0, metavar="P", help="with --video: " + REFERENCE_HELP
     )
     evaluate.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
     evaluate.add_argument("--out", default="evaluation", help="folder for the JSON, MP4 and PNG")
