@@ -1,0 +1,178 @@
+"""The open sessions of one server process: the registry, admission (a fixed ceiling, the machine's
+measured capacity, a limit per client), and what belongs to one live session (its peers, its tasks,
+its viewers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiortc import RTCIceServer, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from lipstream.avatars.errors import AvatarError
+from lipstream.dsp import FPS, MelConfig
+from lipstream.paths import InvalidNameError
+
+from .capacity import CapacityMonitor
+from .clock import Clock
+from .log import spawn
+from .runtime import Runtime
+from .scheduler import FrameScheduler
+from .security import error_response
+from .session import AvatarSession
+from .tracks import Broadcast
+
+INTERRUPT_DISCARD_SECONDS = 0.1  # audio a network client may have had in flight when it interrupted
+
+
+@dataclass
+class ServerSettings:
+    max_sessions: int = 4  # admission control: more would push two cores below 25 fps
+    max_sessions_per_client: int = 2  # per remote address
+    tokens: tuple[str, ...] = ()  # bearer tokens; empty: no authentication (loopback and trusted networks)
+    ice_servers: tuple[RTCIceServer, ...] = ()  # STUN/TURN servers for the server's own ICE candidates
+    push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
+    jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
+    abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
+    measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
+
+
+@dataclass
+class LiveSession:
+    session: AvatarSession
+    broadcast: Broadcast
+    client: str  # remote address that opened it
+    watch_id: str  # addresses the session's WHEP resource: watching, not control
+    clock: Clock
+    peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    viewers: set[str] = field(default_factory=set)  # peer ids of WHEP viewers
+    last_active: float = 0.0  # when audio came in or a peer attached, on `clock`
+
+    def __post_init__(self) -> None:
+        self.touch()
+
+    def touch(self) -> None:
+        self.last_active = self.clock.now()
+
+    def interrupt(self) -> None:
+        """Drops queued audio and pending frames (also those waiting for each viewer's sender)."""
+        self.session.clear_buffer(discard_seconds=INTERRUPT_DISCARD_SECONDS)
+        self.broadcast.clear()
+
+
+class ServerState:
+    def __init__(self, runtime: Runtime, settings: ServerSettings, clock: Clock) -> None:
+        self.runtime, self.settings, self.clock = runtime, settings, clock
+        self.scheduler: FrameScheduler = runtime.scheduler(clock)
+        self.live: dict[str, LiveSession] = {}
+        self.watched: dict[str, str] = {}  # watch id -> session id
+        # What the pipeline adds between audio in and mouth out, before the network: the mel window's
+        # look-ahead, the jitter buffer, and one tick for inference and compositing.
+        self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
+        self.capacity = CapacityMonitor(clock=clock)
+        runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
+        runtime.metrics.gauge(
+            "lipstream_idle_cores",
+            "Idle CPU cores of the machine over the last seconds (-1: unknown)",
+            self._idle_cores,
+        )
+        runtime.metrics.gauge(
+            "lipstream_buffered_frames",
+            "Input frames waiting in all sessions' jitter buffers",
+            lambda: sum(s.session.buffered_frames for s in self.live.values()),
+        )
+
+    def _idle_cores(self) -> float:
+        load = self.capacity.load()
+        return -1.0 if load is None or load.idle_cores is None else load.idle_cores
+
+    async def measure(self, every: float = 1.0) -> None:
+        """Samples the machine's load for admission (see capacity.py)."""
+        while True:
+            self.capacity.sample(self.runtime.metrics.frames_dropped.value, len(self.live))
+            await asyncio.sleep(every)
+
+    def _admit(self, client: str) -> None:
+        limit = self.settings.max_sessions
+        if len(self.live) >= limit:
+            raise error_response(
+                web.HTTPServiceUnavailable, f"the server is full ({limit} sessions); try again later", **RETRY
+            )
+        refusal = self.capacity.refusal() if self.settings.measured_admission else None
+        if refusal is not None:
+            raise error_response(web.HTTPServiceUnavailable, f"{refusal}; try again later", **RETRY)
+        own = sum(live.client == client for live in self.live.values())
+        if own >= self.settings.max_sessions_per_client:
+            raise error_response(
+                web.HTTPTooManyRequests,
+                f"{own} sessions are open from {client}, the most one client may have; end one first",
+                **RETRY,
+            )
+
+    async def open(self, client: str, avatar: str | None = None) -> LiveSession:
+        self._admit(client)
+        try:
+            assets = await asyncio.to_thread(self.runtime.assets_for, avatar)
+        except (AvatarError, InvalidNameError) as err:
+            raise error_response(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
+        self._admit(client)  # others may have been admitted while the avatar loaded
+        session_id, watch_id = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        session = AvatarSession(
+            session_id, assets, jitter_frames=self.settings.jitter_frames, metrics=self.runtime.metrics
+        )
+        live = LiveSession(session, Broadcast(session), client, watch_id, self.clock)
+        self.live[session_id] = live
+        self.watched[watch_id] = session_id
+        self.scheduler.add(session)
+        return live
+
+    def get(self, session_id: str) -> LiveSession:
+        live = self.live.get(session_id)
+        if live is None:
+            raise error_response(web.HTTPNotFound, "no such session")
+        return live
+
+    def watching(self, watch_id: str) -> LiveSession:
+        return self.get(self.watched.get(watch_id, ""))
+
+    async def close(self, session_id: str) -> None:
+        live = self.live.pop(session_id, None)
+        if live is None:
+            return
+        self.watched.pop(live.watch_id, None)
+        self.scheduler.remove(session_id)
+        live.session.close()
+        tasks, live.tasks = list(live.tasks), set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                await task
+        await live.broadcast.close()
+        peers, live.peers = list(live.peers.values()), {}
+        for pc in peers:
+            await pc.close()
+
+    async def reap(self) -> None:
+        """Ends sessions nobody uses any more: no peer connected and no audio pushed for
+        `abandoned_after` seconds (a client that created one and vanished)."""
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.abandoned_after / 4))
+            now = self.clock.now()
+            for session_id, live in list(self.live.items()):
+                if not live.peers and now - live.last_active > self.settings.abandoned_after:
+                    await self.close(session_id)
+
+    def spawn(self, live: LiveSession, coroutine: object, name: str) -> None:
+        task = spawn(coroutine, f"{name}-{live.session.id}")
+        live.tasks.add(task)
+        task.add_done_callback(live.tasks.discard)
+
+
+STATE = web.AppKey("state", ServerState)
+RETRY = {"Retry-After": "5"}

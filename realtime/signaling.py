@@ -1,0 +1,183 @@
+"""Signalling: WebRTC peers joined to sessions. POST /offer (aiortc's JSON convention: the peer sends
+its microphone and receives the avatar), WHIP ingest (RFC 9725), WHEP viewers, and sessions opened
+without a peer; ending sessions and viewers."""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from . import jitter
+from .ingest import ingest_track
+from .log import logger
+from .registry import STATE, LiveSession, ServerState
+from .security import check_sdp, error_response
+
+
+async def _answer(
+    state: ServerState, live: LiveSession, offer: RTCSessionDescription, send: bool, ingest: bool
+) -> tuple[str, RTCPeerConnection]:
+    """Connects one peer to a session: it may send audio in (ingest), receive the avatar (send), or both."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(state.settings.ice_servers) or None))
+    peer_id = secrets.token_urlsafe(8)
+    live.peers[peer_id] = pc
+
+    @pc.on("track")
+    def on_track(track: object) -> None:
+        if ingest and track.kind == "audio":
+            state.spawn(live, ingest_track(live, track), "ingest")
+
+    @pc.on("datachannel")
+    def on_datachannel(channel: object) -> None:
+        @channel.on("message")
+        def on_message(message: object) -> None:
+            if message == "interrupt" or (isinstance(message, str) and '"interrupt"' in message):
+                live.interrupt()
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            live.peers.pop(peer_id, None)
+            if ingest:
+                await state.close(live.session.id)
+            else:
+                live.viewers.discard(peer_id)
+                live.broadcast.detach(peer_id)
+                live.touch()  # the idle clock starts when the last viewer leaves
+
+    try:
+        await pc.setRemoteDescription(offer)
+        # aiortc's own buffer waits 80 ms; without ours every ingest peer carries that delay
+        if ingest and not jitter.install(pc, "audio", jitter.LowDelayAudioBuffer):
+            state.runtime.metrics.jitter_patch_missing.inc()
+            logger.error(
+                "this aiortc has no receiver buffer field to replace: the low-delay audio buffer is "
+                "not installed and ingest keeps aiortc's 80 ms of buffering; pin aiortc as pyproject.toml does"
+            )
+        if send:
+            video, audio = live.broadcast.attach(peer_id)
+            pc.addTrack(video)
+            pc.addTrack(audio)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, KeyError, TypeError) as err:
+        live.peers.pop(peer_id, None)
+        await pc.close()
+        raise error_response(web.HTTPBadRequest, f"the SDP offer could not be used: {err}") from err
+    return peer_id, pc
+
+
+def _offer_from(text: str, need_audio_in: bool, need_video_out: bool) -> RTCSessionDescription:
+    check_sdp(text, need_audio_in, need_video_out)
+    return RTCSessionDescription(sdp=text, type="offer")
+
+
+async def _sdp_body(request: web.Request) -> str:
+    try:
+        return (await request.read()).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error_response(web.HTTPBadRequest, f"the SDP offer is not UTF-8 text (byte {err.start})") from err
+
+
+async def offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+        sdp, kind = body["sdp"], body["type"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise error_response(web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"}') from err
+    avatar = body.get("avatar")
+    if kind != "offer" or not isinstance(sdp, str) or not isinstance(avatar, str | None):
+        raise error_response(
+            web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"} (and optionally "avatar")'
+        )
+    description = _offer_from(sdp, need_audio_in=False, need_video_out=True)
+    live = await state.open(request.remote or "", avatar)
+    try:
+        _, pc = await _answer(state, live, description, send=True, ingest=True)
+    except web.HTTPException:
+        await state.close(live.session.id)
+        raise
+    local = pc.localDescription
+    return web.json_response(
+        {"sdp": local.sdp, "type": local.type, "session_id": live.session.id, "watch_url": f"/whep/{live.watch_id}"}
+    )
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """A session without a peer of its own: audio comes by HTTP, WebSocket or `lipstream talk`,
+    viewers by WHEP. JSON body (optional): {"avatar": NAME}."""
+    state = request.app[STATE]
+    avatar = None
+    if request.can_read_body:
+        expected = 'expected no body, or JSON {"avatar": "NAME"}'
+        try:
+            body = await request.json()
+        except ValueError as err:
+            raise error_response(web.HTTPBadRequest, expected) from err
+        if not isinstance(body, dict) or not isinstance(body.get("avatar"), str | None):
+            raise error_response(web.HTTPBadRequest, expected)
+        avatar = body.get("avatar")
+    live = await state.open(request.remote or "", avatar)
+    return web.json_response(
+        {"session_id": live.session.id, "watch_url": f"/whep/{live.watch_id}"},
+        status=201,
+        headers={"Location": f"/sessions/{live.session.id}"},
+    )
+
+
+async def whip(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.content_type != "application/sdp":
+        raise error_response(web.HTTPUnsupportedMediaType, "WHIP expects Content-Type: application/sdp")
+    description = _offer_from(await _sdp_body(request), need_audio_in=True, need_video_out=False)
+    live = await state.open(request.remote or "", request.query.get("avatar"))
+    try:
+        _, pc = await _answer(state, live, description, send=False, ingest=True)
+    except web.HTTPException:
+        await state.close(live.session.id)
+        raise
+    location = f"/whip/{live.session.id}"
+    return web.Response(
+        status=201,
+        text=pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": location, "X-Session-Id": live.session.id, "X-Watch-Url": f"/whep/{live.watch_id}"},
+    )
+
+
+async def whep(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    live = state.watching(request.match_info["watch"])
+    if request.content_type != "application/sdp":
+        raise error_response(web.HTTPUnsupportedMediaType, "WHEP expects Content-Type: application/sdp")
+    offer = _offer_from(await _sdp_body(request), need_audio_in=False, need_video_out=True)
+    peer_id, pc = await _answer(state, live, offer, send=True, ingest=False)
+    live.viewers.add(peer_id)
+    return web.Response(
+        status=201,
+        text=pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"},
+    )
+
+
+async def end_whep(request: web.Request) -> web.Response:
+    live = request.app[STATE].watching(request.match_info["watch"])
+    viewer = request.match_info["viewer"]
+    pc = live.peers.pop(viewer, None) if viewer in live.viewers else None  # never the session's own peer
+    if pc is None:
+        raise error_response(web.HTTPNotFound, "no such viewer")
+    live.broadcast.detach(request.match_info["viewer"])
+    live.viewers.discard(viewer)
+    live.touch()
+    await pc.close()
+    return web.Response(status=200)
+
+
+async def end_session(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.get(request.match_info["session"])
+    await state.close(request.match_info["session"])
+    return web.Response(status=200)
