@@ -157,6 +157,9 @@ def match_colour(canvas: np.ndarray, template_crop: np.ndarray, weight: np.ndarr
 
 
 DETAIL_FADE = 24.0  # grey levels of change over which the template's fine detail fades out
+# How far from a changed pixel the template's detail still fades, as a fraction of the crop side: an
+# edge of the old lips just beside the new mouth must not show through as a thin bright line.
+DETAIL_REACH = 0.015
 
 
 def paste_back(
@@ -175,9 +178,9 @@ def paste_back(
     template_crop: the crop the frame itself gives ([S, S, 3]). When the face is larger than the crop,
     the crop cannot carry the frame's finest detail (skin, stubble); with the template crop the paste
     keeps that detail, frame - upsampled(template crop), wherever the new crop stays close to the
-    template, and fades it out where the new crop differs by DETAIL_FADE grey levels or more (an
-    opened mouth must not show the old lips' outline). An unchanged crop then gives the frame back
-    exactly. Without it, the upsampled crop replaces the frame under the mask.
+    template, and fades it out where the new crop differs by DETAIL_FADE grey levels or more, or does
+    within DETAIL_REACH of the crop side (an opened mouth must not show the old lips' outline). An
+    unchanged crop then gives the frame back exactly. Without it, the upsampled crop replaces the frame under the mask.
     """
     size = crop.shape[0]
     height, width = frame.shape[:2]
@@ -201,8 +204,11 @@ def paste_back(
     weight = warp(mask)[..., None]
     if template_crop is not None:
         base = warp(template_crop)
-        change = np.abs(pasted - base).mean(axis=2, keepdims=True)
-        keep = np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0)
+        # Measured on the crop (cheap), spread to the neighbourhood, then taken to the frame.
+        change = np.abs(np.asarray(crop, np.float32) - np.asarray(template_crop, np.float32)).mean(axis=2)
+        reach = 2 * max(1, round(DETAIL_REACH * size)) + 1
+        change = cv2.dilate(change, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+        keep = warp(np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0))[..., None]
         pasted = pasted + keep * (region - base)
     out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)
     return out
