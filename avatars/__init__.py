@@ -1,4 +1,4 @@
-"""Avatar preparation: face tracking, alignment, masks, cached encoder features and idle frames."""
+"""Avatar preparation: face tracking, alignment, masks, cached encoder features and template frames."""
 
 from .avatar import Avatar
 from .errors import AvatarCacheError, AvatarError, SourceError

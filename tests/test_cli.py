@@ -143,3 +143,15 @@ def test_client_and_server_help_do_not_import_torch(command: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]
+
+
+def test_the_hot_path_imports_neither_torch_nor_mediapipe() -> None:
+    """Session, scheduler, compositor and tracks run per frame; the offline stack stays out of them."""
+    code = (
+        "import sys\n"
+        "import lipstream.realtime.compositor, lipstream.realtime.scheduler\n"
+        "import lipstream.realtime.session, lipstream.realtime.tracks\n"
+        "print(sorted({'torch', 'mediapipe'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
