@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable, Callable
 
 import av
 from aiohttp import web
@@ -15,6 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from lipstream.dsp import FPS
 
 from .audio_in import AudioFormatError, Resampler
+from .log import spawn
 from .registry import STATE, LiveSession
 from .security import error_response
 
@@ -75,7 +77,8 @@ async def ingest_track(live: LiveSession, track: object) -> None:
 
 async def audio_socket(request: web.Request) -> web.WebSocketResponse:
     """WebSocket audio: binary messages are s16le PCM at ?rate= (&channels=); text "end" closes an
-    utterance, "interrupt" interrupts. Each binary message is acknowledged with the seconds buffered."""
+    utterance, "interrupt" interrupts. Each binary message is acknowledged with the seconds buffered
+    ({"buffered_seconds": ...}); playback events arrive in between as {"event": ..., "frame": ...}."""
     live = request.app[STATE].get(request.match_info["session"])
     try:
         rate, channels = int(request.query["rate"]), int(request.query.get("channels", "1"))
@@ -86,6 +89,27 @@ async def audio_socket(request: web.Request) -> web.WebSocketResponse:
     ingest = _pusher(request, live, rate, channels)
     socket = web.WebSocketResponse(max_msg_size=1 << 20)
     await socket.prepare(request)
+    forward = spawn(forward_events(live, socket.send_json), f"ws-events-{live.session.id}")
+    try:
+        await _receive(socket, live, ingest)
+    finally:
+        forward.cancel()
+    return socket
+
+
+async def forward_events(live: LiveSession, send: Callable[[dict], Awaitable[None]]) -> None:
+    """Sends the session's PlaybackEvents as JSON objects until cancelled or the peer is gone."""
+    queue = live.session.subscribe()
+    try:
+        while True:
+            await send((await queue.get()).to_json())
+    except (ConnectionResetError, RuntimeError):  # RuntimeError: aiohttp's "socket is closing"
+        return
+    finally:
+        live.session.unsubscribe(queue)
+
+
+async def _receive(socket: web.WebSocketResponse, live: LiveSession, ingest: Ingest) -> None:
     async for message in socket:
         if message.type == web.WSMsgType.BINARY:
             await ingest.push_bytes(message.data)
@@ -96,7 +120,6 @@ async def audio_socket(request: web.Request) -> web.WebSocketResponse:
             live.interrupt()
         elif message.type == web.WSMsgType.TEXT:
             await socket.send_json({"error": 'send binary s16le PCM, or the text "end" or "interrupt"'})
-    return socket
 
 
 def _pcm_format(request: web.Request) -> tuple[bool, int, int]:

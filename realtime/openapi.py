@@ -78,6 +78,20 @@ OPERATIONS: dict[str, dict] = {
         "parameters": [_SESSION, *_PCM_QUERY],
     },
     "session-end": {"responses": _ENDED | _errors(404), "parameters": [_SESSION]},
+    "events": {
+        "description": "Server-sent events, one per playback change: `event: speech_started` when the first frame "
+        "of an utterance's audio is played, `event: speech_ended` when its audio has all been played or was "
+        "interrupted, `event: idle` at the first frame that shows the template untouched again. Each `data:` "
+        "line is a PlaybackEvent. The same events arrive on the audio WebSocket and on the peer's data channel.",
+        "responses": {
+            "200": {
+                "description": "an endless stream of events",
+                "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/PlaybackEvent"}}},
+            }
+        }
+        | _errors(404),
+        "parameters": [_SESSION],
+    },
     "health": {"responses": {"200": {"description": "ok", **_json(_OBJECT)}}},
     "openapi": {"responses": {"200": {"description": "OpenAPI 3.1", **_json(_OBJECT)}}},
     "metrics": {
@@ -141,6 +155,19 @@ def openapi_document(tokens_required: bool, routes: tuple[Route, ...]) -> dict:
                 "Pushed": {
                     "type": "object",
                     "properties": {"seconds": {"type": "number"}, "throttled_seconds": {"type": "number"}},
+                },
+                "PlaybackEvent": {
+                    "type": "object",
+                    "required": ["event", "frame"],
+                    "properties": {
+                        "event": {"enum": ["speech_started", "speech_ended", "idle"]},
+                        "frame": {"type": "integer", "description": "session frame; its RTP timestamp is 3600 x frame"},
+                        "position_s": {
+                            "type": "number",
+                            "description": "speech_ended: seconds of the utterance played",
+                        },
+                        "interrupted": {"type": "boolean", "description": "speech_ended: cut short by an interrupt"},
+                    },
                 },
             },
         },

@@ -14,6 +14,7 @@ With tokens configured, every route not declared public needs `Authorization: Be
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from aiohttp import web
@@ -64,6 +65,36 @@ async def interrupt(request: web.Request) -> web.Response:
     return web.json_response({"interrupted": True})
 
 
+SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet event stream
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the session's PlaybackEvents (speech_started, speech_ended, idle) as they
+    happen, `event: <type>` with the JSON in `data:`, until the session ends or the client leaves."""
+    live = request.app[STATE].get(request.match_info["session"])
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    queue = live.session.subscribe()
+    quiet = 0.0
+    try:
+        while not live.session.closed:
+            try:
+                event = await asyncio.wait_for(queue.get(), 1.0)
+            except TimeoutError:
+                quiet += 1.0
+                if quiet >= SSE_KEEPALIVE_S:
+                    await response.write(b": keep-alive\n\n")
+                    quiet = 0.0
+                continue
+            quiet = 0.0
+            await response.write(f"event: {event.type}\ndata: {json.dumps(event.to_json())}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        live.session.unsubscribe(queue)
+    return response
+
+
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     runtime = state.runtime
@@ -101,6 +132,7 @@ ROUTES = (
     Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
     Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
     Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
+    Route("GET", "/sessions/{session}/events", events, "events", "Playback events (server-sent events)"),
     Route("GET", "/openapi.json", api_description, "openapi", "This document", public=True),
     Route("GET", "/", index, "page", "The browser demo client", public=True, api=False),
     Route("GET", "/avatars", list_avatars, "avatars", "Avatars that can be chosen", public=True),

@@ -4,6 +4,7 @@
     session.end_of_input()           an utterance (a file, a TTS reply) is complete: play out its tail
     session.clear_buffer()           interrupt: drop queued audio and pending frames, go idle
     async for frame in session: ...  OutputFrame(number, image, audio), 25 per second
+    session.subscribe()              a queue of PlaybackEvents: speech_started, speech_ended, idle
 
 Input audio becomes per-frame entries as soon as each frame's mel window is complete (the look-ahead):
 the window, the frame's own 640 samples, and whether it holds speech. The entries wait in a small
@@ -58,6 +59,26 @@ class OutputFrame:
     kind: str  # "speech" (generated), "blend" (passing to or from the template), "idle" (the template)
 
 
+@dataclass(frozen=True)
+class PlaybackEvent:
+    """What a viewer's playback is doing, stamped with the session frame it happens at (the frame's RTP
+    video timestamp is 3600 x frame). speech_started: the first frame of an utterance's audio is played;
+    speech_ended: its audio has all been played, or was interrupted, after position_s seconds of it;
+    idle: the first frame that shows the template untouched again."""
+
+    type: str  # "speech_started", "speech_ended" or "idle"
+    frame: int
+    position_s: float | None = None  # speech_ended only
+    interrupted: bool | None = None  # speech_ended only
+
+    def to_json(self) -> dict:
+        extra = {} if self.position_s is None else {"position_s": self.position_s, "interrupted": self.interrupted}
+        return {"event": self.type, "frame": self.frame} | extra
+
+
+EVENT_QUEUE = 64  # events a slow listener may fall behind by before the oldest are dropped
+
+
 @dataclass
 class _Entry:
     window: np.ndarray  # [80, 16]
@@ -95,6 +116,9 @@ class AvatarSession:
         self._number = 0
         self._out: asyncio.Queue[OutputFrame] = asyncio.Queue(maxsize=queue_frames)
         self.closed = False
+        self._listeners: set[asyncio.Queue[PlaybackEvent]] = set()
+        self._utterance_frames: int | None = None  # frames of the playing utterance shown so far (None: none)
+        self._idle_announced = True
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
         self._discard = 0  # input samples still to drop after an interrupt
         # Live input (a microphone over WebRTC) arrives in real time, so a backlog only grows when the
@@ -153,6 +177,7 @@ class AvatarSession:
         already have had in flight when it asked for the interrupt.
         """
         self._discard = round(discard_seconds * self.mel_cfg.sample_rate)
+        self._end_utterance(interrupted=True)
         self._consumed.set()
         self._entries.clear()
         self._playing = False
@@ -229,11 +254,48 @@ class AvatarSession:
 
     def deliver(self, plan: FramePlan, image: np.ndarray) -> None:
         kind = "idle" if plan.mel is None else "speech" if plan.speech else "blend"
+        self._announce(plan, kind)
         if self._out.full():  # nobody is reading fast enough: drop the oldest frame, keep the newest
             self._out.get_nowait()
             self.metrics.output_dropped.inc()
         self._out.put_nowait(OutputFrame(self._number, image, plan.audio, kind))
         self._number += 1
+
+    # -- playback events --------------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue[PlaybackEvent]:
+        """A queue that receives every PlaybackEvent from now on; unsubscribe it when done."""
+        queue: asyncio.Queue[PlaybackEvent] = asyncio.Queue(maxsize=EVENT_QUEUE)
+        self._listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[PlaybackEvent]) -> None:
+        self._listeners.discard(queue)
+
+    def _emit(self, event: PlaybackEvent) -> None:
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    def _announce(self, plan: FramePlan, kind: str) -> None:
+        """Events for the frame about to be delivered (number self._number)."""
+        if plan.from_input:
+            if self._utterance_frames is None:
+                self._utterance_frames = 0
+                self._idle_announced = False
+                self._emit(PlaybackEvent("speech_started", self._number))
+            self._utterance_frames += 1
+        else:
+            self._end_utterance(interrupted=False)
+        if kind == "idle" and not self._idle_announced and self._utterance_frames is None:
+            self._idle_announced = True
+            self._emit(PlaybackEvent("idle", self._number))
+
+    def _end_utterance(self, interrupted: bool) -> None:
+        if self._utterance_frames is not None:
+            position = round(self._utterance_frames * self.mel_cfg.samples_per_frame / self.mel_cfg.sample_rate, 6)
+            self._emit(PlaybackEvent("speech_ended", self._number, position, interrupted))
+            self._utterance_frames = None
 
     # -- output side ------------------------------------------------------------------------------
     async def next_frame(self) -> OutputFrame:

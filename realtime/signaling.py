@@ -4,13 +4,14 @@ without a peer; ending sessions and viewers."""
 
 from __future__ import annotations
 
+import json
 import secrets
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from . import jitter
-from .ingest import ingest_track
+from .ingest import forward_events, ingest_track
 from .log import logger
 from .registry import STATE, LiveSession, ServerState
 from .security import check_sdp, error_response
@@ -31,6 +32,13 @@ async def _answer(
 
     @pc.on("datachannel")
     def on_datachannel(channel: object) -> None:
+        async def send(event: dict) -> None:
+            if channel.readyState != "open":
+                raise ConnectionResetError("the data channel closed")
+            channel.send(json.dumps(event))
+
+        state.spawn(live, forward_events(live, send), "channel-events")
+
         @channel.on("message")
         def on_message(message: object) -> None:
             if message == "interrupt" or (isinstance(message, str) and '"interrupt"' in message):

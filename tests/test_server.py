@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -325,21 +326,26 @@ def test_bad_requests_get_clear_4xx(runtime: Runtime) -> None:
 
 
 def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np.ndarray) -> None:
-    async def scenario() -> None:
+    async def scenario() -> tuple[list[dict], list[dict]]:
         async with serving(runtime) as base, aiohttp.ClientSession() as http:
             viewer = Viewer()
             channel = viewer.pc.createDataChannel("control")
+            on_channel: list[dict] = []
+            channel.on("message", lambda message: on_channel.append(json.loads(message)))
             session_id = await connect(http, base, viewer)
             pcm = (speech[8000:40000] * 32767).astype("<i2").tobytes()
             async with http.ws_connect(f"{base}/sessions/{session_id}/ws?rate=16000") as socket:
-                buffered = []
+                buffered, events = [], []
                 for start in range(0, len(pcm), 3200):  # 100 ms messages, sent faster than real time
                     await socket.send_bytes(pcm[start : start + 3200])
-                    buffered.append((await socket.receive_json())["buffered_seconds"])
+                    while "buffered_seconds" not in (reply := await socket.receive_json()):
+                        events.append(reply)  # playback events arrive between the acknowledgements
+                    buffered.append(reply["buffered_seconds"])
                 assert max(buffered) > 0.3, "the replies report the audio waiting to be played"
                 await socket.send_str("end")
                 await socket.send_str("hello")
-                assert "error" in await socket.receive_json()
+                while "error" not in (reply := await socket.receive_json()):
+                    events.append(reply)
                 async with asyncio.timeout(20):
                     while not viewer.frames or mouth_change(runtime, viewer.frames[-1][1]) < SPEAKING:
                         viewer.arrived.clear()
@@ -347,11 +353,24 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
                 channel.send("interrupt")
                 interrupted_at = time.monotonic()
                 await wait_for_frames(viewer, len(viewer.frames) + 15)
+                async with asyncio.timeout(5):
+                    while not any(e.get("event") == "idle" for e in events):
+                        events.append(await socket.receive_json())
             await viewer.close()
         after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at + 0.12]
         assert after and max(after) < SPEAKING, "the data-channel interrupt took it idle"
+        return events, on_channel
 
-    asyncio.run(scenario())
+    on_socket, on_channel = asyncio.run(scenario())
+    started, ended, idle = (
+        next(e for e in on_socket if e["event"] == kind) for kind in ("speech_started", "speech_ended", "idle")
+    )
+    assert ended["interrupted"] is True and 0 < ended["position_s"] < 2.0
+    # Positions count frames exactly: the utterance played from its first frame to the interrupt.
+    assert ended["position_s"] == pytest.approx(0.04 * (ended["frame"] - started["frame"]))
+    assert idle["frame"] >= ended["frame"]
+    # The data channel says the same from the moment it opened (the push may have started before).
+    assert ended in on_channel and idle in on_channel
 
 
 def test_talk_streams_a_file_to_a_session_that_whep_viewers_watch(runtime: Runtime, speech_then_silence: Path) -> None:
@@ -404,3 +423,32 @@ def test_talk_without_a_microphone_library_says_what_to_install(monkeypatch: pyt
 
     with pytest.raises(TalkError, match="pip install sounddevice"):
         asyncio.run(open_microphone())
+
+
+def test_playback_events_stream_as_server_sent_events(runtime: Runtime, speech_then_silence: Path) -> None:
+    async def scenario() -> list[tuple[str, dict]]:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/sessions") as response:
+                session_id = (await response.json())["session_id"]
+            received: list[tuple[str, dict]] = []
+            async with http.get(f"{base}/sessions/{session_id}/events") as stream:
+                assert stream.headers["Content-Type"] == "text/event-stream"
+                push = asyncio.create_task(push_wav(http, base, session_id, speech_then_silence))
+                kind = None
+                async with asyncio.timeout(20):
+                    async for raw in stream.content:
+                        line = raw.decode().strip()
+                        if line.startswith("event: "):
+                            kind = line.removeprefix("event: ")
+                        elif line.startswith("data: "):
+                            received.append((kind, json.loads(line.removeprefix("data: "))))
+                            if kind == "idle":
+                                break
+                await push
+            return received
+
+    received = asyncio.run(scenario())
+    assert [kind for kind, _ in received] == ["speech_started", "speech_ended", "idle"]
+    started, ended = received[0][1], received[1][1]
+    assert ended == {"event": "speech_ended", "frame": ended["frame"], "position_s": 5.0, "interrupted": False}
+    assert ended["frame"] - started["frame"] == 125  # 5 s of audio, played frame for frame

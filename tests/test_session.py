@@ -159,3 +159,41 @@ def test_blend_ramps_up_ahead_of_speech_and_down_after_it_and_interrupt_cuts(spe
 def test_blend_frames_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         _fake_session(blend_frames=(0, 6))
+
+
+def test_playback_events_mark_the_utterance_to_the_frame(speech: np.ndarray) -> None:
+    session, _ = _fake_session(jitter_frames=1, blend_frames=(4, 6))
+    events = session.subscribe()
+    silence = np.zeros(9_600, np.float32)
+    session.push_audio(np.concatenate([speech[8_000:24_000], silence]))  # 1.6 s of audio: 40 frames
+    session.end_of_input()
+    kinds = []
+    for _ in range(60):
+        plan = session.plan()
+        session.deliver(plan, np.zeros((2, 2, 3), np.uint8))
+        kinds.append("idle" if plan.mel is None else "generated")
+    seen = [events.get_nowait() for _ in range(events.qsize())]
+    assert [e.type for e in seen] == ["speech_started", "speech_ended", "idle"]
+    started, ended, idle = seen
+    assert started.frame == 0 and ended.position_s == pytest.approx(1.6) and ended.interrupted is False
+    assert ended.frame - started.frame == 40  # every frame of the utterance, none more
+    # idle: the utterance is over and the template shows untouched (here already during its silent tail)
+    assert idle.frame == ended.frame and set(kinds[idle.frame :]) == {"idle"} and "generated" in kinds[: idle.frame]
+    assert ended.to_json() == {"event": "speech_ended", "frame": 40, "position_s": 1.6, "interrupted": False}
+
+
+def test_an_interrupt_ends_the_utterance_where_it_was(speech: np.ndarray) -> None:
+    session, _ = _fake_session(jitter_frames=1)
+    events = session.subscribe()
+    session.push_audio(speech[8_000:40_000])
+    for _ in range(10):
+        session.deliver(session.plan(), np.zeros((2, 2, 3), np.uint8))
+    session.clear_buffer()
+    session.deliver(session.plan(), np.zeros((2, 2, 3), np.uint8))
+    seen = [events.get_nowait() for _ in range(events.qsize())]
+    assert [(e.type, e.frame) for e in seen] == [("speech_started", 0), ("speech_ended", 10), ("idle", 10)]
+    assert seen[1].interrupted is True and seen[1].position_s == pytest.approx(0.4)
+    session.unsubscribe(events)
+    session.push_audio(speech[8_000:20_000])
+    [session.deliver(session.plan(), np.zeros((2, 2, 3), np.uint8)) for _ in range(5)]
+    assert events.empty()

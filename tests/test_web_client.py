@@ -239,6 +239,21 @@ def test_a_sample_streams_and_interrupt_goes_idle(browser: Browser, server: str,
     after = times > clicked + 0.2
     assert after.sum() > 20 and change[after].max() < SPEAKING and np.median(motion[after]) < 0.5, "idle after"
     assert "Interrupted" in page.text_content("#status")
+    # The server's playback events reached the page over its data channel, and the page shows them.
+    events = page.evaluate("window.lipstreamEvents")
+    ended = next(e for e in events if e["event"] == "speech_ended")
+    assert ended["interrupted"] is True and ended["position_s"] > 0
+    # A microphone (or a sample played through it) never stops sending: after the interrupt its audio
+    # starts a new utterance, which the panel shows.
+    last = events[-1]
+    expected = {
+        "speech_started": lambda: f"speaking (from frame {last['frame']})",
+        "speech_ended": lambda: (
+            f"{'interrupted' if last['interrupted'] else 'finished'} after {last['position_s']:.2f} s"
+        ),
+        "idle": lambda: "idle",
+    }[last["event"]]()
+    assert page.text_content("#stat-playback") == expected
     page.close()
 
 

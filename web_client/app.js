@@ -13,6 +13,18 @@ const state = { pc: null, channel: null, sessionId: null, sample: null, audioCon
 window.lipstreamStats = {};
 
 function setStatus(text) { ui.status.textContent = text; }
+
+// Playback events from the server (speech_started, speech_ended, idle), as they arrive on the data channel.
+window.lipstreamEvents = [];
+function showPlayback(event) {
+  window.lipstreamEvents.push(event);
+  const text = {
+    speech_started: () => `speaking (from frame ${event.frame})`,
+    speech_ended: () => `${event.interrupted ? "interrupted" : "finished"} after ${event.position_s.toFixed(2)} s`,
+    idle: () => "idle",
+  }[event.event];
+  if (text) $("stat-playback").textContent = text();
+}
 function showError(text) { ui.error.textContent = text; ui.error.hidden = !text; }
 function setConnected(connected) {
   ui.connect.disabled = connected; ui.disconnect.disabled = !connected; ui.interrupt.disabled = !connected;
@@ -75,6 +87,7 @@ async function connect(event) {
     for (const track of state.localStream.getAudioTracks()) pc.addTrack(track, state.localStream);
     pc.addTransceiver("video", { direction: "recvonly" });
     state.channel = pc.createDataChannel("control");
+    state.channel.addEventListener("message", (e) => showPlayback(JSON.parse(e.data)));
     const remote = new MediaStream();
     pc.addEventListener("track", (e) => { remote.addTrack(e.track); ui.video.srcObject = remote; });
     pc.addEventListener("connectionstatechange", () => onConnectionState(pc));
