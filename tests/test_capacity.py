@@ -13,6 +13,7 @@ from test_hardening import _call, cache, runtime  # noqa: F401 (fixtures)
 from test_server import serving
 
 from lipstream.realtime.capacity import CapacityMonitor
+from lipstream.realtime.clock import FakeClock
 from lipstream.realtime.runtime import Runtime
 
 
@@ -22,6 +23,7 @@ def _burn(seconds: float) -> None:
         pass
 
 
+@pytest.mark.slow  # burns a core for 1.5 s of wall clock: a measure of real CPU time, not of the logic
 def test_the_monitor_measures_this_process_and_the_machine() -> None:
     monitor = CapacityMonitor(window=10)
     assert monitor.load() is None and monitor.refusal() is None  # nothing measured yet: no refusal
@@ -39,15 +41,19 @@ def test_the_monitor_measures_this_process_and_the_machine() -> None:
 
 
 def test_dropped_frames_refuse_a_new_session_until_a_window_without_drops() -> None:
-    monitor = CapacityMonitor(window=0.3, first_session_cores=0.0)
-    monitor.sample(dropped=10, sessions=2)
-    time.sleep(0.05)
-    monitor.sample(dropped=14, sessions=2)
-    assert "dropped 4 frames" in monitor.refusal()
-    for _ in range(4):
-        time.sleep(0.15)
+    async def scenario() -> None:
+        clock = FakeClock()
+        monitor = CapacityMonitor(window=0.3, first_session_cores=0.0, clock=clock)
+        monitor.sample(dropped=10, sessions=2)
+        await clock.advance(0.05)
         monitor.sample(dropped=14, sessions=2)
-    assert monitor.load().dropped == 0
+        assert "dropped 4 frames" in monitor.refusal()
+        for _ in range(4):
+            await clock.advance(0.15)
+            monitor.sample(dropped=14, sessions=2)
+        assert monitor.load().dropped == 0 and monitor.refusal() is None
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the machine's idle CPU is read from /proc (Linux)")

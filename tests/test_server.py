@@ -228,10 +228,11 @@ def test_http_push_drives_the_avatar_and_interrupt_goes_idle(runtime: Runtime, s
         for stage in ("resample", "vad", "mel", "inference", "composite", "video_queue", "encode_send"):
             count = next(line for line in metrics.splitlines() if f'_count{{stage="{stage}"}}' in line)
             assert float(count.split()[1]) > 0, f"stage {stage} was timed"
-        # Frames already on their way may still show speech; within 3 frames (120 ms) the avatar is idle.
-        first_idle = next(t for t, change in after if change < SPEAKING)
-        assert first_idle - interrupted_at <= 0.12
-        assert all(change < SPEAKING for t, change in after if t > first_idle)
+        # Frames already on their way may still show speech (counted in frames, not in wall-clock time,
+        # which a loaded machine stretches): at most 3, then the avatar is idle for good.
+        in_flight = next(i for i, (_, change) in enumerate(after) if change < SPEAKING)
+        assert in_flight <= 3, f"{in_flight} speaking frames arrived after the interrupt"
+        assert all(change < SPEAKING for _, change in after[in_flight:])
 
     asyncio.run(scenario())
 
@@ -357,8 +358,8 @@ def test_websocket_audio_and_data_channel_interrupt(runtime: Runtime, speech: np
                     while not any(e.get("event") == "idle" for e in events):
                         events.append(await socket.receive_json())
             await viewer.close()
-        after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at + 0.12]
-        assert after and max(after) < SPEAKING, "the data-channel interrupt took it idle"
+        after = [mouth_change(runtime, image) for t, image in viewer.frames if t > interrupted_at]
+        assert after and max(after[3:]) < SPEAKING, "the data-channel interrupt took it idle (3 frames in flight)"
         return events, on_channel
 
     on_socket, on_channel = asyncio.run(scenario())
