@@ -3,25 +3,26 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install browser
+.PHONY: run test install debian-packages
 
 run: install
 	$(BIN)/lipstream serve
 
-test: install browser
+test: install debian-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed
 
-# The browser tests drive Debian's Chromium (never a browser download of Playwright's own). Installed
-# here when this is a Debian machine and we may use apt; otherwise one line says what is missing.
-browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
+# Tests drive Debian's Chromium (never a browser download of Playwright's own) and espeak-ng. Installed
+# here when this is a Debian machine and we may use apt; otherwise one line says what will be skipped.
+DEBIAN_PACKAGES := chromium espeak-ng
+debian-packages:
+	@if [ -x /usr/bin/chromium ] && command -v espeak-ng > /dev/null; then :; \
 	elif command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
-	else echo "browser tests will be skipped: install Debian's chromium (apt-get install chromium) for them"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) > /dev/null; \
+	else echo "tests that need them will be skipped: install Debian's $(DEBIAN_PACKAGES) (apt-get install)"; fi
 
 # torch goes first, pinned, so that pip takes the CPU wheel; then the package and its test tools.
 $(VENV)/.installed: pyproject.toml

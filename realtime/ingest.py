@@ -10,15 +10,17 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import av
+import numpy as np
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError
 
 from lipstream.dsp import FPS
 
-from .audio_in import AudioFormatError, Resampler
+from .audio_in import SAMPLE_RATE, AudioFormatError, Resampler
 from .log import spawn
 from .registry import STATE, LiveSession
 from .security import error_response
+from .tts import MAX_TEXT_CHARS, TTSError, decode_speech
 
 LIVE_BACKLOG_EXTRA_FRAMES = 2  # live input more than this far behind is dropped, not played late
 WEBRTC_RATE, WEBRTC_CHANNELS = 48_000, 2  # what aiortc's Opus decoder hands over
@@ -46,6 +48,13 @@ class Ingest:
         with self.live.session.metrics.timed("resample"):
             samples = self.resampler.push_frame(frame)
         await self._feed(samples)
+
+    async def push_samples(self, samples: np.ndarray) -> None:
+        """float32 mono already at the features' rate (decoded speech), in 0.2 s steps so that
+        back-pressure applies to it as to any push."""
+        step = self.live.session.mel_cfg.samples_per_frame * 5
+        for start in range(0, len(samples), step):
+            await self._feed(samples[start : start + step])
 
     async def _feed(self, samples: object) -> None:
         self.live.session.push_audio(samples)
@@ -183,3 +192,26 @@ async def push_audio(request: web.Request) -> web.Response:
     # throttled_seconds: how long reading was paused because the push ran more than
     # push_ahead_seconds ahead of playback (the client is told, and TCP back-pressure slowed it).
     return web.json_response({"seconds": received / (2 * channels * rate), "throttled_seconds": round(throttled, 3)})
+
+
+async def speak(request: web.Request) -> web.Response:
+    """JSON {text, voice?}: the server's TTS provider speaks the text into the session."""
+    state = request.app[STATE]
+    live = state.get(request.match_info["session"])
+    expected = f'expected JSON {{"text": "...", "voice": "..."}} with 1 to {MAX_TEXT_CHARS} characters of text'
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise error_response(web.HTTPBadRequest, expected) from err
+    text, voice = (body.get("text"), body.get("voice")) if isinstance(body, dict) else (None, None)
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS or not isinstance(voice, str | None):
+        raise error_response(web.HTTPBadRequest, expected)
+    provider = state.settings.tts
+    try:
+        samples = await asyncio.to_thread(decode_speech, await provider.synthesize(text, voice))
+    except TTSError as err:
+        raise error_response(web.HTTPBadGateway, f"the {provider.name} TTS provider failed: {err}") from err
+    ingest = Ingest(live, SAMPLE_RATE, 1, round(state.settings.push_ahead_seconds * FPS))
+    await ingest.push_samples(samples)
+    live.session.end_of_input()
+    return web.json_response({"seconds": len(samples) / SAMPLE_RATE, "provider": provider.name})

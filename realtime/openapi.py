@@ -69,6 +69,31 @@ OPERATIONS: dict[str, dict] = {
             },
         },
     },
+    "speak": {
+        "responses": {
+            "200": {
+                "description": "spoken into the session",
+                **_json(
+                    {"type": "object", "properties": {"seconds": {"type": "number"}, "provider": {"type": "string"}}}
+                ),
+            }
+        }
+        | _errors(400, 404, 502),
+        "parameters": [_SESSION],
+        "requestBody": {
+            "required": True,
+            **_json(
+                {
+                    "type": "object",
+                    "required": ["text"],
+                    "properties": {
+                        "text": {"type": "string", "minLength": 1, "maxLength": 2000},
+                        "voice": {"type": "string"},
+                    },
+                }
+            ),
+        },
+    },
     "interrupt": {
         "responses": {"200": {"description": "interrupted", **_json(_OBJECT)}} | _errors(404),
         "parameters": [_SESSION],

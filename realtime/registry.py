@@ -25,6 +25,7 @@ from .scheduler import FrameScheduler
 from .security import error_response
 from .session import AvatarSession
 from .tracks import Broadcast
+from .tts import EspeakProvider, TTSProvider
 
 INTERRUPT_DISCARD_SECONDS = 0.1  # audio a network client may have had in flight when it interrupted
 
@@ -39,6 +40,7 @@ class ServerSettings:
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
     measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
+    tts: TTSProvider = field(default_factory=EspeakProvider)  # speaks the text of POST .../speak
 
 
 @dataclass

@@ -22,7 +22,7 @@ from aiohttp import web
 from lipstream.web_client import ROOT as WEB_CLIENT
 
 from .clock import Clock, MonotonicClock
-from .ingest import audio_socket, push_audio
+from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
 from .registry import STATE, ServerSettings, ServerState
@@ -130,6 +130,7 @@ ROUTES = (
     Route("POST", "/sessions", create_session, "session-create", "Open a session without a peer (audio by HTTP/WS)"),
     Route("POST", "/sessions/{session}/audio", push_audio, "audio", "Stream PCM or WAV audio into a session"),
     Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
+    Route("POST", "/sessions/{session}/speak", speak, "speak", "Speak text into a session through the TTS provider"),
     Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
     Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
     Route("GET", "/sessions/{session}/events", events, "events", "Playback events (server-sent events)"),

@@ -1,5 +1,6 @@
 """`lipstream talk`: a local microphone (sounddevice) or a WAV file, streamed in real time to a
-session of a running `lipstream serve`, over its audio WebSocket.
+session of a running `lipstream serve`, over its audio WebSocket; or, with `--text`, text that the
+server's TTS provider speaks into the session.
 
 Without `--session` it opens a session (`POST /sessions`) and prints where to watch it (WHEP), and
 ends it when the talking stops. The microphone needs `pip install sounddevice` and the PortAudio
@@ -120,6 +121,23 @@ async def _drain(socket: aiohttp.ClientWebSocketResponse) -> None:
             print(f"server: {message.data}")
 
 
+@contextlib.asynccontextmanager
+async def _session(
+    http: aiohttp.ClientSession, server: str, session_id: str | None, avatar: str | None
+) -> AsyncIterator[str]:
+    """The session to drive: the one given, or one opened now (with where to watch it) and ended after."""
+    if session_id is not None:
+        yield session_id
+        return
+    session = await open_session(http, server, avatar)
+    print(f"session {session['session_id']}: watch it with WHEP at {server}{session['watch_url']}", flush=True)
+    try:
+        yield session["session_id"]
+    finally:
+        async with http.delete(f"{server}/sessions/{session['session_id']}"):
+            pass
+
+
 async def talk(
     server: str,
     file: Path | None = None,
@@ -132,18 +150,33 @@ async def talk(
     server = server.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     rate, blocks = await file_blocks(file) if file is not None else microphone_blocks(device)
-    async with aiohttp.ClientSession(headers=headers) as http:
-        created = session_id is None
-        if created:
-            session = await open_session(http, server, avatar)
-            session_id = session["session_id"]
-            print(f"session {session_id}: watch it with WHEP at {server}{session['watch_url']}", flush=True)
-        try:
-            seconds = await stream(http, server, session_id, rate, blocks)
-            if created:
-                await asyncio.sleep(1.0)  # the last frames still play out
-            return seconds
-        finally:
-            if created:
-                async with http.delete(f"{server}/sessions/{session_id}"):
-                    pass
+    async with aiohttp.ClientSession(headers=headers) as http, _session(http, server, session_id, avatar) as sid:
+        seconds = await stream(http, server, sid, rate, blocks)
+        if session_id is None:
+            await asyncio.sleep(1.0)  # the last frames still play out before the session ends
+        return seconds
+
+
+async def say(
+    server: str,
+    text: str,
+    voice: str | None = None,
+    session_id: str | None = None,
+    avatar: str | None = None,
+    token: str | None = None,
+) -> float:
+    """Has the server's TTS provider speak `text` into a session, and waits until it has been played
+    (the session's playback events). Returns the seconds of speech."""
+    server = server.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as http, _session(http, server, session_id, avatar) as sid:
+        async with http.get(f"{server}/sessions/{sid}/events") as events:  # listening before speaking
+            async with http.post(f"{server}/sessions/{sid}/speak", json={"text": text, "voice": voice}) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    raise TalkError(f"the server could not speak the text ({response.status}): {body.get('error')}")
+            async with asyncio.timeout(body["seconds"] + 10):
+                async for line in events.content:
+                    if line.startswith(b"event: speech_ended"):
+                        break
+        return body["seconds"]

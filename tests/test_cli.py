@@ -134,11 +134,13 @@ def test_serve_answers_health_on_its_port(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["talk", "serve"])
 def test_client_and_server_help_do_not_import_torch(command: str) -> None:
-    """`talk` is a client and `serve --help` a question: neither may pay for torch (or mediapipe)."""
+    """`talk` is a client and `serve --help` a question: neither may pay for torch (or mediapipe), even
+    when the client fails (here: no server to talk to)."""
     code = (
         "import sys\n"
         "from lipstream.cli import main\n"
         f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "main(['talk', '--server', 'http://127.0.0.1:9', '--text', 'hi'])\n"
         "print(sorted({'torch', 'mediapipe'} & set(sys.modules)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -199,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lipstream.realtime.runtime import build_runtime
     from lipstream.realtime.security import load_tokens
     from lipstream.realtime.server import ServerSettings, create_app
+    from lipstream.realtime.tts import make_provider
 
     tokens = load_tokens(args.token_file)
     try:
@@ -225,6 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ice_servers=tuple(
             RTCIceServer(url, username=args.ice_username, credential=args.ice_credential) for url in args.ice_server
         ),
+        tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
     )
     web.run_app(
         create_app(runtime, settings),
@@ -238,14 +240,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_talk(args: argparse.Namespace) -> int:
     import asyncio
 
-    from lipstream.realtime.talk import TalkError, talk
+    from lipstream.realtime.talk import TalkError, say, talk
 
     token = os.environ.get("LIPSTREAM_TOKEN") or None  # the server's bearer token, when it needs one
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     try:
-        seconds = asyncio.run(
-            talk(args.server, Path(args.file) if args.file else None, args.session, args.avatar, token, device)
-        )
+        if args.text:
+            seconds = asyncio.run(say(args.server, args.text, args.voice, args.session, args.avatar, token))
+        else:
+            seconds = asyncio.run(
+                talk(args.server, Path(args.file) if args.file else None, args.session, args.avatar, token, device)
+            )
     except KeyboardInterrupt:
         print("stopped")
         return 0
@@ -560,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer tokens, one per line, required to open, drive, watch or end sessions "
         "(also read from $LIPSTREAM_TOKENS, comma separated)",
     )
+    serve.add_argument(
+        "--tts",
+        choices=("espeak", "openai"),
+        default="espeak",
+        help="who speaks the text of POST /sessions/{id}/speak: the local espeak-ng (default), or an "
+        "OpenAI-compatible /v1/audio/speech server at --tts-url (key in $LIPSTREAM_TTS_KEY)",
+    )
+    serve.add_argument("--tts-url", help="base address of the OpenAI-compatible speech server")
     serve.set_defaults(func=cmd_serve)
 
     talk = sub.add_parser("talk", help="stream the local microphone (or a WAV file) to a running server")
@@ -568,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--avatar", help="avatar of the session it opens")
     talk.add_argument("--file", help="a WAV file instead of the microphone, sent in real time")
     talk.add_argument("--device", help="input device name or number (python -m sounddevice lists them)")
+    talk.add_argument("--text", help="say this through the server's TTS provider instead of sending audio")
+    talk.add_argument("--voice", help="with --text: the provider's voice (espeak-ng: en, de, fr, ...)")
     talk.set_defaults(func=cmd_talk)
 
     render = sub.add_parser("render", help="the real-time pipeline without WebRTC: avatar + audio -> mp4")
@@ -736,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "latency", 0) < 0:
         print("lipstream: --latency takes a number of runs >= 0", file=sys.stderr)
         return 2
-    from lipstream.errors import USER_ERRORS
+    from lipstream.errors import is_user_error
 
     # lipstream's own records (engine failures, failed tasks) reach stderr; other libraries' warnings too.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -747,7 +762,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         print(f"lipstream {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,13 @@
-"""The errors a user can cause and fix: the CLI prints their message without a traceback."""
+"""The errors a user can cause and fix: the CLI prints their message without a traceback.
+
+Their classes live all over the package, some beside torch; they are gathered only when an error
+has happened, so that a client command such as `lipstream talk` never imports torch to be ready for one.
+"""
 
 from __future__ import annotations
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
     from lipstream.avatars.errors import AvatarError
     from lipstream.dsp.mel import AudioInputError
     from lipstream.dsp.wav import WavFormatError
@@ -13,6 +17,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lipstream.models.weights import WeightsError
     from lipstream.paths import InvalidNameError
     from lipstream.realtime.security import InvalidTokensError
+    from lipstream.realtime.tts import TTSError
     from lipstream.training.personalize import PersonalizeError
 
     return (
@@ -27,7 +32,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ExportError,
         InvalidTokensError,
         PersonalizeError,
+        TTSError,
     )
 
 
-USER_ERRORS = _user_errors()
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(error, user_errors())
