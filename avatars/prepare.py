@@ -33,6 +33,7 @@ from .align import (
     choose_reference,
     eye_distance,
     frame_to_crop,
+    mouth_opening,
     smooth_transforms,
     warp_to_crop,
 )
@@ -79,9 +80,23 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         out.writeframes(pcm.tobytes())
 
 
-def ping_pong(count: int) -> np.ndarray:
-    """0, 1, ..., n-1, n-2, ..., 1: every step moves one frame, so the loop point is invisible."""
-    return np.concatenate([np.arange(count), np.arange(count - 2, 0, -1)]).astype(np.int32)
+def ping_pong(count: int, first: int = 0) -> np.ndarray:
+    """first, first+1, ..., first+n-1, ..., first+1: every step moves one frame, so the loop point is invisible."""
+    return (first + np.concatenate([np.arange(count), np.arange(count - 2, 0, -1)])).astype(np.int32)
+
+
+IDLE_LOOPS = ("quiet", "all")
+QUIET_SECONDS = 4.0  # length of the stretch a "quiet" idle loop plays back and forth
+
+
+def quiet_stretch(opening: np.ndarray, frames: int) -> int:
+    """The first frame of the `frames`-long stretch where the mouth is most still and most closed (lowest
+    mean plus spread of the inner-lip opening): a template video whose person talks would otherwise
+    mouth words while the avatar is silent."""
+    if len(opening) <= frames:
+        return 0
+    windows = np.lib.stride_tricks.sliding_window_view(opening, frames)
+    return int(np.argmin(windows.mean(axis=1) + windows.std(axis=1)))
 
 
 def check_face_size(transforms: np.ndarray, landmarks: np.ndarray, profile: str, size: int) -> None:
@@ -126,9 +141,14 @@ def prepare_avatar(
     weights: str | Path | None = None,
     show_progress: bool = True,
     reference_percentile: float = REFERENCE_PERCENTILE,
+    idle_loop: str = "quiet",
 ) -> PrepareResult:
     """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache).
-    reference_percentile: the reference frame's mouth opening, as a percentile of the clip's."""
+    reference_percentile: the reference frame's mouth opening, as a percentile of the clip's.
+    idle_loop: "quiet" plays the template's stillest QUIET_SECONDS back and forth (whatever the avatar
+    shows, speaking or not); "all" plays every frame (evaluation, where frame k must be frame k)."""
+    if idle_loop not in IDLE_LOOPS:
+        raise ValueError(f"unknown idle loop {idle_loop!r}; choose one of: {', '.join(IDLE_LOOPS)}")
     if not 0 <= reference_percentile <= 100:
         raise ValueError(f"reference_percentile must be in [0, 100], got {reference_percentile}")
     check_name(name)
@@ -162,7 +182,16 @@ def prepare_avatar(
         _render_frames(info, model, transforms, landmarks, reference, mask, partial, show_progress)
         np.save(partial / "transforms.npy", transforms)
         np.save(partial / "landmarks.npy", landmarks.astype(np.float32))
-        np.save(partial / "idle_loop.npy", ping_pong(count))
+        if idle_loop == "quiet":
+            span = min(count, round(QUIET_SECONDS * FPS))
+            first = quiet_stretch(mouth_opening(landmarks), span)
+            loop, loop_rule = (
+                ping_pong(span, first),
+                f"ping-pong over frames {first}-{first + span - 1}, the quietest mouth",
+            )
+        else:
+            loop, loop_rule = ping_pong(count), "ping-pong over every frame"
+        np.save(partial / "idle_loop.npy", loop)
         mel_cfg = MelConfig()
         write_wav(
             partial / "audio.wav",
@@ -202,7 +231,7 @@ def prepare_avatar(
                 "sample_rate": mel_cfg.sample_rate,
                 "samples": count * mel_cfg.samples_per_frame,
             },
-            "idle_loop": "ping-pong",
+            "idle_loop": loop_rule,
         }
         manifest["files"] = {
             str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()

@@ -145,6 +145,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             weights=weights,
             show_progress=o.show_progress,
             reference_percentile=o.reference_percentile,
+            idle_loop="all",  # rendered frame k must show template frame k
         ).path
         avatar = Avatar.load(avatar_path)
         if template is None:

@@ -95,6 +95,18 @@ def test_template_audio_is_kept(anchor: Avatar) -> None:
     assert np.abs(samples).max() > 1000, "the anchor speaks in the first second"
 
 
+def test_the_idle_loop_plays_the_stillest_stretch_of_a_talking_template() -> None:
+    from lipstream.avatars.prepare import ping_pong, quiet_stretch
+
+    rng = np.random.default_rng(0)
+    opening = 0.3 + 0.1 * rng.standard_normal(500)  # talking
+    opening[300:420] = 0.02 + 0.005 * rng.standard_normal(120)  # a pause with the mouth shut
+    first = quiet_stretch(opening, 100)
+    assert 300 <= first <= 320
+    assert list(ping_pong(4, first)) == [first, first + 1, first + 2, first + 3, first + 2, first + 1]
+    assert quiet_stretch(opening[:50], 100) == 0  # a template shorter than the stretch: all of it
+
+
 def test_idle_loop_never_jumps(anchor: Avatar) -> None:
     loop = anchor.array("idle_loop.npy")
     steps = np.abs(np.diff(np.concatenate([loop, loop[:1]])))

@@ -68,6 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         weights=args.weights,
         show_progress=not args.quiet,
         reference_percentile=args.reference_percentile,
+        idle_loop=args.idle_loop,
     )
     m = result.manifest
     jitter = m["crop_jitter"]
@@ -510,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--weights", help="model weights file (default: the profile's shipped weights)")
     prepare.add_argument("--reference-percentile", type=percentile, default=75.0, metavar="P", help=REFERENCE_HELP)
+    prepare.add_argument(
+        "--idle-loop",
+        choices=("quiet", "all"),
+        default="quiet",
+        help="frames the avatar plays: the template's stillest 4 s back and forth (quiet, default), or all",
+    )
     prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
     prepare.add_argument("--quiet", action="store_true", help="no progress display")
