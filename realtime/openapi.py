@@ -43,6 +43,11 @@ OPERATIONS: dict[str, dict] = {
         "requestBody": {"required": True, "content": _SDP},
     },
     "whip-end": {"responses": _ENDED | _errors(404), "parameters": [_SESSION]},
+    "whip-trickle": {"responses": _errors(405), "parameters": [_SESSION]},
+    "whep-trickle": {
+        "responses": _errors(405),
+        "parameters": [_WATCH, {"name": "viewer", "in": "path", "required": True, "schema": {"type": "string"}}],
+    },
     "whep": {
         "responses": {"201": _CREATED} | _errors(400, 404, 415),
         "parameters": [_WATCH],

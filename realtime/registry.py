@@ -41,6 +41,7 @@ class ServerSettings:
     abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
     measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
     tts: TTSProvider = field(default_factory=EspeakProvider)  # speaks the text of POST .../speak
+    cors_origins: tuple[str, ...] = ()  # browser origins (or "*") whose pages may call the API and WHIP/WHEP
 
 
 @dataclass

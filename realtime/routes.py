@@ -34,5 +34,23 @@ def add_routes(app: web.Application, routes: tuple[Route, ...]) -> None:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
 
 
+# What a page on another origin may read of our answers: where a WHIP/WHEP resource is, its ICE servers.
+EXPOSED_HEADERS = ("Location", "Link", "X-Session-Id", "X-Watch-Url", "Retry-After")
+
+
+def allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    """Lets pages from `origins` ("*": any) call every route (aiohttp-cors answers the preflights).
+    Tokens still guard what they guard: a preflight carries none, the request itself must."""
+    import aiohttp_cors
+
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers=EXPOSED_HEADERS, allow_headers=("Authorization", "Content-Type")
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        if route.name != "static" and route.method != "HEAD":
+            cors.add(route)
+
+
 def public_names(routes: tuple[Route, ...]) -> frozenset[str]:
     return frozenset(r.name for r in routes if r.public)

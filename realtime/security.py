@@ -78,7 +78,8 @@ def auth_middleware(tokens: tuple[str, ...], public: frozenset[str]) -> Callable
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         route = request.match_info.route
-        if tokens and route.name not in public:
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        if tokens and route.name not in public and not preflight:
             header = request.headers.get("Authorization", "")
             if not is_authorised(header, tokens):
                 challenge = 'Bearer realm="lipstream"' + (', error="invalid_token"' if header else "")

@@ -26,10 +26,10 @@ from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
 from .registry import STATE, ServerSettings, ServerState
-from .routes import Route, add_routes, public_names
+from .routes import Route, add_routes, allow_cors, public_names
 from .runtime import Runtime
 from .security import MAX_SDP_BYTES, auth_middleware, error_response
-from .signaling import create_session, end_session, end_whep, offer, whep, whip
+from .signaling import create_session, end_session, end_whep, no_trickle, offer, whep, whip
 
 __all__ = ["ROUTES", "STATE", "ServerSettings", "ServerState", "create_app"]
 
@@ -125,8 +125,10 @@ ROUTES = (
     Route("POST", "/offer", offer, "offer", "Open a session: the peer sends its microphone and receives the avatar"),
     Route("POST", "/whip", whip, "whip", "WHIP (RFC 9725) audio ingest: opens a session driven by the offer's audio"),
     Route("DELETE", "/whip/{session}", end_session, "whip-end", "End a WHIP session"),
+    Route("PATCH", "/whip/{session}", no_trickle, "whip-trickle", "ICE trickle: not supported (405)"),
     Route("POST", "/whep/{watch}", whep, "whep", "WHEP viewer of a session, addressed by its watch id"),
     Route("DELETE", "/whep/{watch}/{viewer}", end_whep, "whep-end", "End a viewer"),
+    Route("PATCH", "/whep/{watch}/{viewer}", no_trickle, "whep-trickle", "ICE trickle: not supported (405)"),
     Route("POST", "/sessions", create_session, "session-create", "Open a session without a peer (audio by HTTP/WS)"),
     Route("POST", "/sessions/{session}/audio", push_audio, "audio", "Stream PCM or WAV audio into a session"),
     Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
@@ -152,6 +154,8 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
     app[STATE] = state
     add_routes(app, ROUTES)
     app.router.add_static("/static", WEB_CLIENT, name="static")
+    if settings.cors_origins:
+        allow_cors(app, settings.cors_origins)
 
     background: list[asyncio.Task] = []
 

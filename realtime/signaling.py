@@ -151,7 +151,8 @@ async def whip(request: web.Request) -> web.Response:
         status=201,
         text=pc.localDescription.sdp,
         content_type="application/sdp",
-        headers={"Location": location, "X-Session-Id": live.session.id, "X-Watch-Url": f"/whep/{live.watch_id}"},
+        headers={"Location": location, "X-Session-Id": live.session.id, "X-Watch-Url": f"/whep/{live.watch_id}"}
+        | ice_links(state),
     )
 
 
@@ -167,7 +168,7 @@ async def whep(request: web.Request) -> web.Response:
         status=201,
         text=pc.localDescription.sdp,
         content_type="application/sdp",
-        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"},
+        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"} | ice_links(state),
     )
 
 
@@ -189,3 +190,26 @@ async def end_session(request: web.Request) -> web.Response:
     state.get(request.match_info["session"])
     await state.close(request.match_info["session"])
     return web.Response(status=200)
+
+
+def ice_links(state: ServerState) -> dict[str, str]:
+    """The server's ICE servers as WHIP/WHEP `Link` headers (RFC 9725, section 4.6)."""
+    links = []
+    for server in state.settings.ice_servers:
+        for url in [server.urls] if isinstance(server.urls, str) else server.urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.username:
+                link += f'; username="{server.username}"; credential="{server.credential}"; credential-type="password"'
+            links.append(link)
+    return {"Link": ", ".join(links)} if links else {}
+
+
+async def no_trickle(request: web.Request) -> web.Response:
+    """PATCH on a WHIP/WHEP resource (trickle ICE, RFC 9725 section 4.3): not supported, said plainly."""
+    message = (
+        "ICE trickle is not supported: this server gathers all its candidates before it answers; send an offer "
+        "with all of yours (wait for ICE gathering to complete)"
+    )
+    raise web.HTTPMethodNotAllowed(
+        "PATCH", ("DELETE",), text=json.dumps({"error": message}), content_type="application/json"
+    )

@@ -544,3 +544,30 @@ def test_sessions_opened_and_closed_in_a_loop_leak_nothing(runtime: Runtime) -> 
 @pytest.mark.slow
 def test_200_sessions_opened_and_closed_leak_nothing(runtime: Runtime) -> None:
     _assert_no_leaks(leak_check(runtime, 200))
+
+
+def test_ice_trickle_gets_a_clear_405_and_ice_servers_travel_as_link_headers(runtime: Runtime) -> None:
+    from types import SimpleNamespace
+
+    from aiortc import RTCIceServer
+
+    from lipstream.realtime.signaling import ice_links
+
+    async def scenario() -> list[tuple[int, str, dict]]:
+        async with serving(runtime) as base, aiohttp.ClientSession() as http:
+            return [
+                await _call(
+                    http, "PATCH", f"{base}/whip/some-session", data="a=candidate:1 1 udp 1 127.0.0.1 9 typ host"
+                ),
+                await _call(http, "PATCH", f"{base}/whep/watch/viewer"),
+            ]
+
+    for code, text, headers in asyncio.run(scenario()):
+        assert code == 405 and "ICE trickle is not supported" in text and headers["Allow"] == "DELETE"
+    servers = (RTCIceServer("stun:stun.example.net"), RTCIceServer(["turn:turn.example.net"], "user", "secret"))
+    links = ice_links(SimpleNamespace(settings=ServerSettings(ice_servers=servers)))["Link"]
+    assert links == (
+        '<stun:stun.example.net>; rel="ice-server", <turn:turn.example.net>; rel="ice-server"; '
+        'username="user"; credential="secret"; credential-type="password"'
+    )
+    assert ice_links(SimpleNamespace(settings=ServerSettings())) == {}

@@ -51,7 +51,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(cache: Path, samples: Path, max_sessions: int = 4) -> tuple[subprocess.Popen, str]:
+def start_server(
+    cache: Path, samples: Path, max_sessions: int = 4, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [
@@ -67,6 +69,7 @@ def start_server(cache: Path, samples: Path, max_sessions: int = 4) -> tuple[sub
             str(max_sessions),
             "--admission",  # Chromium shares these cores: measured admission is tested in test_capacity.py
             "count",
+            *extra,
         ],
         env={**os.environ, "LIPSTREAM_CACHE": str(cache)},
         stdout=subprocess.DEVNULL,
@@ -102,8 +105,34 @@ def server_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(speech_then_silence: Path, server_cache: Path) -> Iterator[str]:
-    process, base = start_server(server_cache, speech_then_silence.parent)
+def other_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A page served from another origin (another port), as a customer's web app would be."""
+    folder = tmp_path_factory.mktemp("other-origin")
+    (folder / "index.html").write_text("<!doctype html><title>another site</title>")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(base, timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other origin's page server did not start") from None
+            time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(speech_then_silence: Path, server_cache: Path, other_origin: str) -> Iterator[str]:
+    process, base = start_server(server_cache, speech_then_silence.parent, extra=("--cors-origin", other_origin))
     yield base
     stop(process)
 
@@ -304,4 +333,31 @@ def test_page_basics_for_keyboard_and_screen_readers(browser: Browser, server: s
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "avatar-select"
     assert page.get_attribute("#error", "role") == "alert" and page.get_attribute("#status", "role") == "status"
+    page.close()
+
+
+CROSS_ORIGIN_CALL = """async (server) => {
+  try {
+    const response = await fetch(`${server}/sessions`, {method: "POST", headers: {"Content-Type": "application/json"},
+                                                        body: JSON.stringify({})});
+    const body = await response.json();
+    await fetch(`${server}/sessions/${body.session_id}`, {method: "DELETE"});
+    return {status: response.status, location: response.headers.get("Location")};
+  } catch (err) {
+    return {error: String(err)};
+  }
+}"""
+
+
+def test_cors_lets_the_allowed_origin_call_the_api_and_no_other(
+    browser: Browser, server: str, other_origin: str
+) -> None:
+    page = browser.new_page()
+    page.goto(other_origin)
+    allowed = page.evaluate(CROSS_ORIGIN_CALL, server)
+    assert allowed["status"] == 201 and allowed["location"].startswith("/sessions/"), allowed  # Location exposed
+    elsewhere = other_origin.replace("127.0.0.1", "localhost")  # the same page server, another origin
+    page.goto(elsewhere)
+    refused = page.evaluate(CROSS_ORIGIN_CALL, server)
+    assert "error" in refused and "Failed to fetch" in refused["error"], refused
     page.close()

@@ -228,6 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             RTCIceServer(url, username=args.ice_username, credential=args.ice_credential) for url in args.ice_server
         ),
         tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
+        cors_origins=tuple(args.cors_origin),
     )
     web.run_app(
         create_app(runtime, settings),
@@ -580,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAI-compatible /v1/audio/speech server at --tts-url (key in $LIPSTREAM_TTS_KEY)",
     )
     serve.add_argument("--tts-url", help="base address of the OpenAI-compatible speech server")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from this origin (e.g. https://app.example.com, or *) call the API, WHIP and WHEP; repeatable",
+    )
     serve.set_defaults(func=cmd_serve)
 
     talk = sub.add_parser("talk", help="stream the local microphone (or a WAV file) to a running server")
