@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 
 from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.runtime import load_avatar
@@ -41,9 +42,10 @@ ERROR_COUNTERS = (
 
 
 def process_status(pid: int) -> dict:
-    """Resident memory (MiB) and thread count of a process, from /proc (Linux)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"])}
+    """Resident memory (MiB) and thread count of a process (psutil)."""
+    process = psutil.Process(pid)
+    with process.oneshot():
+        return {"rss_mib": process.memory_info().rss / 2**20, "threads": process.num_threads()}
 
 
 def verdicts(payload: dict) -> dict[str, bool]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 
 from lipstream.dsp import MelConfig
 from lipstream.realtime.compositor import AvatarAssets
@@ -57,9 +58,9 @@ PUBLISHED = [
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process (psutil)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def _summary(values: list[float]) -> dict | None:

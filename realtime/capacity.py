@@ -1,7 +1,7 @@
 """Admission by measured capacity: would one more session push this machine below 25 fps?
 
 The session limit (`max_sessions`) is a fixed ceiling; this measures. Every second it samples, from
-/proc (Linux):
+psutil:
 - the machine's idle CPU (all processes count: a trainer or another server takes cores too),
 - this process's own CPU, which divided by the open sessions is what a session costs here,
 - the frames the scheduler dropped (it falls behind before anyone sees fewer than 25 fps).
@@ -9,7 +9,7 @@ The session limit (`max_sessions`) is a fixed ceiling; this measures. Every seco
 A new session is refused while frames were dropped in the last window, or when the idle cores are
 fewer than one more session's cost with a margin. With no session open yet, a session is assumed to
 cost `first_session_cores` (0.33 cores measured for the `rt` profile on ONNX Runtime; see
-benchmarks/RESULTS.md). Where /proc cannot be read (not Linux), only the dropped-frames rule applies.
+benchmarks/RESULTS.md). Where the machine's CPU times cannot be read, only the dropped-frames rule applies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
+
+import psutil
 
 from .clock import Clock, MonotonicClock
 
@@ -36,15 +37,15 @@ class Sample:
     sessions: int
 
 
-def _machine_cpu(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine since boot, or None where unreadable."""
+def _machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot (psutil), or None where unreadable."""
     try:
-        fields = [float(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
+        times = psutil.cpu_times()
+    except (OSError, RuntimeError):
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+    total = sum(times)
+    idle = times.idle + getattr(times, "iowait", 0.0)  # iowait: Linux only
+    return total - idle, total
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class CapacityMonitor:
         if seconds <= 0:
             return None
         idle = None
-        if last.total > first.total:  # NaN where /proc/stat was unreadable: the comparison is False
+        if last.total > first.total:  # NaN where the CPU times were unreadable: the comparison is False
             cores = (last.total - first.total) / seconds
             # max: a fully busy machine comes out a rounding error below zero (seen: -1.5e-13)
             idle = max(0.0, cores * (1 - (last.busy - first.busy) / (last.total - first.total)))
