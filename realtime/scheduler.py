@@ -116,7 +116,7 @@ class FrameScheduler:
                 self._styles.pop(plan.session.id, None)
         composite_started = time.perf_counter()
         images = await asyncio.to_thread(self._composite, plans, regions)
-        self.metrics.stage_seconds.observe("composite", time.perf_counter() - composite_started)
+        self.metrics.stage("composite", time.perf_counter() - composite_started)
         for plan, image in zip(plans, images, strict=True):
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()
@@ -152,7 +152,7 @@ class FrameScheduler:
         finally:
             budget.cancel()
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.stage_seconds.observe("inference", time.perf_counter() - started)
+            self.metrics.stage("inference", time.perf_counter() - started)
             self.metrics.batch_size.observe(len(speech))
         if self.style_smoothing:
             live = (p.session.id for p in speech)  # a session may have ended meanwhile

@@ -61,9 +61,9 @@ class AvatarVideoTrack(_QueueTrack):
         # aiortc's sender encodes and sends the frame this returned, then asks for the next: the time
         # in between is that frame's encode_send stage.
         if self._returned is not None:
-            self.metrics.stage_seconds.observe("encode_send", time.perf_counter() - self._returned)
+            self.metrics.stage("encode_send", time.perf_counter() - self._returned)
         offered, frame = await self.next()
-        self.metrics.stage_seconds.observe("video_queue", time.perf_counter() - offered)
+        self.metrics.stage("video_queue", time.perf_counter() - offered)
         picture = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         picture.pts = frame.number * RTP_TICKS_PER_FRAME
         picture.time_base = Fraction(1, VIDEO_CLOCK)
