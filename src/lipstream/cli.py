@@ -174,6 +174,19 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
     return 0 if payload["passed"] else 1
 
 
+def cmd_bench_transitions(args: argparse.Namespace) -> int:
+    from lipstream.benchmarks.transitions import run_transitions_bench
+    from lipstream.realtime.audio_in import read_audio_file
+    from lipstream.realtime.runtime import build_runtime
+
+    runtime = build_runtime(args.avatar, engine=args.engine)
+    speech = read_audio_file(args.speech)
+    payload = run_transitions_bench(runtime, speech, Path(args.out))
+    print(json.dumps(payload["results"], indent=2))
+    print("\n".join(f"wrote {f}" for f in payload["files"]))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lipstream.benchmarks.engine_bench import run_engine_bench
 
@@ -731,6 +744,14 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--ops", action="store_true", help="add ONNX Runtime's time per operator type (batch 1, 8)")
     engine.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and markdown")
     engine.set_defaults(func=cmd_bench)
+    transitions = bench_sub.add_parser(
+        "transitions", help="how far the lips jump entering and leaving speech, with and without the blend ramps"
+    )
+    transitions.add_argument("--avatar", help="avatar name or folder (default: the embedded one)")
+    transitions.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
+    transitions.add_argument("--speech", required=True, help="speech to drive it (any audio file FFmpeg reads)")
+    transitions.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
+    transitions.set_defaults(func=cmd_bench_transitions)
     session = bench_sub.add_parser("session", help="N loopback clients: fps, dropped frames, audio-to-mouth latency")
     session.add_argument("--sessions", type=int, default=2)
     session.add_argument("--seconds", type=positive_float, default=60.0)
