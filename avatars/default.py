@@ -7,6 +7,7 @@ into the user's avatar cache, and prepared again whenever the model it was made 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lipstream.models.weights import load_stylesync
@@ -17,6 +18,7 @@ from .errors import AvatarCacheError
 from .prepare import prepare_avatar
 
 DEFAULT_NAME = "default"
+logger = logging.getLogger("lipstream.avatars")
 
 
 def default_source() -> Path:
@@ -32,6 +34,7 @@ def default_avatar(profile: str = "rt", root: str | Path | None = None, show_pro
     _, model_id = load_stylesync(profile)
     try:
         return Avatar.load(root / name, model_id=model_id)
-    except AvatarCacheError:
+    except AvatarCacheError as err:
+        logger.info("preparing the default avatar %s: %s", name, err)
         prepare_avatar(default_source(), name, profile=profile, root=root, show_progress=show_progress)
         return Avatar.load(root / name, model_id=model_id)

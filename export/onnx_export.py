@@ -36,6 +36,8 @@ from .graphs import (
     output_shapes,
 )
 
+logger = logging.getLogger("lipstream.export")
+
 OPSET = 20
 MAX_BATCH = 64
 SETTINGS = "settings.json"
@@ -103,8 +105,11 @@ def load_settings(folder: Path) -> dict | None:
         settings = json.loads((folder / SETTINGS).read_text())
         if all(_sha256(folder / name) == digest for name, digest in settings["checksums"].items()):
             return settings
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if folder.exists():
+            logger.info("export folder %s cannot be reused (%s: %s); exporting again", folder, type(err).__name__, err)
+        return None
+    logger.info("export folder %s: a graph does not match its checksum; exporting again", folder)
     return None
 
 
