@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .session import AvatarSession, FramePlan
 
 MAX_BEHIND = 3
-# An inference still running after this is abandoned for its frames (idle ones are shown). Normal
+# An inference still running after this is abandoned for its frames (template frames are shown). Normal
 # batches take 5-20 ms on two cores; 100 ms (2.5 frames) leaves room for a busy machine.
 INFERENCE_TIMEOUT_S = 0.1
 
