@@ -16,7 +16,7 @@ import numpy as np
 
 from lipstream.realtime.clock import MonotonicClock
 from lipstream.realtime.runtime import Runtime
-from lipstream.realtime.session import BLEND_IN_FRAMES, BLEND_OUT_FRAMES, AvatarSession
+from lipstream.realtime.session import BLEND_IN_FRAMES, BLEND_OUT_FRAMES, AvatarSession, FramePlan, OutputFrame
 
 from .motion import mouth_box, transition_report
 from .report import git_commit, machine_info, output_stem, write_json
@@ -24,10 +24,22 @@ from .report import git_commit, machine_info, output_stem, write_json
 SILENCE_S = 1.0
 
 
-async def _frames(runtime: Runtime, audio: np.ndarray, blend_frames: tuple[int, int]) -> list:
+async def play(
+    runtime: Runtime, audio: np.ndarray, blend_frames: tuple[int, int], plans: list[FramePlan] | None = None
+) -> list[OutputFrame]:
+    """Every frame of `audio` (16 kHz, pushed at once) and 8 after it, ticked as fast as they come;
+    `plans`, when given, receives the plan behind each frame."""
     session = AvatarSession(
         "transitions", runtime.assets, queue_frames=len(audio) // 640 + 32, blend_frames=blend_frames
     )
+    if plans is not None:
+        planned = session.plan
+
+        def recording() -> FramePlan:
+            plans.append(planned())
+            return plans[-1]
+
+        session.plan = recording
     scheduler = runtime.scheduler(MonotonicClock())
     scheduler.add(session)
     session.push_audio(audio)
@@ -45,7 +57,7 @@ def run_transitions_bench(runtime: Runtime, speech: np.ndarray, out_dir: Path = 
     box = mouth_box(runtime.assets)
     results = {}
     for label, ramps in (("blended", (BLEND_IN_FRAMES, BLEND_OUT_FRAMES)), ("abrupt", (1, 1))):
-        frames = asyncio.run(_frames(runtime, audio, ramps))
+        frames = asyncio.run(play(runtime, audio, ramps))
         report = transition_report([f.image for f in frames], [f.kind for f in frames], box)
         results[label] = {"blend_frames": list(ramps)} | report
     payload = {

@@ -10,6 +10,7 @@ from fakes import FakeAssets
 from test_hardening import cache, runtime  # noqa: F401 (fixtures)
 
 from lipstream.benchmarks.motion import mouth_box, transition_report
+from lipstream.benchmarks.transitions import play
 from lipstream.realtime.clock import MonotonicClock
 from lipstream.realtime.metrics import Metrics
 from lipstream.realtime.runtime import Runtime
@@ -19,28 +20,8 @@ from lipstream.realtime.session import AvatarSession, FramePlan
 
 def _play(runtime: Runtime, audio: np.ndarray, blend_frames: tuple[int, int]) -> tuple[list, list[FramePlan]]:  # noqa: F811
     """Every frame of `audio` pushed at once, and the plan behind each."""
-
-    async def scenario() -> tuple[list, list[FramePlan]]:
-        session = AvatarSession("blend", runtime.assets, queue_frames=1000, blend_frames=blend_frames)
-        plans: list[FramePlan] = []
-        planned = session.plan
-
-        def recording() -> FramePlan:
-            plans.append(planned())
-            return plans[-1]
-
-        session.plan = recording
-        scheduler = FrameScheduler(runtime.engine, MonotonicClock())
-        scheduler.add(session)
-        session.push_audio(audio)
-        session.end_of_input()
-        frames = []
-        for _ in range(len(audio) // 640 + 8):
-            await scheduler.tick()
-            frames.append(await session.next_frame())
-        return frames, plans
-
-    return asyncio.run(scenario())
+    plans: list[FramePlan] = []
+    return asyncio.run(play(runtime, audio, blend_frames, plans)), plans
 
 
 def test_idle_frames_are_the_template_frames_untouched(runtime: Runtime) -> None:  # noqa: F811
