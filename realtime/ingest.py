@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from lipstream.dsp import FPS
 
 from .audio_in import SAMPLE_RATE, AudioFormatError, Resampler
-from .log import spawn
+from .log import logger, spawn
 from .registry import STATE, LiveSession
 from .security import error_response
 from .tts import MAX_TEXT_CHARS, TTSError, decode_speech
@@ -210,8 +210,8 @@ async def speak(request: web.Request) -> web.Response:
     try:
         samples = await asyncio.to_thread(decode_speech, await provider.synthesize(text, voice))
     except TTSError as err:
+        logger.warning("session %s: the %s TTS provider failed: %s", live.session.id, provider.name, err)
         raise error_response(web.HTTPBadGateway, f"the {provider.name} TTS provider failed: {err}") from err
-    ingest = Ingest(live, SAMPLE_RATE, 1, round(state.settings.push_ahead_seconds * FPS))
-    await ingest.push_samples(samples)
+    await _pusher(request, live, SAMPLE_RATE, 1).push_samples(samples)
     live.session.end_of_input()
     return web.json_response({"seconds": len(samples) / SAMPLE_RATE, "provider": provider.name})
