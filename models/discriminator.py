@@ -43,3 +43,41 @@ class Discriminator(nn.Module):
         x = self.blocks(self.from_rgb(image))  # [B, C0, rows_0, width_0]
         x = self.final_conv(minibatch_stddev(x))
         return self.final_fc(x.flatten(1))  # [B, 1]
+
+
+# The lips' box in the canonical crop, as fractions of its side (rows top, bottom; columns left, right):
+# eye line at 0.33 and a crop of 3.4 eye distances put the mouth near 0.7 of the side, 0.3 wide.
+MOUTH_BOX = (0.5625, 0.875, 0.25, 0.75)
+
+
+def mouth_crop(region: torch.Tensor, cfg: ProfileConfig) -> torch.Tensor:
+    """The lips' box of generated regions [B, 3, rows, face_size] (the bottom rows of the crop)."""
+    top, bottom, left, right = (round(f * cfg.face_size) for f in MOUTH_BOX)
+    first_row = cfg.face_size - cfg.region_rows
+    return region[:, :, top - first_row : bottom - first_row, left:right]
+
+
+class MouthDiscriminator(nn.Module):
+    """A patch discriminator on the lips' box: [B, 3, h, w] -> (logit map [B, 1, h/8, w/8], features).
+
+    The whole-region discriminator judges the lower face as one; this one only sees the lips, where a
+    blurred average of possible mouths is easiest to tell from a real one. Its intermediate features also
+    give the feature-matching loss (pix2pixHD), a perceptual distance that needs no pretrained network.
+    """
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        chans = (width, 2 * width, 4 * width, 4 * width)
+        self.from_rgb = EqualConv2d(3, chans[0], 1, activate=True)
+        self.stages = nn.ModuleList(
+            EqualConv2d(chans[i], chans[i + 1], 3, down=True, activate=True) for i in range(len(chans) - 1)
+        )
+        self.to_logit = EqualConv2d(chans[-1], 1, 3)
+
+    def forward(self, mouth: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.from_rgb(mouth)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.to_logit(x), features

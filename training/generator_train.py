@@ -11,7 +11,10 @@ Objective per step, on B samples of five consecutive frames (Eq. 5):
   `gan_from_step` so that the discriminator does not start against noise, and sees one generated
   frame in `adv_stride` (it would otherwise cost twice the generator's step on this CPU);
 - L_sync: the frozen training expert (seed 0) on the five generated frames composited into their
-  faces, against the frames' 0.2 s of audio.
+  faces, against the frames' 0.2 s of audio;
+- optional (`lambda_mouth_adv`, `lambda_fm`): a patch discriminator on the lips' box of every generated
+  frame, and feature matching in its layers against the real frame's lips (pix2pixHD's perceptual term,
+  computed with a network trained here instead of a pretrained VGG).
 
 The personalisation head dW stays at zero here (it is trained by `lipstream personalize`).
 Resumable: a checkpoint (networks, optimisers, step) every few minutes and at the end of a chunk;
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from lipstream.models.config import get_profile
-from lipstream.models.discriminator import Discriminator
+from lipstream.models.discriminator import Discriminator, MouthDiscriminator, mouth_crop
 from lipstream.models.stylesync import StyleSync
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import INIT_SEED
@@ -58,6 +61,9 @@ class GeneratorTrainConfig:
     lambda_perceptual: float = 10.0  # scales 1 - MS-SSIM like L1: both are part of L_rec
     lambda_sync: float = 1.0
     lambda_adv: float = 1.0
+    lambda_mouth_adv: float = 0.0  # the lips' patch discriminator; 0: not trained at all
+    lambda_fm: float = 0.0  # feature matching in the lips' discriminator (needs lambda_mouth_adv > 0)
+    colour_cast: bool = True  # augmentation: per-channel colour cast, or only a shared gain and offset
     perceptual: str = "ms-ssim"  # or "none" (the ablation)
     gan_from_step: int = 3000
     adv_stride: int = SYNC_FRAMES  # the discriminator sees every n-th generated frame (it costs 2x G)
@@ -97,6 +103,9 @@ class GeneratorTrainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.g_opt = torch.optim.Adam(trainable, lr=config.lr, betas=(0.5, 0.99))
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=config.d_lr, betas=(0.5, 0.99))
+        self.mouth_disc = MouthDiscriminator().to(self.device) if config.lambda_mouth_adv > 0 else None
+        if self.mouth_disc is not None:
+            self.mouth_opt = torch.optim.Adam(self.mouth_disc.parameters(), lr=config.d_lr, betas=(0.5, 0.99))
         self.expert = load_expert(config.expert, self.device) if config.expert else None
         self.step = 0
         out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +115,12 @@ class GeneratorTrainer:
             self.disc.load_state_dict(state["discriminator"])
             self.g_opt.load_state_dict(state["g_opt"])
             self.d_opt.load_state_dict(state["d_opt"])
+            if self.mouth_disc is not None and "mouth_discriminator" in state:
+                self.mouth_disc.load_state_dict(state["mouth_discriminator"])
+                self.mouth_opt.load_state_dict(state["mouth_opt"])
             self.step = state["step"]
         self.rows = cfg.region_rows
+        self.cfg = cfg
 
     def save(self) -> None:
         state = {
@@ -118,6 +131,8 @@ class GeneratorTrainer:
             "step": self.step,
             "config": asdict(self.config),
         }
+        if self.mouth_disc is not None:
+            state |= {"mouth_discriminator": self.mouth_disc.state_dict(), "mouth_opt": self.mouth_opt.state_dict()}
         torch.save(state, self.out / (CHECKPOINT + ".tmp"))
         (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
 
@@ -152,11 +167,21 @@ class GeneratorTrainer:
             self.disc.requires_grad_(False)
             losses["g_adv"] = F.softplus(-self.disc(fake[:: c.adv_stride])).mean()
             total = total + c.lambda_adv * losses["g_adv"]
+        mouths = (mouth_crop(fake, self.cfg), mouth_crop(real, self.cfg))
+        if use_gan and self.mouth_disc is not None:
+            mouth_terms = self._mouth_generator_terms(*mouths)
+            losses |= mouth_terms
+            total = total + c.lambda_mouth_adv * mouth_terms["g_mouth"] + c.lambda_fm * mouth_terms.get("fm", 0.0)
         self.g_opt.zero_grad(set_to_none=True)
         total.backward()
         self.g_opt.step()
         if use_gan:
-            losses |= self._discriminator_step(fake[:: c.adv_stride].detach(), real[:: c.adv_stride])
+            losses |= self._discriminator_step(
+                self.disc, self.d_opt, fake[:: c.adv_stride].detach(), real[:: c.adv_stride]
+            )
+        if use_gan and self.mouth_disc is not None:
+            mouth_losses = self._discriminator_step(self.mouth_disc, self.mouth_opt, mouths[0].detach(), mouths[1])
+            losses |= {f"{k}_mouth": v for k, v in mouth_losses.items()}
         self.step += 1
         return {k: v.item() for k, v in losses.items()} | {"total": total.item()}
 
@@ -164,20 +189,40 @@ class GeneratorTrainer:
         """Extra terms of the objective ("penalty" joins the total); none for the general model."""
         return {}
 
-    def _discriminator_step(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _mouth_generator_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The lips' adversarial term and, with lambda_fm, feature matching against the real lips."""
+        self.mouth_disc.requires_grad_(False)
+        logits, fake_features = self.mouth_disc(fake)
+        terms = {"g_mouth": F.softplus(-logits).mean()}
+        if self.config.lambda_fm > 0:
+            with torch.no_grad():
+                _, real_features = self.mouth_disc(real)
+            distances = [(f - r).abs().mean() for f, r in zip(fake_features, real_features, strict=True)]
+            terms["fm"] = torch.stack(distances).mean()
+        return terms
+
+    def _discriminator_step(
+        self, disc: torch.nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor, real: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One step of a discriminator (logits alone, or logits and features), lazy R1 on the real input."""
         c = self.config
-        self.disc.requires_grad_(True)
-        d_loss = F.softplus(self.disc(fake)).mean() + F.softplus(-self.disc(real)).mean()
+
+        def logits(image: torch.Tensor) -> torch.Tensor:
+            out = disc(image)
+            return out[0] if isinstance(out, tuple) else out
+
+        disc.requires_grad_(True)
+        d_loss = F.softplus(logits(fake)).mean() + F.softplus(-logits(real)).mean()
         out = {"d": d_loss.detach()}
         if self.step % c.r1_every == 0:
             real = real.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.disc(real).sum(), real, create_graph=True)
+            (grad,) = torch.autograd.grad(logits(real).sum(), real, create_graph=True)
             r1 = grad.pow(2).sum(dim=(1, 2, 3)).mean()
             d_loss = d_loss + c.r1_gamma / 2 * r1 * c.r1_every
             out["r1"] = r1.detach()
-        self.d_opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        self.d_opt.step()
+        opt.step()
         return out
 
     @torch.no_grad()
@@ -210,7 +255,9 @@ class GeneratorTrainer:
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         c = self.config
         clips = load_clips(self.cache, "train")
-        data = GeneratorSamples(clips, c.steps * c.batch, seed=c.seed, grid_share=c.grid_share, augment=True)
+        data = GeneratorSamples(
+            clips, c.steps * c.batch, seed=c.seed, grid_share=c.grid_share, augment=True, colour_cast=c.colour_cast
+        )
         loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
         return iter(loader)
 

@@ -111,8 +111,9 @@ class GeneratorSamples(Dataset):
 
     `grid_share` is the probability of drawing a GRID s1 clip (there are ~25 times more of them than of
     the other identities' clips, which are longer); within a group every person is equally likely.
-    `augment` mirrors a sample and casts its colours (see _augment), the same for all its frames and its
-    reference (mirroring leaves the sync with the audio intact).
+    `augment` mirrors a sample and changes its brightness and contrast, and with `colour_cast` each
+    channel's too (see _augment), the same for all its frames and its reference (mirroring leaves the
+    sync with the audio intact).
     """
 
     def __init__(
@@ -123,10 +124,11 @@ class GeneratorSamples(Dataset):
         mel_cfg: MelConfig | None = None,
         grid_share: float | None = None,
         augment: bool = False,
+        colour_cast: bool = True,
     ) -> None:
         if not clips:
             raise ValueError("no clips with audio in this split; build the dataset first (lipstream dataset build)")
-        self.length, self.seed, self.augment = length, seed, augment
+        self.length, self.seed, self.augment, self.colour_cast = length, seed, augment, colour_cast
         grid = [c for c in clips if c.meta["identity"] == "grid_s1"]
         other = [c for c in clips if c.meta["identity"] != "grid_s1"]
         if grid_share is None or not grid or not other:
@@ -155,7 +157,7 @@ class GeneratorSamples(Dataset):
         targets = to_unit(np.asarray(clip.crops[first : first + SYNC_FRAMES]))  # [5, 3, S, S]
         reference_face = to_unit(np.asarray(clip.crops[reference]))  # [3, S, S]
         if self.augment:
-            targets, reference_face = self._augment(rng, targets, reference_face)
+            targets, reference_face = self._augment(rng, targets, reference_face, self.colour_cast)
         return {
             "targets": targets,
             "mels": torch.from_numpy(windows)[:, None],  # [5, 1, 80, 16]
@@ -166,14 +168,17 @@ class GeneratorSamples(Dataset):
 
     @staticmethod
     def _augment(
-        rng: np.random.Generator, targets: torch.Tensor, reference: torch.Tensor
+        rng: np.random.Generator, targets: torch.Tensor, reference: torch.Tensor, colour_cast: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same mirror, gain, offset and per-channel colour cast for the frames and their reference:
         a face's colours change, so the generator must take the lips' and skin's colour from the
         reference, not from memory of the identity."""
         if rng.random() < 0.5:
             targets, reference = targets.flip(-1), reference.flip(-1)
-        gain = float(rng.uniform(0.8, 1.2)) * torch.from_numpy(rng.uniform(0.85, 1.15, 3).astype(np.float32))
-        shift = float(rng.uniform(-0.1, 0.1)) + torch.from_numpy(rng.uniform(-0.08, 0.08, 3).astype(np.float32))
+        cast = 1.0 if colour_cast else 0.0  # the draws are made either way: the same samples otherwise
+        gain = float(rng.uniform(0.8, 1.2))
+        gain = gain * (1 + cast * torch.from_numpy(rng.uniform(-0.15, 0.15, 3).astype(np.float32)))
+        shift = float(rng.uniform(-0.1, 0.1))
+        shift = shift + cast * torch.from_numpy(rng.uniform(-0.08, 0.08, 3).astype(np.float32))
         gain, shift = gain[:, None, None], shift[:, None, None]  # [3, 1, 1]
         return (targets * gain + shift).clamp(-1, 1), (reference * gain + shift).clamp(-1, 1)

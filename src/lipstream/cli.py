@@ -359,6 +359,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         expert=args.expert,
         grid_share=args.grid_share,
         lambda_sync=args.lambda_sync,
+        lambda_mouth_adv=args.lambda_mouth_adv,
+        lambda_fm=args.lambda_fm,
+        colour_cast=args.augment == "colour",
         init=args.init,
     )
     result = GeneratorTrainer(cache, out, config, resume=args.resume).run()
@@ -678,6 +681,21 @@ def build_parser() -> argparse.ArgumentParser:
     generator.add_argument("--gan-from-step", type=int, default=3000, help="the adversarial loss joins here")
     generator.add_argument(
         "--lambda-sync", type=non_negative_float, default=1.0, help="weight of the sync loss (lambda_s)"
+    )
+    generator.add_argument(
+        "--lambda-mouth-adv",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of the lips' patch discriminator (0: none), from --gan-from-step",
+    )
+    generator.add_argument(
+        "--lambda-fm", type=non_negative_float, default=0.0, help="feature matching in the lips' discriminator"
+    )
+    generator.add_argument(
+        "--augment",
+        choices=("colour", "light"),
+        default="colour",
+        help="colour: per-channel colour casts; light: brightness and contrast only (with mirroring, both)",
     )
     generator.add_argument("--init", help="fp16 weights to start from, e.g. models/weights/rt.pt (a fine-tune)")
     generator.add_argument("--validate-every", type=int, default=2000)
