@@ -28,7 +28,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from lipstream.dsp import read_wav
+from lipstream.dsp import read_wav, to_s16
 from lipstream.realtime.audio_in import Resampler
 from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.jitter import LowDelayAudioBuffer, MarkerVideoBuffer, install
@@ -181,7 +181,7 @@ def load_speech(path: str | Path | None = None) -> np.ndarray:
         raise ValueError(f"no speech file at {path}; pass --speech WAV with a few seconds of real speech")
     samples, rate = read_wav(path)
     if rate != RATE:
-        samples = Resampler(rate, 1).push((samples * 32767).astype(np.int16)[:, None])
+        samples = Resampler(rate, 1).push(to_s16(samples)[:, None]).features
     if np.abs(samples).max() < 2 * LOUD:
         raise ValueError(f"{path} is (nearly) silent; pass --speech WAV with real speech")
     return samples

@@ -1,6 +1,16 @@
 """Signal processing shared by training and the real-time path: mel features, WAV input."""
 
-from .media import FPS, MEL_SAMPLE_RATE, RTP_TICKS_PER_FRAME, SAMPLES_PER_FRAME, VIDEO_CLOCK, from_s16, to_s16
+from .media import (
+    FPS,
+    MEL_SAMPLE_RATE,
+    PLAYBACK_RATE,
+    PLAYBACK_SAMPLES_PER_FRAME,
+    RTP_TICKS_PER_FRAME,
+    SAMPLES_PER_FRAME,
+    VIDEO_CLOCK,
+    from_s16,
+    to_s16,
+)
 from .mel import (
     AudioInputError,
     MelConfig,
@@ -17,6 +27,8 @@ from .wav import WavFormatError, read_wav
 __all__ = [
     "FPS",
     "MEL_SAMPLE_RATE",
+    "PLAYBACK_RATE",
+    "PLAYBACK_SAMPLES_PER_FRAME",
     "RTP_TICKS_PER_FRAME",
     "SAMPLES_PER_FRAME",
     "VIDEO_CLOCK",

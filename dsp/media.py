@@ -1,8 +1,10 @@
 """The media facts everything else derives from: one home each.
 
 Video runs at FPS frames per second. Audio for the mel features is MEL_SAMPLE_RATE mono, so video
-frame k covers samples [SAMPLES_PER_FRAME k, SAMPLES_PER_FRAME (k + 1)). On the wire, video frame k
-carries RTP timestamp RTP_TICKS_PER_FRAME k on the VIDEO_CLOCK. 16-bit PCM converts to and from float
+frame k covers samples [SAMPLES_PER_FRAME k, SAMPLES_PER_FRAME (k + 1)). The audio played back with
+the frames is the input at PLAYBACK_RATE (full band: what Opus carries), PLAYBACK_SAMPLES_PER_FRAME a
+frame, covering the same time. On the wire, video frame k carries RTP timestamp RTP_TICKS_PER_FRAME k
+on the VIDEO_CLOCK. 16-bit PCM converts to and from float
 samples in [-1, 1] here and nowhere else.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 FPS = 25
-MEL_SAMPLE_RATE = 16_000  # Hz: what the mel features (and today's returned audio) run at
+MEL_SAMPLE_RATE = 16_000  # Hz: what the mel features run at
 SAMPLES_PER_FRAME = MEL_SAMPLE_RATE // FPS  # 640
+PLAYBACK_RATE = 48_000  # Hz: the audio that goes back out with the frames
+PLAYBACK_SAMPLES_PER_FRAME = PLAYBACK_RATE // FPS  # 1920
 VIDEO_CLOCK = 90_000  # Hz, RTP's clock for video
 RTP_TICKS_PER_FRAME = VIDEO_CLOCK // FPS  # 3600
 

@@ -1,7 +1,7 @@
 """Audio into a session, one path for every source: a WebRTC track (live: late input is dropped, never
-played late), and HTTP or WebSocket pushes of PCM or WAV (faster than real time: held back once they
-run push_ahead_seconds ahead of playback). `Ingest` owns the resampling to the features' rate and that
-back-pressure."""
+played late), and HTTP or WebSocket pushes of PCM, WAV, MP3, Ogg or mu-law (faster than real time:
+held back once they run push_ahead_seconds ahead of playback). `Ingest` owns the resampling to the
+features' rate and to the playback rate, and that back-pressure."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError
 
-from lipstream.dsp import FPS
+from lipstream.dsp import FPS, PLAYBACK_RATE
 
-from .audio_in import SAMPLE_RATE, AudioFormatError, Resampler
+from .audio_in import SAMPLE_RATE, Audio, AudioFormatError, Resampler, decode_audio
 from .log import logger, spawn
 from .registry import STATE, LiveSession
 from .security import error_response
@@ -24,6 +24,8 @@ from .tts import MAX_TEXT_CHARS, TTSError, decode_speech
 
 LIVE_BACKLOG_EXTRA_FRAMES = 2  # live input more than this far behind is dropped, not played late
 WEBRTC_RATE, WEBRTC_CHANNELS = 48_000, 2  # what aiortc's Opus decoder hands over
+DECODED_STEP_SECONDS = 0.2  # decoded files are fed in steps this long, each subject to back-pressure
+MAX_ENCODED_BYTES = 64 << 20  # a compressed upload is decoded whole: about an hour of 128 kbit/s MP3
 
 
 class Ingest:
@@ -49,15 +51,18 @@ class Ingest:
             samples = self.resampler.push_frame(frame)
         await self._feed(samples)
 
-    async def push_samples(self, samples: np.ndarray) -> None:
-        """float32 mono already at the features' rate (decoded speech), in 0.2 s steps so that
-        back-pressure applies to it as to any push."""
-        step = self.live.session.mel_cfg.samples_per_frame * 5
-        for start in range(0, len(samples), step):
-            await self._feed(samples[start : start + step])
+    async def push_decoded(self, audio: Audio) -> None:
+        """A whole decoded file (TTS speech, an MP3 upload), in 0.2 s steps so that back-pressure
+        applies to it as to any push."""
+        step = round(DECODED_STEP_SECONDS * SAMPLE_RATE)
+        ratio = PLAYBACK_RATE // SAMPLE_RATE
+        for start in range(0, len(audio.features), step):
+            last = start + step >= len(audio.features)  # the last step also takes the resampler's tail
+            playback = audio.playback[start * ratio : None if last else (start + step) * ratio]
+            await self._feed(Audio(audio.features[start : start + step], playback))
 
-    async def _feed(self, samples: object) -> None:
-        self.live.session.push_audio(samples)
+    async def _feed(self, audio: Audio) -> None:
+        self.live.session.push_audio(audio.features, audio.playback)
         self.live.touch()
         if self.ahead_frames is not None:
             clock = self.live.clock
@@ -131,67 +136,121 @@ async def _receive(socket: web.WebSocketResponse, live: LiveSession, ingest: Ing
             await socket.send_json({"error": 'send binary s16le PCM, or the text "end" or "interrupt"'})
 
 
-def _pcm_format(request: web.Request) -> tuple[bool, int, int]:
-    """(is_wav, rate, channels) from the Content-Type and query."""
-    kind = request.content_type
-    if kind in ("audio/wav", "audio/x-wav", "audio/wave"):
-        return True, 0, 0
-    if kind not in ("audio/pcm", "application/octet-stream"):
-        raise error_response(
-            web.HTTPUnsupportedMediaType,
-            "send audio/wav, or raw s16le PCM as audio/pcm or application/octet-stream with ?rate=&channels=",
-        )
+WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
+RAW_TYPES = ("audio/pcm", "application/octet-stream")  # s16le with ?rate=&channels=
+MULAW_TYPES = ("audio/basic", "audio/pcmu", "audio/x-mulaw")  # G.711 mu-law bytes, ?rate= (default 8000)
+ENCODED_TYPES = ("audio/mpeg", "audio/mp3", "audio/ogg", "audio/opus", "audio/flac", "audio/webm")  # FFmpeg
+ACCEPTED = (
+    "16-bit or other WAV (audio/wav), raw s16le PCM (audio/pcm or application/octet-stream, ?rate=&channels=), "
+    "mu-law (audio/basic, ?rate=, default 8000), MP3 (audio/mpeg), Ogg/Opus (audio/ogg) or FLAC (audio/flac)"
+)
+
+
+def _raw_format(request: web.Request, default_rate: int | None = None) -> tuple[int, int]:
+    """(rate, channels) of raw samples from the query."""
     try:
-        rate = int(request.query["rate"])
+        rate = int(request.query["rate"]) if default_rate is None else int(request.query.get("rate", default_rate))
         channels = int(request.query.get("channels", "1"))
     except (KeyError, ValueError) as err:
         raise error_response(web.HTTPBadRequest, "raw PCM needs ?rate=<Hz> (and optionally &channels=1|2)") from err
-    return False, rate, channels
+    return rate, channels
 
 
-async def _wav_header(stream: web.StreamReader) -> tuple[int, int]:
-    """Reads a PCM WAV header off the stream; returns (rate, channels), leaving the stream at the samples."""
+def mulaw_to_s16(data: bytes) -> bytes:
+    """G.711 mu-law bytes -> s16le PCM bytes (the table of ITU-T G.711)."""
+    return _MULAW_TABLE[np.frombuffer(data, np.uint8)].tobytes()
+
+
+def _mulaw_table() -> np.ndarray:
+    code = ~np.arange(256, dtype=np.int32) & 0xFF
+    magnitude = (((code & 0x0F) << 3) + 0x84) << ((code >> 4) & 0x07)
+    return np.where(code & 0x80, 0x84 - magnitude, magnitude - 0x84).astype("<i2")
+
+
+_MULAW_TABLE = _mulaw_table()
+
+
+async def _wav_header(stream: web.StreamReader) -> tuple[int, int, bytes]:
+    """Reads a WAV header off the stream, leaving it at the samples: (rate, channels, header) for
+    16-bit PCM, or (0, 0, header) for another encoding, which then goes to FFmpeg whole."""
+    header = b""
     try:
         riff = await stream.readexactly(12)
+        header += riff
         if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
             raise error_response(web.HTTPBadRequest, "not a WAV stream (no RIFF/WAVE header)")
         rate = channels = 0
+        pcm16 = True
         while True:
-            chunk_id, size = struct.unpack("<4sI", await stream.readexactly(8))
+            chunk = await stream.readexactly(8)
+            header += chunk
+            chunk_id, size = struct.unpack("<4sI", chunk)
             if chunk_id == b"data":
                 if not rate:
                     raise error_response(web.HTTPBadRequest, "WAV data before its fmt chunk")
-                return rate, channels
+                return (rate, channels, header) if pcm16 else (0, 0, header)
             if size > 1 << 16:
                 raise error_response(web.HTTPBadRequest, f"WAV header chunk {chunk_id!r} of {size} bytes is too large")
             payload = await stream.readexactly(size + size % 2)
+            header += payload
             if chunk_id == b"fmt ":
                 audio_format, channels, rate, _, _, bits = struct.unpack("<HHIIHH", payload[:16])
-                if audio_format != 1 or bits != 16:
-                    raise error_response(
-                        web.HTTPUnsupportedMediaType,
-                        f"WAV format {audio_format}, {bits} bits; send 16-bit PCM (format 1)",
-                    )
+                pcm16 = audio_format == 1 and bits == 16
     except asyncio.IncompleteReadError as err:
         raise error_response(web.HTTPBadRequest, "the WAV header is truncated") from err
 
 
+async def _read_encoded(stream: web.StreamReader, head: bytes = b"") -> bytes:
+    data = bytearray(head)
+    async for chunk in stream.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > MAX_ENCODED_BYTES:
+            raise error_response(
+                web.HTTPRequestEntityTooLarge,
+                f"compressed audio is decoded whole, up to {MAX_ENCODED_BYTES >> 20} MB; send it in parts, or as "
+                "PCM, which streams",
+            )
+    return bytes(data)
+
+
 async def push_audio(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    live = state.get(request.match_info["session"])
-    is_wav, rate, channels = _pcm_format(request)
-    if is_wav:
-        rate, channels = await _wav_header(request.content)
-    ingest = _pusher(request, live, rate, channels)
-    received = 0
-    async for chunk in request.content.iter_chunked(4096):
-        await ingest.push_bytes(chunk)
-        received += len(chunk)
+    """Audio of one utterance in the request body, in any format of ACCEPTED (else 415, naming them).
+    PCM, 16-bit WAV and mu-law stream through as they arrive; compressed formats are decoded whole."""
+    live = request.app[STATE].get(request.match_info["session"])
+    kind = request.content_type
+    encoded: bytes | None = None
+    convert = None
+    if kind in WAV_TYPES:
+        rate, channels, header = await _wav_header(request.content)
+        if not rate:
+            encoded = await _read_encoded(request.content, header)
+    elif kind in RAW_TYPES:
+        rate, channels = _raw_format(request)
+    elif kind in MULAW_TYPES:
+        (rate, channels), convert = _raw_format(request, default_rate=8000), mulaw_to_s16
+    elif kind in ENCODED_TYPES:
+        encoded = await _read_encoded(request.content)
+    else:
+        raise error_response(web.HTTPUnsupportedMediaType, f"Content-Type {kind!r} is not accepted; send {ACCEPTED}")
+    if encoded is not None:
+        try:
+            audio = await asyncio.to_thread(decode_audio, encoded, f"the {kind} body")
+        except AudioFormatError as err:
+            raise error_response(web.HTTPUnsupportedMediaType, f"{err}; send {ACCEPTED}") from err
+        ingest = _pusher(request, live, SAMPLE_RATE, 1)
+        await ingest.push_decoded(audio)
+        seconds = len(audio.features) / SAMPLE_RATE
+    else:
+        ingest = _pusher(request, live, rate, channels)
+        received = 0
+        async for chunk in request.content.iter_chunked(4096):
+            await ingest.push_bytes(convert(chunk) if convert else chunk)
+            received += len(chunk)
+        seconds = received / ((1 if convert else 2) * channels * rate)
     live.session.end_of_input()
-    throttled = ingest.throttled_seconds
     # throttled_seconds: how long reading was paused because the push ran more than
     # push_ahead_seconds ahead of playback (the client is told, and TCP back-pressure slowed it).
-    return web.json_response({"seconds": received / (2 * channels * rate), "throttled_seconds": round(throttled, 3)})
+    return web.json_response({"seconds": round(seconds, 6), "throttled_seconds": round(ingest.throttled_seconds, 3)})
 
 
 async def speak(request: web.Request) -> web.Response:
@@ -208,10 +267,10 @@ async def speak(request: web.Request) -> web.Response:
         raise error_response(web.HTTPBadRequest, expected)
     provider = state.settings.tts
     try:
-        samples = await asyncio.to_thread(decode_speech, await provider.synthesize(text, voice))
+        audio = await asyncio.to_thread(decode_speech, await provider.synthesize(text, voice))
     except TTSError as err:
         logger.warning("session %s: the %s TTS provider failed: %s", live.session.id, provider.name, err)
         raise error_response(web.HTTPBadGateway, f"the {provider.name} TTS provider failed: {err}") from err
-    await _pusher(request, live, SAMPLE_RATE, 1).push_samples(samples)
+    await _pusher(request, live, SAMPLE_RATE, 1).push_decoded(audio)
     live.session.end_of_input()
-    return web.json_response({"seconds": len(samples) / SAMPLE_RATE, "provider": provider.name})
+    return web.json_response({"seconds": len(audio.features) / SAMPLE_RATE, "provider": provider.name})

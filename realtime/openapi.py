@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lipstream import __version__
 
+from .ingest import ACCEPTED, ENCODED_TYPES, MULAW_TYPES, RAW_TYPES, WAV_TYPES
 from .routes import Route
 
 _ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
@@ -64,13 +65,14 @@ OPERATIONS: dict[str, dict] = {
     },
     "audio": {
         "responses": {"200": {"description": "pushed", **_json({"$ref": "#/components/schemas/Pushed"})}}
-        | _errors(400, 404, 415),
+        | _errors(400, 404, 413, 415),
         "parameters": [_SESSION, *_PCM_QUERY],
         "requestBody": {
             "required": True,
+            "description": ACCEPTED,
             "content": {
                 kind: {"schema": {"type": "string", "format": "binary"}}
-                for kind in ("audio/pcm", "application/octet-stream", "audio/wav")
+                for kind in (*WAV_TYPES, *RAW_TYPES, *MULAW_TYPES, *ENCODED_TYPES)
             },
         },
     },

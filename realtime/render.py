@@ -15,9 +15,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipstream.dsp import MelConfig, num_video_frames, to_s16
+from lipstream.dsp import PLAYBACK_RATE, num_video_frames, to_s16
 
-from .audio_in import SAMPLE_RATE, read_audio_file
+from .audio_in import SAMPLE_RATE, read_audio_streams
 from .clock import MonotonicClock
 from .runtime import Runtime
 from .session import AvatarSession, OutputFrame
@@ -35,16 +35,20 @@ def render(runtime: Runtime, audio_path: str | Path, out: str | Path) -> RenderR
     return asyncio.run(render_async(runtime, audio_path, out))
 
 
-async def rendered_frames(runtime: Runtime, samples: np.ndarray) -> AsyncIterator[OutputFrame]:
-    """Every video frame of `samples` (16 kHz mono float32), from a fresh session whose ticks follow
-    each other at once."""
+async def rendered_frames(
+    runtime: Runtime, samples: np.ndarray, playback: np.ndarray | None = None
+) -> AsyncIterator[OutputFrame]:
+    """Every video frame of `samples` (16 kHz mono float32; `playback`: the same at 48 kHz, else they
+    are upsampled for the frames' audio), from a fresh session whose ticks follow each other at once."""
     total = num_video_frames(len(samples))
     session = AvatarSession("render", runtime.assets, queue_frames=total + 1)
     scheduler = runtime.scheduler(MonotonicClock())
     scheduler.add(session)
-    step = MelConfig().samples_per_frame * 25
+    step, ratio = SAMPLE_RATE, PLAYBACK_RATE // SAMPLE_RATE  # a second at a time
     for start in range(0, len(samples), step):
-        session.push_audio(samples[start : start + step])
+        last = start + step >= len(samples)
+        part = None if playback is None else playback[start * ratio : None if last else (start + step) * ratio]
+        session.push_audio(samples[start : start + step], part)
     session.end_of_input()
     for _ in range(total):
         await scheduler.tick()
@@ -52,7 +56,7 @@ async def rendered_frames(runtime: Runtime, samples: np.ndarray) -> AsyncIterato
 
 
 async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path) -> RenderResult:
-    samples = read_audio_file(str(audio_path))
+    audio_in = read_audio_streams(str(audio_path))
     loop = asyncio.get_running_loop()
     started = loop.time()
     out = Path(out)
@@ -61,9 +65,9 @@ async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path
         width, height = runtime.assets.frame_size
         video = container.add_stream("libx264", rate=25, options={"crf": "18", "preset": "veryfast"})
         video.width, video.height, video.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
-        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        audio = container.add_stream("aac", rate=PLAYBACK_RATE, layout="mono")
         fifo = av.AudioFifo()
-        async for frame in rendered_frames(runtime, samples):
+        async for frame in rendered_frames(runtime, audio_in.features, audio_in.playback):
             frames += 1
             speech_frames += frame.kind == "speech"
             image = np.ascontiguousarray(frame.image[: video.height, : video.width])
@@ -71,7 +75,7 @@ async def render_async(runtime: Runtime, audio_path: str | Path, out: str | Path
             picture.pts, picture.time_base = frame.number, Fraction(1, 25)
             container.mux(video.encode(picture))
             sound = av.AudioFrame.from_ndarray(to_s16(frame.audio)[None], format="s16", layout="mono")
-            sound.sample_rate, sound.pts = SAMPLE_RATE, frame.number * len(frame.audio)
+            sound.sample_rate, sound.pts = PLAYBACK_RATE, frame.number * len(frame.audio)
             fifo.write(sound)
             while (chunk := fifo.read(audio.frame_size or 1024)) is not None:
                 container.mux(audio.encode(chunk))

@@ -1,13 +1,14 @@
 """One avatar session: audio in, frames out, on the LiveKit avatar-worker contract.
 
-    session.push_audio(samples)      16 kHz mono float32, any chunk size, as it arrives
+    session.push_audio(samples[, playback])  16 kHz mono float32 (and the same at 48 kHz), as it arrives
     session.end_of_input()           an utterance (a file, a TTS reply) is complete: play out its tail
     session.clear_buffer()           interrupt: drop queued audio and pending frames, go idle
     async for frame in session: ...  OutputFrame(number, image, audio), 25 per second
     session.subscribe()              a queue of PlaybackEvents: speech_started, speech_ended, idle
 
 Input audio becomes per-frame entries as soon as each frame's mel window is complete (the look-ahead):
-the window, the frame's own 640 samples, and whether it holds speech. The entries wait in a small
+the window, the frame's own 40 ms of playback audio (1920 samples at 48 kHz: the input's full band,
+not the features' 16 kHz), and whether it holds speech. The entries wait in a small
 jitter buffer; the shared scheduler takes one frame from every session per 40 ms tick (`plan`), runs
 inference for the speech frames of all sessions in one batch, and hands back images (`deliver`).
 A frame's audio leaves together with its image, so sound and mouth cannot drift apart.
@@ -22,9 +23,9 @@ from itertools import islice
 
 import numpy as np
 
-from lipstream.dsp import MelConfig, StreamingMelWindows, WindowBatch
+from lipstream.dsp import PLAYBACK_RATE, MelConfig, StreamingMelWindows, WindowBatch
 
-from .audio_in import VoiceActivity
+from .audio_in import RateConverter, VoiceActivity
 from .compositor import AvatarAssets
 from .metrics import Metrics
 
@@ -45,7 +46,7 @@ class FramePlan:
     session: AvatarSession
     index: int  # template frame shown
     mel: np.ndarray | None  # [1, 80, 16] when the frame needs inference (blend > 0), else None
-    audio: np.ndarray  # [640] float32, the audio leaving with this frame
+    audio: np.ndarray  # [1920] float32 at 48 kHz, the audio leaving with this frame
     from_input: bool  # the audio is the client's (else silence while idle)
     blend: float = 0.0  # weight of the generated lower face against the template's own (0: idle)
     speech: bool = False  # the frame's audio holds speech
@@ -53,9 +54,9 @@ class FramePlan:
 
 @dataclass
 class OutputFrame:
-    number: int  # session frame counter: RTP video timestamp 3600 * number, audio sample 640 * number
+    number: int  # session frame counter: RTP video timestamp 3600 * number, audio sample 1920 * number
     image: np.ndarray  # [H, W, 3] uint8 RGB
-    audio: np.ndarray  # [640] float32, 16 kHz
+    audio: np.ndarray  # [1920] float32, 48 kHz
     kind: str  # "speech" (generated), "blend" (passing to or from the template), "idle" (the template)
 
 
@@ -82,7 +83,7 @@ EVENT_QUEUE = 64  # events a slow listener may fall behind by before the oldest 
 @dataclass
 class _Entry:
     window: np.ndarray  # [80, 16]
-    audio: np.ndarray  # [640]
+    audio: np.ndarray  # [1920] at 48 kHz
     speech: bool
 
 
@@ -120,7 +121,7 @@ class AvatarSession:
         self._utterance_frames: int | None = None  # frames of the playing utterance shown so far (None: none)
         self._idle_announced = True
         self._consumed = asyncio.Event()  # set whenever buffered input shrinks
-        self._discard = 0  # input samples still to drop after an interrupt
+        self._discard = 0.0  # seconds of input still to drop after an interrupt
         # Live input (a microphone over WebRTC) arrives in real time, so a backlog only grows when the
         # machine fell behind; playing it late would add that delay for good. Set for live sessions:
         # frames beyond this backlog are dropped (counted). None: pushed audio, played however far ahead.
@@ -132,9 +133,16 @@ class AvatarSession:
         self._vad = VoiceActivity()
         self._samples = np.zeros(0, np.float32)  # this stream's samples from _offset on
         self._offset = 0
+        self._playback = np.zeros(0, np.float32)  # the same at 48 kHz, from _offset * _ratio on
+        self._upsampler: RateConverter | None = None
 
-    def push_audio(self, samples: np.ndarray) -> None:
-        """samples: [n] float32 mono at 16 kHz."""
+    @property
+    def _ratio(self) -> int:
+        return PLAYBACK_RATE // self.mel_cfg.sample_rate
+
+    def push_audio(self, samples: np.ndarray, playback: np.ndarray | None = None) -> None:
+        """samples: [n] float32 mono at 16 kHz; playback: the same stretch at 48 kHz (about 3 n samples),
+        from the source itself so that it keeps the full band. Without it, `samples` are upsampled."""
         if self._ended:  # a new utterance after end_of_input
             self._new_stream()
             self._ended = False
@@ -144,10 +152,17 @@ class AvatarSession:
                 "than about real time"
             )
         samples = np.asarray(samples, np.float32)
-        if self._discard:
-            dropped = min(self._discard, len(samples))
-            samples, self._discard = samples[dropped:], self._discard - dropped
+        if playback is None:
+            self._upsampler = self._upsampler or RateConverter(self.mel_cfg.sample_rate, PLAYBACK_RATE)
+            playback = self._upsampler.push(samples)
+        playback = np.asarray(playback, np.float32)
+        if self._discard > 0:
+            dropped = min(self._discard, len(samples) / self.mel_cfg.sample_rate)
+            self._discard -= dropped
+            samples = samples[round(dropped * self.mel_cfg.sample_rate) :]
+            playback = playback[round(dropped * PLAYBACK_RATE) :]
         self._samples = np.concatenate([self._samples, samples])
+        self._playback = np.concatenate([self._playback, playback])
         with self.metrics.timed("vad"):
             self._vad.push(samples)
         with self.metrics.timed("mel"):
@@ -176,7 +191,7 @@ class AvatarSession:
         discard_seconds: also drop this much of the audio pushed next, which a network client may
         already have had in flight when it asked for the interrupt.
         """
-        self._discard = round(discard_seconds * self.mel_cfg.sample_rate)
+        self._discard = discard_seconds
         self._end_utterance(interrupted=True)
         self._consumed.set()
         self._entries.clear()
@@ -189,18 +204,19 @@ class AvatarSession:
 
     def _queue(self, batch: WindowBatch) -> None:
         cfg = self.mel_cfg
-        per_frame = cfg.samples_per_frame
+        per_frame, ratio = cfg.samples_per_frame, self._ratio
         for i, window in enumerate(batch.windows):
             k = batch.first_frame + i
-            start = k * per_frame - self._offset
-            audio = self._samples[start : start + per_frame]
-            audio = np.pad(audio, (0, per_frame - len(audio)))
+            start = (k * per_frame - self._offset) * ratio
+            audio = self._playback[start : start + per_frame * ratio]
+            audio = np.pad(audio, (0, per_frame * ratio - len(audio)))  # the resampler's last few samples
             span_start = max(cfg.window_start(k) * cfg.hop_length - cfg.n_fft // 2, 0)
             speech = self._vad.speech(span_start, cfg.samples_needed(k))
             self._entries.append(_Entry(window, audio, speech))
         keep_from = max(self._mel.next_frame * per_frame - cfg.n_fft, 0)  # samples later frames still need
         if keep_from > self._offset:
             self._samples = self._samples[keep_from - self._offset :]
+            self._playback = self._playback[(keep_from - self._offset) * ratio :]
             self._offset = keep_from
             self._vad.forget_before(max(keep_from - 2 * cfg.n_fft, 0))
 
@@ -217,7 +233,8 @@ class AvatarSession:
             if not self._ended:
                 self.metrics.underruns.inc()
         if not self._playing:
-            return self._blended(index, None, np.zeros(self.mel_cfg.samples_per_frame, np.float32), False, False)
+            silence = np.zeros(self.mel_cfg.samples_per_frame * self._ratio, np.float32)
+            return self._blended(index, None, silence, False, False)
         if self.max_backlog_frames is not None and len(self._entries) > self.max_backlog_frames:
             excess = len(self._entries) - self.max_backlog_frames
             for _ in range(excess):

@@ -1,6 +1,6 @@
 """Media tracks: a session's frames as an aiortc video track (25 fps, RTP timestamp 3600 k) and audio
-track (20 ms frames, the same samples that entered, delayed exactly as much as the video), fanned out
-to every peer that watches the session."""
+track (20 ms frames at 48 kHz, the input at its full band, delayed exactly as much as the video),
+fanned out to every peer that watches the session."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
-from lipstream.dsp import MEL_SAMPLE_RATE, RTP_TICKS_PER_FRAME, VIDEO_CLOCK, to_s16
+from lipstream.dsp import PLAYBACK_RATE, RTP_TICKS_PER_FRAME, VIDEO_CLOCK, to_s16
 
 from .log import spawn
 from .metrics import Metrics
 from .session import AvatarSession, OutputFrame
 
-AUDIO_RATE = MEL_SAMPLE_RATE  # the returned audio is the input resampled for the features
+AUDIO_RATE = PLAYBACK_RATE  # what Opus carries: the input's full band
 AUDIO_CHUNK = AUDIO_RATE // 50  # 20 ms
 
 

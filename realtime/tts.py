@@ -10,16 +10,13 @@ A provider that fails raises TTSError with the provider's own words; the server 
 from __future__ import annotations
 
 import asyncio
-import io
 import shutil
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-import av
-import numpy as np
 
-from .audio_in import SAMPLE_RATE, Resampler
+from .audio_in import Audio, AudioFormatError, decode_audio
 
 MAX_TEXT_CHARS = 2000  # about two minutes of speech: longer texts are sent in parts
 PROVIDERS = ("espeak", "openai")
@@ -97,17 +94,9 @@ def make_provider(kind: str, url: str | None = None, key: str | None = None) -> 
     raise ValueError(f"unknown TTS provider {kind!r}; choose one of: {', '.join(PROVIDERS)}")
 
 
-def decode_speech(data: bytes) -> np.ndarray:
-    """An audio file's bytes (any format FFmpeg reads) -> [n] float32 mono at the features' rate."""
+def decode_speech(data: bytes) -> Audio:
+    """A provider's answer (an audio file in any format FFmpeg reads) -> Audio at its full band."""
     try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.audio:
-                raise TTSError("the TTS provider answered with no audio stream")
-            resampler = Resampler(SAMPLE_RATE)
-            parts = [resampler.push_frame(frame) for frame in container.decode(container.streams.audio[0])]
-    except av.error.FFmpegError as err:
-        raise TTSError(f"the TTS provider's answer is not audio FFmpeg can read ({err})") from err
-    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if samples.size == 0:
-        raise TTSError("the TTS provider answered with empty audio")
-    return samples
+        return decode_audio(data, "the TTS provider's answer")
+    except AudioFormatError as err:
+        raise TTSError(str(err)) from err

@@ -95,7 +95,7 @@ def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, sha
     assert result.returncode == 0, result.stderr[-2000:]
     with av.open(str(out)) as container:
         frames = sum(1 for _ in container.decode(video=0))
-        assert container.streams.audio[0].sample_rate == 16_000
+        assert container.streams.audio[0].sample_rate == 48_000  # the input at its full band
     assert frames == 117_406 // 640  # every whole 40 ms of the 7.3 s of speech
     assert f"wrote {out}: {frames} frames" in result.stdout
 

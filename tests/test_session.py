@@ -178,3 +178,40 @@ def test_an_interrupt_ends_the_utterance_where_it_was(speech: np.ndarray) -> Non
     session.push_audio(speech[8_000:20_000])
     [session.deliver(session.plan(), np.zeros((2, 2, 3), np.uint8)) for _ in range(5)]
     assert events.empty()
+
+
+def test_frames_carry_the_full_band_playback_audio_aligned_to_the_frame(speech: np.ndarray) -> None:
+    """Playback audio is the source at 48 kHz, not the 16 kHz the features use: a click at 1.000 s
+    of the source starts frame 25's audio, whatever the chunking; after an interrupt with a discard,
+    both streams drop the same span."""
+    session, _ = _fake_session(jitter_frames=1)
+    features, playback = np.zeros(48_000, np.float32), np.zeros(144_000, np.float32)
+    features[16_000] = playback[48_000] = 1.0
+    features[:8_000] = speech[8_000:16_000]  # something to play from the start
+    playback[:24_000], playback[24_000:48_000] = 0.1, 0.2  # the first half second, and the second
+    for start in range(0, 48_000, 1_000):  # odd chunk sizes on both streams
+        session.push_audio(features[start : start + 1_000], playback[3 * start : 3 * start + 3_000])
+    session.end_of_input()
+    frames = [session.plan() for _ in range(session.buffered_frames + 1)]
+    assert all(len(f.audio) == 1920 for f in frames)
+    played = np.concatenate([f.audio for f in frames])
+    assert played[48_000] == 1.0 and played[47_999] == np.float32(0.2) and not played[48_001:].any()
+    session.clear_buffer(discard_seconds=0.5)
+    session.push_audio(features[:16_000], playback[:48_000])  # the first 0.5 s of both is dropped
+    session.end_of_input()
+    after = [session.plan() for _ in range(session.buffered_frames + 1)]
+    assert sum(f.from_input for f in after) == 12  # 0.5 s left, less the last window's partial frame
+    assert after[0].from_input and after[0].audio[0] == np.float32(0.2)
+
+
+def test_upsampled_playback_when_only_16_khz_is_pushed(speech: np.ndarray) -> None:
+    session, _ = _fake_session(jitter_frames=1)
+    session.push_audio(speech[8_000:24_000])
+    session.end_of_input()
+    frames = [session.plan() for _ in range(session.buffered_frames)]
+    played = np.concatenate([f.audio for f in frames])
+    assert len(played) == 3 * 640 * len(frames)
+    # The same sound, 3 times the samples: loudness per frame follows the input's.
+    loud_in = np.array([np.abs(speech[8_000 + 640 * k : 8_000 + 640 * (k + 1)]).mean() for k in range(len(frames))])
+    loud_out = np.array([np.abs(f.audio).mean() for f in frames])
+    assert np.corrcoef(loud_in, loud_out)[0, 1] > 0.95

@@ -314,3 +314,71 @@ def test_clips_joined_into_a_template_keep_every_frame_and_their_own_audio(share
     assert scores.max() > 0.8 * float(np.dot(second, second))
     with pytest.raises(SystemExit):
         main([str(tmp_path / "none.mp4")])
+
+
+def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_weights(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh install has no training cache: the template alone trains. Ctrl-C writes a checkpoint,
+    and the resumed run ends where an uninterrupted one does, to the same weights."""
+    import os
+    import signal
+
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import prepare_avatar
+    from lipstream.models.weights import WEIGHTS_DIR
+    from lipstream.training import personalize as module
+
+    source = grid_sources(shared_data / "grid_s1")[-1].path
+    expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
+    config = module.PersonalizeConfig(epochs=1, batch=2, lr=1e-3, hold_out_seconds=0.4)
+    avatars = [
+        Avatar.load(prepare_avatar(source, name, root=tmp_path, max_seconds=3.2, show_progress=False).path)
+        for name in ("whole", "stopped")
+    ]
+    whole = module.personalize(avatars[0], None, expert, config, log=False)
+
+    original = module.Personalizer.train_step
+
+    def step_then_ctrl_c(self: module.Personalizer, batch: dict) -> dict:
+        losses = original(self, batch)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+        return losses
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module.Personalizer, "train_step", step_then_ctrl_c)
+        with pytest.raises(module.Interrupted) as stopped:
+            module.personalize(avatars[1], None, expert, config, log=False)
+    assert stopped.value.step == 3 and stopped.value.checkpoint.is_file()
+    resumed = module.personalize(avatars[1], None, expert, config, log=False, resume=True)
+
+    assert whole["replay"] == resumed["replay"] == "none" and resumed["steps"] == whole["steps"] > 3
+    assert not stopped.value.checkpoint.exists()
+    first, second = (torch.load(a.path / "personal" / "rt.pt", weights_only=True) for a in avatars)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_lips_discriminator_sees_the_mouth_and_trains_with_feature_matching(cache: Path, tmp_path: Path) -> None:
+    from lipstream.models.config import get_profile
+    from lipstream.models.discriminator import MouthDiscriminator, mouth_crop
+    from lipstream.training.generator_train import GeneratorTrainConfig, GeneratorTrainer
+
+    cfg = get_profile("rt")
+    region = torch.zeros(2, 3, cfg.region_rows, cfg.face_size)
+    region[:, :, 20, 64] = 1.0  # a point between the lips of the canonical crop (row 84 of 128)
+    mouth = mouth_crop(region, cfg)
+    assert mouth.shape == (2, 3, 40, 64) and mouth.sum() == 6
+    logits, features = MouthDiscriminator()(mouth)
+    assert logits.shape == (2, 1, 5, 8) and len(features) == 3
+
+    config = GeneratorTrainConfig(steps=2, batch=2, gan_from_step=0, r1_every=1, lambda_mouth_adv=1.0, lambda_fm=10.0)
+    trainer = GeneratorTrainer(cache, tmp_path / "run", config)
+    before = {k: v.clone() for k, v in trainer.mouth_disc.state_dict().items()}
+    assert trainer.run(log=False)["step"] == 2
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
+    assert {"g_mouth", "fm", "d_mouth", "r1_mouth"} <= set(logged) and logged["fm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.mouth_disc.state_dict().items())
+    resumed = GeneratorTrainer(cache, tmp_path / "run", config, resume=True)
+    state = trainer.mouth_disc.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in resumed.mouth_disc.state_dict().items())

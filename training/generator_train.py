@@ -89,6 +89,8 @@ def load_expert(path: str | Path, device: torch.device) -> SyncNet:
 class GeneratorTrainer:
     """The networks, optimisers and one training step; `run` is the resumable loop around them."""
 
+    mouth_disc: MouthDiscriminator | None = None  # the lips' discriminator, when its loss is on
+
     def __init__(self, cache: Path, out: Path, config: GeneratorTrainConfig, resume: bool = False) -> None:
         self.cache, self.out, self.config = cache, out, config
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,7 +122,6 @@ class GeneratorTrainer:
                 self.mouth_opt.load_state_dict(state["mouth_opt"])
             self.step = state["step"]
         self.rows = cfg.region_rows
-        self.cfg = cfg
 
     def save(self) -> None:
         state = {
@@ -167,8 +168,9 @@ class GeneratorTrainer:
             self.disc.requires_grad_(False)
             losses["g_adv"] = F.softplus(-self.disc(fake[:: c.adv_stride])).mean()
             total = total + c.lambda_adv * losses["g_adv"]
-        mouths = (mouth_crop(fake, self.cfg), mouth_crop(real, self.cfg))
-        if use_gan and self.mouth_disc is not None:
+        use_mouth = use_gan and self.mouth_disc is not None
+        if use_mouth:
+            mouths = (mouth_crop(fake, self.model.cfg), mouth_crop(real, self.model.cfg))
             mouth_terms = self._mouth_generator_terms(*mouths)
             losses |= mouth_terms
             total = total + c.lambda_mouth_adv * mouth_terms["g_mouth"] + c.lambda_fm * mouth_terms.get("fm", 0.0)
@@ -179,7 +181,7 @@ class GeneratorTrainer:
             losses |= self._discriminator_step(
                 self.disc, self.d_opt, fake[:: c.adv_stride].detach(), real[:: c.adv_stride]
             )
-        if use_gan and self.mouth_disc is not None:
+        if use_mouth:
             mouth_losses = self._discriminator_step(self.mouth_disc, self.mouth_opt, mouths[0].detach(), mouths[1])
             losses |= {f"{k}_mouth": v for k, v in mouth_losses.items()}
         self.step += 1

@@ -8,9 +8,11 @@ What is learned, on top of the general `rt` weights:
 Both carry the L2 penalty of Eq. 6, L_p = L_g + lambda_p (sum dW^2 + sum dP^2). E_a, E_face and the
 mapping network stay frozen (the paper: E_a is person-agnostic, E_face would overfit one person).
 Samples: five consecutive frames of the template with their audio and a reference frame >= 1 s
-away, as in general training, mixed 1:1 with samples of the general training data; `epochs` passes
-over the template (the paper: 5). L_g is the general objective without its adversarial term: the
-shipped weights carry no discriminator.
+away, as in general training, mixed 1:1 with samples of the general training data when a training
+cache is at hand (replay), or the template alone on a fresh install; `epochs` passes over the
+template (the paper: 5). A checkpoint is written every few minutes and on Ctrl-C; `resume=True`
+continues from it with the same samples in the same order. L_g is the general objective without
+its adversarial term: the shipped weights carry no discriminator.
 
 The result is stored with the avatar: `personal/<profile>.pt` (fp16, the full personalised model),
 the cached dW of every frame, and idle frames rendered with it; the manifest's model id becomes the
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from lipstream.avatars.avatar import Avatar
 from lipstream.dsp import MelConfig, melspectrogram, read_wav
@@ -35,9 +37,12 @@ from lipstream.models.weights import load_stylesync
 
 from .generator_train import GeneratorTrainConfig, GeneratorTrainer, load_expert, plot_curves
 from .loaders import SYNC_FRAMES, Clip, GeneratorSamples, load_clips
+from .stopping import StopRequest
 
 PERSONAL_DIR = "personal"
 LOG = "personalize.jsonl"
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_SECONDS = 120.0
 
 
 class PersonalizeError(ValueError):
@@ -120,54 +125,116 @@ class Personalizer(GeneratorTrainer):
         return {"delta_w_sq": delta_w, "delta_p_sq": delta_p, "penalty": self.lambda_p * (delta_w + delta_p)}
 
 
-def _mixed(template: Clip, general: list[Clip], config: PersonalizeConfig, steps: int) -> Iterator[dict]:
-    """Batches of `batch` template samples and `batch` general samples, concatenated."""
+def _batches(
+    template: Clip, general: list[Clip], config: PersonalizeConfig, steps: int, first_step: int = 0
+) -> Iterator[dict]:
+    """Batches of `batch` template samples, and as many general ones concatenated when `general` holds
+    clips (replay), from step `first_step` on (the samples of a step do not depend on where a run began)."""
     own = GeneratorSamples([template], steps * config.batch, seed=config.seed)
+    rest = Subset(own, range(first_step * config.batch, len(own)))
+    if not general:
+        yield from DataLoader(rest, batch_size=config.batch)
+        return
     other = GeneratorSamples(general, steps * config.batch, seed=config.seed + 1, grid_share=0.5, augment=True)
+    others = Subset(other, range(first_step * config.batch, len(other)))
     for mine, theirs in zip(
-        DataLoader(own, batch_size=config.batch), DataLoader(other, batch_size=config.batch), strict=True
+        DataLoader(rest, batch_size=config.batch), DataLoader(others, batch_size=config.batch), strict=True
     ):
         yield {k: torch.cat([mine[k], theirs[k]]) for k in mine}
 
 
+def replay_clips(cache: Path | None) -> list[Clip]:
+    """The general training clips to mix in: none without a cache (a fresh install)."""
+    if cache is None:
+        return []
+    if not (cache / "index.json").is_file():
+        raise PersonalizeError(
+            f"no training cache at {cache}: build one (lipstream dataset build) or personalise without replay"
+        )
+    general = load_clips(cache, "train")
+    if not general:
+        raise PersonalizeError(f"the training cache at {cache} holds no training clips with audio")
+    return general
+
+
+class Interrupted(Exception):
+    """Ctrl-C during personalisation: the checkpoint is written; `resume=True` continues from it."""
+
+    def __init__(self, step: int, steps: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped at step {step} of {steps}; the checkpoint is {checkpoint}")
+        self.step, self.steps, self.checkpoint = step, steps, checkpoint
+
+
+def _save(trainer: Personalizer, path: Path, seconds: float, replay: str) -> None:
+    state = {
+        "model": trainer.model.state_dict(),
+        "g_opt": trainer.g_opt.state_dict(),
+        "step": trainer.step,
+        "seconds": seconds,
+        "replay": replay,
+    }
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
 def personalize(
     avatar: Avatar,
-    general_cache: Path,
+    general_cache: Path | None,
     expert: Path,
     config: PersonalizeConfig,
     weights: str | Path | None = None,
     log: bool = True,
+    resume: bool = False,
+    show_progress: bool = False,
 ) -> dict:
-    """Trains dW and dP for `avatar`, then stores them with it (see the module notes). Returns a summary."""
+    """Trains dW and dP for `avatar`, then stores them with it (see the module notes). Returns a summary.
+    general_cache: the training cache to replay 1:1 with the template, or None for the template alone.
+    Ctrl-C (SIGINT) or SIGTERM writes a checkpoint and raises Interrupted; `resume` continues from it."""
     from lipstream.avatars.prepare import refresh_features
+    from lipstream.progress import Progress
 
     profile = avatar.manifest.get("profile", "rt")
     template = template_clip(avatar, config.hold_out_seconds)
-    general = load_clips(general_cache, "train")
-    if not general:
-        raise PersonalizeError(
-            f"no general training clips in {general_cache}; personalisation mixes the template 1:1 with them: "
-            "build the training cache first (lipstream dataset build)"
-        )
+    general = replay_clips(general_cache)
+    replay = str(general_cache) if general else "none"
     trainer = Personalizer(profile, weights, expert, config)
     steps = max(1, round(config.epochs * template.frames / SYNC_FRAMES / config.batch))
     folder = avatar.path / PERSONAL_DIR
     folder.mkdir(exist_ok=True)
-    history = folder / LOG
-    history.unlink(missing_ok=True)
-    started = time.monotonic()
+    history, checkpoint = folder / LOG, folder / CHECKPOINT
+    done_before = 0.0
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=trainer.device, weights_only=False)
+        if state["replay"] != replay:
+            raise PersonalizeError(f"the checkpoint was made with replay {state['replay']}, not {replay}; start anew")
+        trainer.model.load_state_dict(state["model"])
+        trainer.g_opt.load_state_dict(state["g_opt"])
+        trainer.step, done_before = state["step"], state["seconds"]
+    else:
+        history.unlink(missing_ok=True)
+    started = last_save = time.monotonic()
     window: list[dict[str, float]] = []
-    for batch in _mixed(template, general, config, steps):
-        window.append(trainer.train_step(batch))
-        if trainer.step % 25 == 0 or trainer.step == steps:
-            line = {"step": trainer.step, "seconds": round(time.monotonic() - started, 1)}
-            line |= {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            window.clear()
-            with history.open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-            if log:
-                print(json.dumps(line), flush=True)
-    train_seconds = time.monotonic() - started
+    progress = Progress("personalize", steps, unit="steps", enabled=show_progress, done=trainer.step)
+    with StopRequest() as stop:
+        for batch in _batches(template, general, config, steps, trainer.step):
+            window.append(trainer.train_step(batch))
+            progress.step()
+            if trainer.step % 25 == 0 or trainer.step == steps:
+                line = {"step": trainer.step, "seconds": round(done_before + time.monotonic() - started, 1)}
+                line |= {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                window.clear()
+                with history.open("a") as handle:
+                    handle.write(json.dumps(line) + "\n")
+                if log:
+                    print(json.dumps(line), flush=True)
+            if stop.requested or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                _save(trainer, checkpoint, done_before + time.monotonic() - started, replay)
+                last_save = time.monotonic()
+            if stop.requested and trainer.step < steps:
+                progress.close()
+                raise Interrupted(trainer.step, steps, checkpoint)
+    progress.close()
+    train_seconds = done_before + time.monotonic() - started
     plot_curves(history, folder / "personalize_curves.png")
     path = folder / f"{profile}.pt"
     torch.save({k: v.detach().cpu().half() for k, v in trainer.model.state_dict().items()}, path)
@@ -178,7 +245,10 @@ def personalize(
         "held_out_frames": avatar.frame_count - template.frames,
         "epochs": config.epochs,
         "steps": steps,
-        "batch": f"{config.batch} template + {config.batch} general samples of {SYNC_FRAMES} frames",
+        "batch": f"{config.batch} template"
+        + (f" + {config.batch} general" if general else "")
+        + f" samples of {SYNC_FRAMES} frames",
+        "replay": replay,
         "lr": config.lr,
         "lambda_p": config.lambda_p,
         "train_seconds": round(train_seconds, 1),
@@ -187,5 +257,6 @@ def personalize(
     }
     refreshed = refresh_features(avatar.path, path, {"personalized": summary})
     summary["model_id"] = refreshed["model_id"]
-    summary["total_seconds"] = round(time.monotonic() - started, 1)
+    summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
+    checkpoint.unlink(missing_ok=True)
     return summary

@@ -424,7 +424,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from lipstream.models.weights import WEIGHTS_DIR
     from lipstream.realtime.runtime import avatar_folder
     from lipstream.training.dataset import default_root
-    from lipstream.training.personalize import PersonalizeConfig, personalize
+    from lipstream.training.personalize import Interrupted, PersonalizeConfig, personalize
 
     folder = avatar_folder(args.avatar)
     if folder is None:
@@ -441,8 +441,19 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch=args.batch, lr=args.lr, lambda_p=args.lambda_p, hold_out_seconds=args.hold_out
     )
     expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
-    cache = Path(args.cache) if args.cache else default_root(avatar.manifest.get("profile", "rt"))
-    summary = personalize(avatar, cache, expert, config, weights=args.weights)
+    cache: Path | None = None
+    if args.replay == "cache" or (args.replay == "auto" and args.cache):
+        cache = Path(args.cache) if args.cache else default_root(avatar.manifest.get("profile", "rt"))
+    elif args.replay == "auto" and (default_root(avatar.manifest.get("profile", "rt")) / "index.json").is_file():
+        cache = default_root(avatar.manifest.get("profile", "rt"))
+    print(f"replay: {cache or 'none (the template alone)'}", file=sys.stderr)
+    try:
+        summary = personalize(
+            avatar, cache, expert, config, weights=args.weights, resume=args.resume, show_progress=sys.stderr.isatty()
+        )
+    except Interrupted as stop:
+        print(f"lipstream personalize: {stop}; continue with: lipstream personalize {args.avatar} --resume")
+        return 130
     print(json.dumps(summary, indent=2))
     print(f"personalised {avatar.name}: serve and render use it by themselves (model {summary['model_id']})")
     return 0
@@ -638,6 +649,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold-out", type=non_negative_float, default=0.0, metavar="SECONDS", help="leave the template's end out"
     )
     personal.add_argument("--cache", help="general training cache mixed in 1:1 (default: <cache>/dataset/rt)")
+    personal.add_argument(
+        "--replay",
+        choices=("auto", "cache", "none"),
+        default="auto",
+        help="mix general training data in 1:1: auto (when a training cache is built), cache (required) or none",
+    )
+    personal.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     personal.add_argument("--expert", help="SyncNet expert for the sync loss (default: the shipped seed 0)")
     personal.add_argument("--weights", help="general weights to start from (default: the profile's shipped ones)")
     personal.set_defaults(func=cmd_personalize)
