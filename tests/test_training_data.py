@@ -266,14 +266,18 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     source = grid_sources(shared_data / "grid_s1")[-1].path  # 3 s
     prepared = prepare_avatar(source, "grid", root=tmp_path, max_seconds=3.2, show_progress=False)
     avatar = Avatar.load(prepared.path)
-    template = (avatar.frame_count - 10) // 5 * 5
+    template = (avatar.frame_count - 25) // 5 * 5
     steps = round(2 * template / 5 / 2)
     general_id = avatar.manifest["model_id"]
     assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
-    config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=0.4)
+    config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=1.0)
 
     summary = personalize(avatar, cache, expert, config, log=False)
+    held_out = summary["held_out"]  # the 1 s it did not train on, scored for three systems
+    assert held_out["seconds"] == (avatar.frame_count - template) / 25 >= 1.0
+    for system in ("personalized", "general", "static"):
+        assert held_out[system]["psnr_db"] > 15 and 0 < held_out[system]["ssim"] <= 1, system
 
     assert summary["template_frames"] == template >= 50
     assert summary["held_out_frames"] == avatar.frame_count - template
@@ -286,6 +290,7 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     assert model_id == summary["model_id"] != general_id
     personal = load_avatar(str(avatar.path), model_id=model_id)  # checksums verified, features fresh
     assert personal.manifest["personalized"]["steps"] == steps
+    assert personal.manifest["personalized"]["held_out"] == json.loads(json.dumps(held_out))
     assert np.abs(personal.array("features/delta_w.npy")).mean() > 0
     with pytest.raises(Exception, match="stale"):
         load_avatar(str(avatar.path), model_id=general_id)
