@@ -332,6 +332,7 @@ def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_
     from lipstream.avatars import Avatar
     from lipstream.avatars.prepare import prepare_avatar
     from lipstream.models.weights import WEIGHTS_DIR
+    from lipstream.realtime.runtime import load_avatar
     from lipstream.training import personalize as module
 
     source = grid_sources(shared_data / "grid_s1")[-1].path
@@ -360,6 +361,7 @@ def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_
 
     assert whole["replay"] == resumed["replay"] == "none" and resumed["steps"] == whole["steps"] > 3
     assert not stopped.value.checkpoint.exists()
+    load_avatar(str(avatars[1].path), model_id=resumed["model_id"])  # its files all listed and present
     first, second = (torch.load(a.path / "personal" / "rt.pt", weights_only=True) for a in avatars)
     assert all(torch.equal(first[k], second[k]) for k in first)
 

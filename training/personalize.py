@@ -258,10 +258,10 @@ def personalize(
     held_out = score_held_out(avatar, template.frames, trainer.model.eval(), load_stylesync(profile, weights)[0])
     if held_out is not None:
         summary["held_out"] = held_out
+    checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
     refreshed = refresh_features(avatar.path, path, {"personalized": summary})
     summary["model_id"] = refreshed["model_id"]
     summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
-    checkpoint.unlink(missing_ok=True)
     return summary
 
 
