@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger("lipstream.realtime")
 
@@ -31,13 +32,13 @@ class RateLimitedLog:
     """A hot-path failure logged at most once per `every` seconds (with its traceback, when there is
     one); the next message says how many were left out meanwhile, so none goes uncounted."""
 
-    def __init__(self, level: int, every: float = 10.0) -> None:
-        self.level, self.every = level, every
+    def __init__(self, level: int, every: float = 10.0, now: Callable[[], float] = time.monotonic) -> None:
+        self.level, self.every, self._now = level, every, now  # now: the owner's clock, when it has one
         self._last: float | None = None
         self._suppressed = 0
 
     def __call__(self, message: str, error: BaseException | None = None) -> None:
-        now = time.monotonic()  # pacing of log lines only, never a media decision
+        now = self._now()
         if self._last is not None and now - self._last < self.every:
             self._suppressed += 1
             return

@@ -67,7 +67,8 @@ class FrameScheduler:
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
         self._overrun: asyncio.Future | None = None  # an inference abandoned at its timeout, still running
-        self._log_error, self._log_overrun = RateLimitedLog(logging.ERROR), RateLimitedLog(logging.WARNING)
+        self._log_error = RateLimitedLog(logging.ERROR, now=clock.now)
+        self._log_overrun = RateLimitedLog(logging.WARNING, now=clock.now)
 
     def add(self, session: AvatarSession) -> None:
         self.sessions[session.id] = session

@@ -35,6 +35,7 @@ from lipstream.avatars.avatar import Avatar
 from lipstream.dsp import MelConfig, melspectrogram, read_wav
 from lipstream.models.weights import load_stylesync
 
+from .dataset import INDEX, default_root
 from .generator_train import GeneratorTrainConfig, GeneratorTrainer, load_expert, plot_curves
 from .loaders import SYNC_FRAMES, Clip, GeneratorSamples, load_clips
 from .stopping import StopRequest
@@ -143,11 +144,20 @@ def _batches(
         yield {k: torch.cat([mine[k], theirs[k]]) for k in mine}
 
 
+def replay_cache(mode: str, cache: Path | None, profile: str) -> Path | None:
+    """The training cache to mix in for `--replay` mode "auto" (the given or default cache when it is
+    built), "cache" (the given or default one, which must be built) or "none"."""
+    if mode == "none":
+        return None
+    chosen = cache or default_root(profile)
+    return chosen if mode == "cache" or cache or (chosen / INDEX).is_file() else None
+
+
 def replay_clips(cache: Path | None) -> list[Clip]:
     """The general training clips to mix in: none without a cache (a fresh install)."""
     if cache is None:
         return []
-    if not (cache / "index.json").is_file():
+    if not (cache / INDEX).is_file():
         raise PersonalizeError(
             f"no training cache at {cache}: build one (lipstream dataset build) or personalise without replay"
         )

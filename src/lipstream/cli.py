@@ -423,8 +423,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_personalize(args: argparse.Namespace) -> int:
     from lipstream.models.weights import WEIGHTS_DIR
     from lipstream.realtime.runtime import avatar_folder
-    from lipstream.training.dataset import default_root
-    from lipstream.training.personalize import Interrupted, PersonalizeConfig, personalize
+    from lipstream.training.personalize import Interrupted, PersonalizeConfig, personalize, replay_cache
 
     folder = avatar_folder(args.avatar)
     if folder is None:
@@ -441,11 +440,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch=args.batch, lr=args.lr, lambda_p=args.lambda_p, hold_out_seconds=args.hold_out
     )
     expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
-    cache: Path | None = None
-    if args.replay == "cache" or (args.replay == "auto" and args.cache):
-        cache = Path(args.cache) if args.cache else default_root(avatar.manifest.get("profile", "rt"))
-    elif args.replay == "auto" and (default_root(avatar.manifest.get("profile", "rt")) / "index.json").is_file():
-        cache = default_root(avatar.manifest.get("profile", "rt"))
+    cache = replay_cache(args.replay, Path(args.cache) if args.cache else None, avatar.manifest.get("profile", "rt"))
     print(f"replay: {cache or 'none (the template alone)'}", file=sys.stderr)
     try:
         summary = personalize(
