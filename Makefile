@@ -15,11 +15,12 @@ test: install debian-packages
 
 install: $(VENV)/.installed
 
-# Tests drive Debian's Chromium (never a browser download of Playwright's own) and espeak-ng. Installed
-# here when this is a Debian machine and we may use apt; otherwise one line says what will be skipped.
-DEBIAN_PACKAGES := chromium espeak-ng
+# Tests drive Debian's Chromium (never a browser download of Playwright's own), espeak-ng, and the
+# engines we scale on: HAProxy, coturn and Janus. Installed here when this is a Debian machine and we may
+# use apt; otherwise one line says what will be skipped.
+DEBIAN_PACKAGES := chromium espeak-ng haproxy coturn janus
 debian-packages:
-	@if [ -x /usr/bin/chromium ] && command -v espeak-ng > /dev/null; then :; \
+	@if [ -x /usr/bin/chromium ] && (for c in espeak-ng haproxy turnserver janus; do command -v $$c > /dev/null || exit 1; done); then :; \
 	elif command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) > /dev/null; \
 	else echo "tests that need them will be skipped: install Debian's $(DEBIAN_PACKAGES) (apt-get install)"; fi

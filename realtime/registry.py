@@ -42,6 +42,14 @@ class ServerSettings:
     measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
     tts: TTSProvider = field(default_factory=EspeakProvider)  # speaks the text of POST .../speak
     cors_origins: tuple[str, ...] = ()  # browser origins (or "*") whose pages may call the API and WHIP/WHEP
+    # This process's name among several behind a load balancer: it starts every session and watch id, so
+    # that the balancer sends each later request of a session to the process that owns it (cluster.py).
+    instance: str = ""
+    agent_port: int = 0  # HAProxy's agent check reads this process's admission state here (0: no agent)
+    agent_host: str = "127.0.0.1"
+    # Proxies (their addresses) whose X-Forwarded-For names the client: the limit per client counts
+    # clients behind a load balancer, not the balancer. Nobody else's header is believed.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass
@@ -100,13 +108,16 @@ class ServerState:
             self.capacity.sample(self.runtime.metrics.frames_dropped.value, len(self.live))
             await asyncio.sleep(every)
 
-    def _admit(self, client: str) -> None:
+    def refusal(self) -> str | None:
+        """Why a new session would be refused now, whoever asks, or None while one would be admitted:
+        what /health and the load balancer's agent (cluster.py) report."""
         limit = self.settings.max_sessions
         if len(self.live) >= limit:
-            raise error_response(
-                web.HTTPServiceUnavailable, f"the server is full ({limit} sessions); try again later", **RETRY
-            )
-        refusal = self.capacity.refusal() if self.settings.measured_admission else None
+            return f"the server is full ({limit} sessions)"
+        return self.capacity.refusal() if self.settings.measured_admission else None
+
+    def _admit(self, client: str) -> None:
+        refusal = self.refusal()
         if refusal is not None:
             raise error_response(web.HTTPServiceUnavailable, f"{refusal}; try again later", **RETRY)
         own = sum(live.client == client for live in self.live.values())
@@ -124,7 +135,7 @@ class ServerState:
         except (AvatarError, InvalidNameError) as err:
             raise error_response(web.HTTPNotFound, f"avatar {avatar!r} cannot be used: {err}") from err
         self._admit(client)  # others may have been admitted while the avatar loaded
-        session_id, watch_id = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        session_id, watch_id = self._new_id(), self._new_id()
         session = AvatarSession(
             session_id, assets, jitter_frames=self.settings.jitter_frames, metrics=self.runtime.metrics
         )
@@ -133,6 +144,18 @@ class ServerState:
         self.watched[watch_id] = session_id
         self.scheduler.add(session)
         return live
+
+    def client_of(self, request: web.Request) -> str:
+        """The client's address: the peer's, or the last hop a trusted proxy added to X-Forwarded-For."""
+        remote = request.remote or ""
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if remote in self.settings.trusted_proxies and forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()
+        return remote
+
+    def _new_id(self) -> str:
+        token = secrets.token_urlsafe(16)
+        return f"{self.settings.instance}-{token}" if self.settings.instance else token
 
     def get(self, session_id: str) -> LiveSession:
         live = self.live.get(session_id)

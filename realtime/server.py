@@ -22,6 +22,7 @@ from aiohttp import web
 from lipstream.web_client import ROOT as WEB_CLIENT
 
 from .clock import Clock, MonotonicClock
+from .cluster import start_agent
 from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
@@ -98,12 +99,16 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     runtime = state.runtime
+    refusal = state.refusal()
     return web.json_response(
         {
             "status": "ok",
+            "instance": state.settings.instance,
             "sessions": len(state.live),
             "max_sessions": state.settings.max_sessions,
             "admission": "measured" if state.settings.measured_admission else "count",
+            "accepting": refusal is None,  # would a new session be admitted now?
+            "refusal": refusal,  # why not, when it would not
             "avatar": runtime.assets.avatar.name,
             "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
             "style_smoothing": state.scheduler.style_smoothing,
@@ -158,15 +163,20 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
         allow_cors(app, settings.cors_origins)
 
     background: list[asyncio.Task] = []
+    agent: list[asyncio.Server] = []  # the load balancer's agent check (cluster.py), when asked for
 
     async def start(_app: web.Application) -> None:
         state.scheduler.start()
         background.append(spawn(state.reap(), "session-reaper"))
         background.append(spawn(state.measure(), "capacity-monitor"))
+        if settings.agent_port:
+            agent.append(await start_agent(state, settings.agent_host, settings.agent_port))
 
     async def stop(_app: web.Application) -> None:
         for task in background:
             task.cancel()
+        for server in agent:
+            server.close()
         for session_id in list(state.live):
             await state.close(session_id)
         await state.scheduler.stop()

@@ -101,7 +101,7 @@ async def offer(request: web.Request) -> web.Response:
             web.HTTPBadRequest, 'expected JSON {"sdp": "...", "type": "offer"} (and optionally "avatar")'
         )
     description = _offer_from(sdp, need_audio_in=False, need_video_out=True)
-    live = await state.open(request.remote or "", avatar)
+    live = await state.open(state.client_of(request), avatar)
     try:
         _, pc = await _answer(state, live, description, send=True, ingest=True)
     except web.HTTPException:
@@ -127,7 +127,7 @@ async def create_session(request: web.Request) -> web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("avatar"), str | None):
             raise error_response(web.HTTPBadRequest, expected)
         avatar = body.get("avatar")
-    live = await state.open(request.remote or "", avatar)
+    live = await state.open(state.client_of(request), avatar)
     return web.json_response(
         {"session_id": live.session.id, "watch_url": f"/whep/{live.watch_id}"},
         status=201,
@@ -140,7 +140,7 @@ async def whip(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise error_response(web.HTTPUnsupportedMediaType, "WHIP expects Content-Type: application/sdp")
     description = _offer_from(await _sdp_body(request), need_audio_in=True, need_video_out=False)
-    live = await state.open(request.remote or "", request.query.get("avatar"))
+    live = await state.open(state.client_of(request), request.query.get("avatar"))
     try:
         _, pc = await _answer(state, live, description, send=False, ingest=True)
     except web.HTTPException:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -242,6 +243,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
         cors_origins=tuple(args.cors_origin),
+        instance=args.instance or "",
+        agent_port=args.agent_port or 0,
+        agent_host=args.host,
+        trusted_proxies=tuple(args.trust_proxy),
     )
     web.run_app(
         create_app(runtime, settings),
@@ -250,6 +255,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
     )
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import time
+
+    from lipstream.realtime.cluster import LocalCluster
+
+    serve_args = tuple(a for a in args.serve_args if a != "--")
+    with LocalCluster(args.port, args.processes, serve_args) as cluster:
+        print(f"{args.processes} serve processes behind HAProxy on {cluster.url}; configuration: {cluster.config}")
+        try:
+            while cluster.haproxy.poll() is None:
+                cluster.restart_exited()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            return 0
+    print(f"HAProxy exited; its log is in {cluster.folder}", file=sys.stderr)
+    return 1
+
+
+def instance_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{1,16}", text):
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 lower-case letters or digits, got {text!r}")
+    return text
+
+
+def port_number(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return value
 
 
 def cmd_talk(args: argparse.Namespace) -> int:
@@ -610,7 +646,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let pages from this origin (e.g. https://app.example.com, or *) call the API, WHIP and WHEP; repeatable",
     )
+    serve.add_argument(
+        "--instance",
+        type=instance_name,
+        help="this process's name behind a load balancer: it starts every session id (see lipstream cluster)",
+    )
+    serve.add_argument(
+        "--agent-port", type=port_number, help="answer HAProxy's agent check here: ready with a weight, or drain"
+    )
+    serve.add_argument(
+        "--trust-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a load balancer's address whose X-Forwarded-For names the client (repeatable)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    cluster = sub.add_parser(
+        "cluster", help="several serve processes behind Debian's HAProxy on this machine (see the README)"
+    )
+    cluster.add_argument("--processes", type=positive_int, default=2, help="serve processes (default 2)")
+    cluster.add_argument(
+        "--port", type=port_number, default=8080, help="HAProxy's port; process i serves on port+i (default 8080)"
+    )
+    cluster.add_argument(
+        "serve_args", nargs=argparse.REMAINDER, help="after --: options for every serve process (e.g. --engine)"
+    )
+    cluster.set_defaults(func=cmd_cluster)
 
     talk = sub.add_parser("talk", help="stream the local microphone (or a WAV file) to a running server")
     talk.add_argument("--server", default="http://127.0.0.1:8080", help="the server (default http://127.0.0.1:8080)")
