@@ -20,10 +20,17 @@ class Clock(Protocol):
         """Returns at or after `deadline` (immediately if it has passed)."""
         ...
 
+    def wall(self) -> float:
+        """Seconds since the Unix epoch: only for what other machines check, such as expiry times."""
+        ...
+
 
 class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
         delay = deadline - time.monotonic()
@@ -34,12 +41,16 @@ class MonotonicClock:
 class FakeClock:
     """Time moves only when `advance` is called; sleepers wake when their deadline is reached."""
 
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
+    def __init__(self, start: float = 0.0, epoch: float = 1.8e9) -> None:
+        self._now, self._epoch = start, epoch  # wall(): `epoch` Unix seconds at `start`
+        self._start = start
         self._changed = asyncio.Condition()
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return self._epoch + self._now - self._start
 
     async def sleep_until(self, deadline: float) -> None:
         async with self._changed:

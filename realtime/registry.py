@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiortc import RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from lipstream.avatars.errors import AvatarError
@@ -19,6 +19,7 @@ from lipstream.paths import InvalidNameError
 
 from .capacity import CapacityMonitor
 from .clock import Clock
+from .ice import IceSettings
 from .log import spawn
 from .runtime import Runtime
 from .scheduler import FrameScheduler
@@ -35,7 +36,7 @@ class ServerSettings:
     max_sessions: int = 4  # admission control: more would push two cores below 25 fps
     max_sessions_per_client: int = 2  # per remote address
     tokens: tuple[str, ...] = ()  # bearer tokens; empty: no authentication (loopback and trusted networks)
-    ice_servers: tuple[RTCIceServer, ...] = ()  # STUN/TURN servers for the server's own ICE candidates
+    ice: IceSettings = field(default_factory=IceSettings)  # STUN/TURN for every peer, and TURN credentials
     push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
     jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
     abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
@@ -152,6 +153,14 @@ class ServerState:
         if remote in self.settings.trusted_proxies and forwarded:
             return forwarded.rsplit(",", 1)[-1].strip()
         return remote
+
+    def ice_servers(self, name: str) -> list[RTCIceServer]:
+        """The ICE servers for the peer or client called `name` (a session id, or one made up for a
+        client), with its own short-lived TURN credential where a secret is set (ice.py)."""
+        return self.settings.ice.servers(name, self.clock.wall())
+
+    def peer_configuration(self, name: str) -> RTCConfiguration:
+        return self.settings.ice.configuration(name, self.clock.wall())
 
     def _new_id(self) -> str:
         token = secrets.token_urlsafe(16)

@@ -30,7 +30,7 @@ from .registry import STATE, ServerSettings, ServerState
 from .routes import Route, add_routes, allow_cors, public_names
 from .runtime import Runtime
 from .security import MAX_SDP_BYTES, auth_middleware, error_response
-from .signaling import create_session, end_session, end_whep, no_trickle, offer, whep, whip
+from .signaling import create_session, end_session, end_whep, ice_servers, no_trickle, offer, whep, whip
 
 __all__ = ["ROUTES", "STATE", "ServerSettings", "ServerState", "create_app"]
 
@@ -141,6 +141,7 @@ ROUTES = (
     Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
     Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
     Route("GET", "/sessions/{session}/events", events, "events", "Playback events (server-sent events)"),
+    Route("GET", "/ice-servers", ice_servers, "ice-servers", "ICE servers for a client's offer, with credentials"),
     Route("GET", "/openapi.json", api_description, "openapi", "This document", public=True),
     Route("GET", "/", index, "page", "The browser demo client", public=True, api=False),
     Route("GET", "/avatars", list_avatars, "avatars", "Avatars that can be chosen", public=True),

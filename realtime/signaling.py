@@ -8,9 +8,10 @@ import json
 import secrets
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from . import jitter
+from .ice import as_json, link_header
 from .ingest import forward_events, ingest_track
 from .log import logger
 from .registry import STATE, LiveSession, ServerState
@@ -21,7 +22,7 @@ async def _answer(
     state: ServerState, live: LiveSession, offer: RTCSessionDescription, send: bool, ingest: bool
 ) -> tuple[str, RTCPeerConnection]:
     """Connects one peer to a session: it may send audio in (ingest), receive the avatar (send), or both."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(state.settings.ice_servers) or None))
+    pc = RTCPeerConnection(state.peer_configuration(live.session.id))
     peer_id = secrets.token_urlsafe(8)
     live.peers[peer_id] = pc
 
@@ -73,6 +74,15 @@ async def _answer(
         live.peers.pop(peer_id, None)
         await pc.close()
         raise error_response(web.HTTPBadRequest, f"the SDP offer could not be used: {err}") from err
+    if state.settings.ice.relay_only and " typ relay" not in pc.localDescription.sdp:
+        live.peers.pop(peer_id, None)
+        await pc.close()
+        message = (
+            f"the TURN server ({', '.join(state.settings.ice.urls)}) gave this relay-only server no relayed "
+            "address: it is unreachable or refused the credentials (check its shared secret)"
+        )
+        logger.error(message)
+        raise error_response(web.HTTPBadGateway, message)
     return peer_id, pc
 
 
@@ -152,7 +162,7 @@ async def whip(request: web.Request) -> web.Response:
         text=pc.localDescription.sdp,
         content_type="application/sdp",
         headers={"Location": location, "X-Session-Id": live.session.id, "X-Watch-Url": f"/whep/{live.watch_id}"}
-        | ice_links(state),
+        | link_header(state.ice_servers(live.session.id)),
     )
 
 
@@ -168,7 +178,7 @@ async def whep(request: web.Request) -> web.Response:
         status=201,
         text=pc.localDescription.sdp,
         content_type="application/sdp",
-        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"} | ice_links(state),
+        headers={"Location": f"/whep/{live.watch_id}/{peer_id}"} | link_header(state.ice_servers(live.session.id)),
     )
 
 
@@ -192,16 +202,13 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def ice_links(state: ServerState) -> dict[str, str]:
-    """The server's ICE servers as WHIP/WHEP `Link` headers (RFC 9725, section 4.6)."""
-    links = []
-    for server in state.settings.ice_servers:
-        for url in [server.urls] if isinstance(server.urls, str) else server.urls:
-            link = f'<{url}>; rel="ice-server"'
-            if server.username:
-                link += f'; username="{server.username}"; credential="{server.credential}"; credential-type="password"'
-            links.append(link)
-    return {"Link": ", ".join(links)} if links else {}
+async def ice_servers(request: web.Request) -> web.Response:
+    """The ICE servers a client should use for its offer, in the browser's RTCConfiguration form, with
+    a TURN credential of its own where the server issues them. A client that must relay asks first."""
+    state = request.app[STATE]
+    servers = state.ice_servers(f"client-{secrets.token_urlsafe(8)}")
+    policy = "relay" if state.settings.ice.relay_only else "all"
+    return web.json_response({"iceServers": as_json(servers), "iceTransportPolicy": policy})
 
 
 async def no_trickle(request: web.Request) -> web.Response:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from lipstream.dsp import read_wav
+
+if TYPE_CHECKING:
+    from lipstream.realtime.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,3 +47,19 @@ def speech_then_silence(speech: np.ndarray, tmp_path_factory: pytest.TempPathFac
     path = tmp_path_factory.mktemp("samples") / "speech_then_silence.wav"
     write_wav(path, np.concatenate([speech[8000:40000], np.zeros(48000, np.float32)]), 16_000)
     return path
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One lipstream cache for the run: the default avatar and the exported graphs are made once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def runtime(cache: Path) -> Runtime:
+    """The server's runtime on ONNX Runtime with the embedded default avatar (one photo), one per module."""
+    from lipstream.realtime.runtime import build_runtime
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIPSTREAM_CACHE", str(cache))
+        return build_runtime(None, engine="onnxruntime")

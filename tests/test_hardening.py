@@ -32,18 +32,6 @@ from lipstream.realtime.server import ROUTES, ServerSettings, create_app
 TOKEN = "test-token-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def runtime(cache: Path) -> Runtime:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIPSTREAM_CACHE", str(cache))
-        return build_runtime(None, engine="onnxruntime")
-
-
 async def _call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: object) -> tuple[int, str, dict]:
     async with http.request(method, url, **kwargs) as response:
         return response.status, await response.text(), dict(response.headers)
@@ -550,11 +538,9 @@ def test_200_sessions_opened_and_closed_leak_nothing(runtime: Runtime) -> None:
 
 
 def test_ice_trickle_gets_a_clear_405_and_ice_servers_travel_as_link_headers(runtime: Runtime) -> None:
-    from types import SimpleNamespace
-
     from aiortc import RTCIceServer
 
-    from lipstream.realtime.signaling import ice_links
+    from lipstream.realtime.ice import link_header
 
     async def scenario() -> list[tuple[int, str, dict]]:
         async with serving(runtime) as base, aiohttp.ClientSession() as http:
@@ -568,9 +554,9 @@ def test_ice_trickle_gets_a_clear_405_and_ice_servers_travel_as_link_headers(run
     for code, text, headers in asyncio.run(scenario()):
         assert code == 405 and "ICE trickle is not supported" in text and headers["Allow"] == "DELETE"
     servers = (RTCIceServer("stun:stun.example.net"), RTCIceServer(["turn:turn.example.net"], "user", "secret"))
-    links = ice_links(SimpleNamespace(settings=ServerSettings(ice_servers=servers)))["Link"]
+    links = link_header(list(servers))["Link"]
     assert links == (
         '<stun:stun.example.net>; rel="ice-server", <turn:turn.example.net>; rel="ice-server"; '
         'username="user"; credential="secret"; credential-type="password"'
     )
-    assert ice_links(SimpleNamespace(settings=ServerSettings())) == {}
+    assert link_header([]) == {}

@@ -24,15 +24,8 @@ from lipstream.benchmarks.motion import SPEAKING, luma_cells, mouth_box
 from lipstream.dsp import read_wav, to_s16
 from lipstream.realtime.audio_in import RateConverter
 from lipstream.realtime.render import rendered_frames
-from lipstream.realtime.runtime import Runtime, build_runtime
+from lipstream.realtime.runtime import Runtime
 from lipstream.realtime.server import ServerSettings, create_app
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIPSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return build_runtime(None, engine="onnxruntime")  # the embedded default avatar (one photo)
 
 
 def mouth_change(runtime: Runtime, image: np.ndarray) -> float:

@@ -82,7 +82,7 @@ async function connect(event) {
   state.closing = false;
   try {
     state.localStream = await audioSource();
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection(await iceConfiguration());
     state.pc = pc;
     for (const track of state.localStream.getAudioTracks()) pc.addTrack(track, state.localStream);
     pc.addTransceiver("video", { direction: "recvonly" });
@@ -124,6 +124,15 @@ async function connect(event) {
 function authHeaders() {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
   return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// The server's STUN/TURN servers, with a short-lived TURN credential of this page's own where it issues
+// them; without any, the browser's defaults (host candidates only).
+async function iceConfiguration() {
+  const response = await fetch("/ice-servers", { headers: authHeaders() });
+  if (!response.ok) return {};
+  const { iceServers, iceTransportPolicy } = await response.json();
+  return iceServers.length ? { iceServers, iceTransportPolicy } : {};
 }
 
 function onConnectionState(pc) {

@@ -10,10 +10,15 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lipstream.engines.select import ENGINE_KINDS as ENGINE_CHOICES
 from lipstream.models.config import PROFILES
 from lipstream.paths import avatars_dir, cache_dir
+from lipstream.realtime.ice import DEFAULT_TURN_TTL_S
+
+if TYPE_CHECKING:
+    from lipstream.realtime.registry import ServerSettings
 
 
 def _format_models(reports: dict[str, dict]) -> str:
@@ -207,16 +212,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-    from aiortc import RTCIceServer
-
-    from lipstream.realtime.runtime import build_runtime
+def serve_settings(args: argparse.Namespace) -> ServerSettings:
+    """`lipstream serve`'s options as the server's settings (checked before any model loads)."""
+    from lipstream.realtime.ice import IceSettings
     from lipstream.realtime.security import load_tokens
-    from lipstream.realtime.server import ServerSettings, create_app
+    from lipstream.realtime.server import ServerSettings
     from lipstream.realtime.tts import make_provider
 
-    tokens = load_tokens(args.token_file)
+    secret = os.environ.get("LIPSTREAM_TURN_SECRET") or None
+    if args.turn_secret_file:
+        secret = Path(args.turn_secret_file).read_text().strip()
+        if not secret:
+            raise ValueError(f"{args.turn_secret_file} is empty: it should hold coturn's static-auth-secret")
+    return ServerSettings(
+        max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
+        jitter_frames=args.jitter_frames,
+        measured_admission=args.admission == "measured",
+        tokens=load_tokens(args.token_file),
+        ice=IceSettings(
+            urls=tuple(args.ice_server),
+            username=args.ice_username,
+            credential=args.ice_credential,
+            turn_secret=secret,
+            turn_ttl_s=args.turn_ttl,
+            relay_only=args.ice_relay_only,
+        ),
+        tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
+        cors_origins=tuple(args.cors_origin),
+        instance=args.instance or "",
+        agent_port=args.agent_port or 0,
+        agent_host=args.host,
+        trusted_proxies=tuple(args.trust_proxy),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from lipstream.realtime.runtime import build_runtime
+    from lipstream.realtime.server import create_app
+
+    settings = serve_settings(args)
     try:
         import uvloop
 
@@ -227,26 +264,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, samples_dir=args.samples
     )
     runtime.style_smoothing = args.smooth_styles
+    tokens = settings.tokens
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
         f"on http://{args.host}:{args.port}"
         + (f"; {len(tokens)} bearer token(s) required to open, drive or watch sessions" if tokens else "")
-    )
-    settings = ServerSettings(
-        max_sessions=args.max_sessions,
-        max_sessions_per_client=args.max_sessions_per_client,
-        jitter_frames=args.jitter_frames,
-        measured_admission=args.admission == "measured",
-        tokens=tokens,
-        ice_servers=tuple(
-            RTCIceServer(url, username=args.ice_username, credential=args.ice_credential) for url in args.ice_server
-        ),
-        tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
-        cors_origins=tuple(args.cors_origin),
-        instance=args.instance or "",
-        agent_port=args.agent_port or 0,
-        agent_host=args.host,
-        trusted_proxies=tuple(args.trust_proxy),
     )
     web.run_app(
         create_app(runtime, settings),
@@ -624,8 +646,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="STUN/TURN server for the server's ICE candidates, e.g. turn:turn.example.com:3478 (repeatable)",
     )
-    serve.add_argument("--ice-username", help="TURN username")
+    serve.add_argument("--ice-username", help="TURN username (static; see --turn-secret-file for per-session ones)")
     serve.add_argument("--ice-credential", help="TURN password")
+    serve.add_argument(
+        "--turn-secret-file",
+        help="coturn's static-auth-secret (use-auth-secret): every session and client gets its own short-lived "
+        "TURN credential (also read from $LIPSTREAM_TURN_SECRET)",
+    )
+    serve.add_argument(
+        "--turn-ttl", type=positive_int, default=DEFAULT_TURN_TTL_S, metavar="SECONDS", help="TURN credential lifetime"
+    )
+    serve.add_argument(
+        "--ice-relay-only", action="store_true", help="the server's peers use TURN relays only (hides its address)"
+    )
     serve.add_argument(
         "--token-file",
         help="bearer tokens, one per line, required to open, drive, watch or end sessions "
