@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from test_hardening import _call, cache, runtime  # noqa: F401 (fixtures)
+from test_hardening import _call
 from test_server import serving
 
 from lipstream.realtime.capacity import CapacityMonitor
@@ -67,7 +67,7 @@ def test_a_session_that_needs_more_cores_than_are_idle_is_refused() -> None:
     assert modest.refusal() is None
 
 
-def test_the_server_refuses_sessions_while_it_drops_frames(runtime: Runtime) -> None:  # noqa: F811
+def test_the_server_refuses_sessions_while_it_drops_frames(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with serving(runtime, measured_admission=True) as base, aiohttp.ClientSession() as http:
             code, _, _ = await _call(http, "POST", f"{base}/sessions")

@@ -14,6 +14,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -65,6 +66,8 @@ def test_the_configuration_names_each_process_and_refuses_duplicates() -> None:
     assert "server b1 127.0.0.1:8081 check" in text and "agent-port 8181" in text
     with pytest.raises(ValueError, match="unique"):
         haproxy_config(8080, [Backend("b1", 1, 2), Backend("b1", 3, 4)])
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.strip() in readme, "the README's HAProxy configuration is not what haproxy_config writes"
 
 
 async def _open(http: aiohttp.ClientSession, base: str) -> tuple[int, dict]:

@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 import pytest
 from fakes import FakeAssets
-from test_hardening import cache, runtime  # noqa: F401 (fixtures)
 
 from lipstream.benchmarks.motion import mouth_box, transition_report
 from lipstream.benchmarks.transitions import play
@@ -18,13 +17,13 @@ from lipstream.realtime.scheduler import FrameScheduler
 from lipstream.realtime.session import AvatarSession, FramePlan
 
 
-def _play(runtime: Runtime, audio: np.ndarray, blend_frames: tuple[int, int]) -> tuple[list, list[FramePlan]]:  # noqa: F811
+def _play(runtime: Runtime, audio: np.ndarray, blend_frames: tuple[int, int]) -> tuple[list, list[FramePlan]]:
     """Every frame of `audio` pushed at once, and the plan behind each."""
     plans: list[FramePlan] = []
     return asyncio.run(play(runtime, audio, blend_frames, plans)), plans
 
 
-def test_idle_frames_are_the_template_frames_untouched(runtime: Runtime) -> None:  # noqa: F811
+def test_idle_frames_are_the_template_frames_untouched(runtime: Runtime) -> None:
     frames, _ = _play(runtime, np.zeros(16_000, np.float32), (4, 6))
     assert {f.kind for f in frames} == {"idle"}
     loop = runtime.assets.loop
@@ -32,7 +31,7 @@ def test_idle_frames_are_the_template_frames_untouched(runtime: Runtime) -> None
         assert np.array_equal(frame.image, runtime.assets.template(int(loop[k % len(loop)])))
 
 
-def test_speech_is_entered_and_left_through_blended_frames(runtime: Runtime, speech: np.ndarray) -> None:  # noqa: F811
+def test_speech_is_entered_and_left_through_blended_frames(runtime: Runtime, speech: np.ndarray) -> None:
     silence = np.zeros(16_000, np.float32)
     audio = np.concatenate([silence, speech[8_000:40_000], silence])
     frames, plans = _play(runtime, audio, (3, 4))
@@ -54,7 +53,7 @@ def test_speech_is_entered_and_left_through_blended_frames(runtime: Runtime, spe
     assert blended["max_transition"] < 0.45 * abrupt["max_transition"], (blended, abrupt)
 
 
-def test_an_interrupt_cuts_to_the_template_at_once(runtime: Runtime, speech: np.ndarray) -> None:  # noqa: F811
+def test_an_interrupt_cuts_to_the_template_at_once(runtime: Runtime, speech: np.ndarray) -> None:
     async def scenario() -> list:
         session = AvatarSession("interrupt", runtime.assets, queue_frames=100)
         scheduler = FrameScheduler(runtime.engine, MonotonicClock())

@@ -8,7 +8,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from test_hardening import cache, runtime  # noqa: F401 (fixtures)
 
 from lipstream.models.report import example_inputs
 from lipstream.models.stylesync import StyleSync
@@ -39,7 +38,7 @@ def test_smoothing_blends_the_previous_styles_and_zero_changes_nothing() -> None
 
 
 def _frames(
-    runtime: Runtime,  # noqa: F811 (fixture name)
+    runtime: Runtime,
     audio: np.ndarray,
     smoothing: float,
 ) -> tuple[list, FrameScheduler]:
@@ -59,7 +58,7 @@ def _frames(
 
 
 def test_the_scheduler_smooths_each_utterance_and_starts_afresh_after_silence(
-    runtime: Runtime,  # noqa: F811 (fixture)
+    runtime: Runtime,
     speech: np.ndarray,
 ) -> None:
     silence = np.zeros(16_000, np.float32)
@@ -89,6 +88,6 @@ def test_the_scheduler_smooths_each_utterance_and_starts_afresh_after_silence(
     assert motion(smooth) < 0.9 * motion(plain)
 
 
-def test_smoothing_outside_zero_to_one_is_refused(runtime: Runtime) -> None:  # noqa: F811 (fixture)
+def test_smoothing_outside_zero_to_one_is_refused(runtime: Runtime) -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         FrameScheduler(runtime.engine, MonotonicClock(), style_smoothing=1.0)

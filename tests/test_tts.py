@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from test_hardening import _call, cache, runtime  # noqa: F401 (fixtures)
+from test_hardening import _call
 from test_server import serving
 
 from lipstream.realtime.runtime import Runtime
@@ -45,7 +45,7 @@ async def _session(http: aiohttp.ClientSession, base: str) -> str:
 
 
 @needs_espeak
-def test_espeak_speaks_text_into_a_session_and_talk_waits_until_it_was_played(runtime: Runtime) -> None:  # noqa: F811
+def test_espeak_speaks_text_into_a_session_and_talk_waits_until_it_was_played(runtime: Runtime) -> None:
     async def scenario() -> float:
         async with serving(runtime) as base:
             return await say(base, "Hello, this avatar speaks what you type.", voice="en")
@@ -75,14 +75,14 @@ async def speech_server(answer: tuple[int, bytes], seen: list) -> AsyncIterator[
         await runner.cleanup()
 
 
-async def _speak(runtime: Runtime, provider: TTSProvider, body: object) -> tuple[int, str]:  # noqa: F811
+async def _speak(runtime: Runtime, provider: TTSProvider, body: object) -> tuple[int, str]:
     async with serving(runtime, tts=provider) as base, aiohttp.ClientSession() as http:
         session = await _session(http, base)
         code, text, _ = await _call(http, "POST", f"{base}/sessions/{session}/speak", json=body)
         return code, text
 
 
-def test_an_openai_compatible_server_speaks_with_the_key_and_voice_asked_for(runtime: Runtime) -> None:  # noqa: F811
+def test_an_openai_compatible_server_speaks_with_the_key_and_voice_asked_for(runtime: Runtime) -> None:
     async def scenario() -> tuple[int, str, list]:
         seen: list = []
         async with speech_server((200, tone_wav(1.5)), seen) as url:
@@ -99,7 +99,7 @@ def test_an_openai_compatible_server_speaks_with_the_key_and_voice_asked_for(run
     assert request == {"model": "tts-1", "input": "Hi", "voice": "nova", "response_format": "wav"}
 
 
-def test_a_provider_that_is_down_or_fails_gets_502_with_its_own_words(runtime: Runtime) -> None:  # noqa: F811
+def test_a_provider_that_is_down_or_fails_gets_502_with_its_own_words(runtime: Runtime) -> None:
     async def scenario() -> list[tuple[int, str]]:
         answers = []
         async with speech_server((500, b"model overloaded, retry later"), []) as url:
@@ -117,7 +117,7 @@ def test_a_provider_that_is_down_or_fails_gets_502_with_its_own_words(runtime: R
     assert garbage[0] == 502 and "not audio" in garbage[1]
 
 
-def test_bad_text_is_refused_with_what_was_expected(runtime: Runtime) -> None:  # noqa: F811
+def test_bad_text_is_refused_with_what_was_expected(runtime: Runtime) -> None:
     async def scenario() -> list[tuple[int, str]]:
         provider = OpenAISpeechProvider("http://127.0.0.1:9")  # never reached: the text is refused first
         bodies = [{"text": ""}, {"text": "x" * 2001}, {"voice": "nova"}, {"text": "Hi", "voice": 3}, ["Hi"]]
