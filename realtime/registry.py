@@ -20,6 +20,7 @@ from lipstream.paths import InvalidNameError
 from .capacity import CapacityMonitor
 from .clock import Clock
 from .ice import IceSettings
+from .janus import Publication
 from .log import spawn
 from .runtime import Runtime
 from .scheduler import FrameScheduler
@@ -51,6 +52,7 @@ class ServerSettings:
     # Proxies (their addresses) whose X-Forwarded-For names the client: the limit per client counts
     # clients behind a load balancer, not the balancer. Nobody else's header is believed.
     trusted_proxies: tuple[str, ...] = ()
+    janus_url: str = ""  # Janus's HTTP API (http://host:8088/janus): POST /sessions/{id}/publish fans out there
 
 
 @dataclass
@@ -64,6 +66,8 @@ class LiveSession:
     tasks: set[asyncio.Task] = field(default_factory=set)
     viewers: set[str] = field(default_factory=set)  # peer ids of WHEP viewers
     last_active: float = 0.0  # when audio came in or a peer attached, on `clock`
+    publication: Publication | None = None  # the stream in a Janus room, once published (janus.py)
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one publication, however many ask
 
     def __post_init__(self) -> None:
         self.touch()
@@ -188,6 +192,8 @@ class ServerState:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
                 await task
+        if live.publication is not None:
+            await live.publication.close()
         await live.broadcast.close()
         peers, live.peers = list(live.peers.values()), {}
         for pc in peers:

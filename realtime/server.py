@@ -30,7 +30,17 @@ from .registry import STATE, ServerSettings, ServerState
 from .routes import Route, add_routes, allow_cors, public_names
 from .runtime import Runtime
 from .security import MAX_SDP_BYTES, auth_middleware, error_response
-from .signaling import create_session, end_session, end_whep, ice_servers, no_trickle, offer, whep, whip
+from .signaling import (
+    create_session,
+    end_session,
+    end_whep,
+    ice_servers,
+    no_trickle,
+    offer,
+    publish,
+    whep,
+    whip,
+)
 
 __all__ = ["ROUTES", "STATE", "ServerSettings", "ServerState", "create_app"]
 
@@ -139,6 +149,7 @@ ROUTES = (
     Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
     Route("POST", "/sessions/{session}/speak", speak, "speak", "Speak text into a session through the TTS provider"),
     Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
+    Route("POST", "/sessions/{session}/publish", publish, "publish", "Publish the stream once into a Janus room"),
     Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
     Route("GET", "/sessions/{session}/events", events, "events", "Playback events (server-sent events)"),
     Route("GET", "/ice-servers", ice_servers, "ice-servers", "ICE servers for a client's offer, with credentials"),

@@ -10,7 +10,7 @@ import secrets
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from . import jitter
+from . import janus, jitter
 from .ice import as_json, link_header
 from .ingest import forward_events, ingest_track
 from .log import logger
@@ -200,6 +200,25 @@ async def end_session(request: web.Request) -> web.Response:
     state.get(request.match_info["session"])
     await state.close(request.match_info["session"])
     return web.Response(status=200)
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Publishes the session's stream once into a Janus VideoRoom (`serve --janus URL`); viewers then
+    watch through Janus. Answers where: {janus, room, feed}; a second call answers the same."""
+    state = request.app[STATE]
+    live = state.get(request.match_info["session"])
+    if not state.settings.janus_url:
+        raise error_response(
+            web.HTTPConflict, "this server publishes to no SFU: start it with --janus http://HOST:8088/janus"
+        )
+    async with live.publishing:
+        if live.publication is None:
+            try:
+                live.publication = await janus.publish(state, live, state.settings.janus_url)
+            except janus.JanusError as err:
+                logger.error("publishing session %s to Janus failed: %s", live.session.id, err)
+                raise error_response(web.HTTPBadGateway, f"publishing to Janus failed: {err}") from err
+    return web.json_response(live.publication.to_json())
 
 
 async def ice_servers(request: web.Request) -> web.Response:

@@ -244,6 +244,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         agent_port=args.agent_port or 0,
         agent_host=args.host,
         trusted_proxies=tuple(args.trust_proxy),
+        janus_url=args.janus or "",
     )
 
 
@@ -693,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ADDRESS",
         help="a load balancer's address whose X-Forwarded-For names the client (repeatable)",
+    )
+    serve.add_argument(
+        "--janus",
+        metavar="URL",
+        help="Janus's HTTP API (e.g. http://127.0.0.1:8088/janus): POST /sessions/{id}/publish fans a session "
+        "out through a VideoRoom there",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -1,0 +1,275 @@
+"""Fan-out through Janus (Debian's `janus`), the SFU: a session's stream is encoded once and published
+into a VideoRoom of its own, and any number of viewers watch it through Janus, which forwards the
+packets without encoding anything. We build no forwarding of our own.
+
+`JanusSession` speaks Janus's HTTP API (requests by POST, events by long poll); `publish` sends a live
+session's tracks into a new room (`serve --janus URL`, then `POST /sessions/{id}/publish`); `subscribe`
+is a viewer (the fan-out benchmark's, a test's, or any client's). `janus_config` writes a minimal
+configuration (the VideoRoom plugin and the HTTP transport only) for a Janus started on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from .log import logger
+
+if TYPE_CHECKING:
+    from .registry import LiveSession, ServerState
+
+VIDEOROOM = "janus.plugin.videoroom"
+REQUEST_TIMEOUT_S = 15.0
+JANUS_LIBRARIES = Path("/usr/lib/x86_64-linux-gnu/janus")  # Debian's janus package
+
+
+class JanusError(RuntimeError):
+    """Janus refused a request, or did not answer: the message says which and why."""
+
+
+class JanusSession:
+    """One Janus session over HTTP: requests by POST; a long poll receives the events that answer
+    asynchronous requests (join, publish, start) and keeps the session alive."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.id: int | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._poll: asyncio.Task | None = None
+
+    async def open(self) -> JanusSession:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S + 35))
+        try:
+            self.id = (await self._post(self.url, {"janus": "create"}))["data"]["id"]
+        except BaseException:
+            await self._http.close()
+            raise
+        self._poll = asyncio.create_task(self._long_poll(), name=f"janus-poll-{self.id}")
+        return self
+
+    async def _post(self, url: str, message: dict) -> dict:
+        message = {**message, "transaction": message.get("transaction") or secrets.token_hex(8)}
+        try:
+            async with self._http.post(url, json=message) as response:
+                reply = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise JanusError(f"Janus at {self.url} did not answer {message['janus']!r}: {err!r}") from err
+        if reply.get("janus") == "error":
+            raise JanusError(f"Janus refused {message['janus']!r}: {reply['error'].get('reason')}")
+        return reply
+
+    async def _long_poll(self) -> None:
+        while True:
+            try:
+                async with self._http.get(f"{self.url}/{self.id}?maxev=10") as response:
+                    events = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+                logger.warning("Janus long poll of session %s failed: %r; polling again", self.id, err)
+                await asyncio.sleep(1.0)
+                continue
+            for event in events if isinstance(events, list) else [events]:
+                waiter = self._waiting.pop(event.get("transaction") or "", None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
+                elif event.get("janus") in ("hangup", "detached"):
+                    logger.warning("Janus ended a peer of session %s: %s", self.id, event.get("reason", event["janus"]))
+
+    async def attach(self, plugin: str = VIDEOROOM) -> int:
+        return (await self._post(f"{self.url}/{self.id}", {"janus": "attach", "plugin": plugin}))["data"]["id"]
+
+    async def request(self, handle: int, body: dict, jsep: dict | None = None) -> tuple[dict, dict | None]:
+        """A plugin request; returns the plugin's data and its JSEP (SDP), waiting for the event that
+        answers it where Janus only acknowledges at first."""
+        transaction = secrets.token_hex(8)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[transaction] = waiter
+        message = {"janus": "message", "body": body, "transaction": transaction} | ({"jsep": jsep} if jsep else {})
+        try:
+            reply = await self._post(f"{self.url}/{self.id}/{handle}", message)
+            if reply.get("janus") == "ack":
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    reply = await waiter
+        except TimeoutError as err:
+            raise JanusError(f"Janus did not answer {body.get('request')!r} within {REQUEST_TIMEOUT_S:.0f} s") from err
+        finally:
+            self._waiting.pop(transaction, None)
+        data = reply.get("plugindata", {}).get("data", {})
+        if "error" in data:
+            raise JanusError(f"the VideoRoom refused {body.get('request')!r}: {data['error']}")
+        return data, reply.get("jsep")
+
+    async def close(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll
+        if self.id is not None:
+            with contextlib.suppress(JanusError):
+                await self._post(f"{self.url}/{self.id}", {"janus": "destroy"})
+        await self._http.close()
+
+
+@dataclass
+class Publication:
+    """A session's stream in a Janus room: where viewers find it (room and feed), and what to close."""
+
+    url: str
+    room: int
+    feed: int
+    janus: JanusSession
+    pc: RTCPeerConnection
+    peer_id: str
+    handle: int = 0
+    closed: bool = field(default=False)
+
+    def to_json(self) -> dict:
+        return {"janus": self.url, "room": self.room, "feed": self.feed}
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.pc.close()
+        with contextlib.suppress(JanusError):
+            await self.janus.request(self.handle, {"request": "destroy", "room": self.room})
+        await self.janus.close()
+
+
+async def publish(state: ServerState, live: LiveSession, url: str) -> Publication:
+    """Publishes the session's video and audio once into a new VideoRoom (VP8 and Opus, as encoded
+    for every viewer); Janus forwards them to each of its subscribers."""
+    janus = await JanusSession(url).open()
+    pc: RTCPeerConnection | None = None
+    peer_id = f"janus-{secrets.token_hex(4)}"
+    try:
+        handle = await janus.attach()
+        created, _ = await janus.request(
+            handle,
+            {
+                "request": "create",
+                "description": f"lipstream session {live.session.id[:12]}",
+                "publishers": 1,
+                "videocodec": "vp8",
+                "audiocodec": "opus",
+                "is_private": True,
+            },
+        )
+        room = created["room"]
+        joined, _ = await janus.request(handle, {"request": "join", "ptype": "publisher", "room": room})
+        pc = RTCPeerConnection(state.peer_configuration(live.session.id))
+        video, audio = live.broadcast.attach(peer_id)
+        pc.addTrack(video)
+        pc.addTrack(audio)
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"type": "offer", "sdp": pc.localDescription.sdp}
+        _, answer = await janus.request(handle, {"request": "publish", "audio": True, "video": True}, offer)
+        if answer is None:
+            raise JanusError("Janus accepted the publication but sent no SDP answer")
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await _connected(pc)  # Janus lists the feed to subscribers only once its media is up
+    except BaseException:
+        live.broadcast.detach(peer_id)
+        if pc is not None:
+            await pc.close()
+        await janus.close()
+        raise
+    return Publication(url, room, joined["id"], janus, pc, peer_id, handle)
+
+
+async def _connected(pc: RTCPeerConnection, timeout: float = REQUEST_TIMEOUT_S) -> None:
+    up = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            up.set()
+
+    on_state()
+    try:
+        async with asyncio.timeout(timeout):
+            await up.wait()
+    except TimeoutError:
+        pass
+    if pc.connectionState != "connected":
+        raise JanusError(
+            f"the WebRTC connection to Janus is {pc.connectionState} after {timeout:.0f} s: Janus's ICE candidates "
+            "must be reachable from this server (see janus.jcfg's nat settings)"
+        )
+
+
+async def subscribe(url: str, room: int, feed: int, pc: RTCPeerConnection) -> JanusSession:
+    """Makes `pc` a viewer of a publication: Janus offers the feed's tracks, `pc` answers. The caller
+    reads the tracks (pc.on("track")) and closes the returned session when done."""
+    janus = await JanusSession(url).open()
+    try:
+        handle = await janus.attach()
+        _, offer = await janus.request(
+            handle, {"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}
+        )
+        if offer is None:
+            raise JanusError(f"Janus sent no offer for feed {feed} of room {room}")
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await janus.request(handle, {"request": "start"}, {"type": "answer", "sdp": pc.localDescription.sdp})
+    except BaseException:
+        await janus.close()
+        raise
+    return janus
+
+
+def janus_config(folder: Path, http_port: int, rtp_ports: tuple[int, int] = (40000, 40999)) -> Path:
+    """A configuration folder for Debian's Janus with only what we use: the VideoRoom plugin and the
+    plain HTTP transport on loopback. Returns the main configuration file (`janus -C FILE -F FOLDER`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, library in (("plugins", "libjanus_videoroom.so"), ("transports", "libjanus_http.so")):
+        (folder / kind).mkdir(exist_ok=True)
+        link = folder / kind / library
+        if not link.exists():
+            link.symlink_to(JANUS_LIBRARIES / kind / library)
+    main = folder / "janus.jcfg"
+    main.write_text(
+        "general: {\n"
+        f'\tconfigs_folder = "{folder}"\n\tplugins_folder = "{folder / "plugins"}"\n'
+        f'\ttransports_folder = "{folder / "transports"}"\n'
+        f'\tevents_folder = "{folder / "none"}"\n\tloggers_folder = "{folder / "none"}"\n'
+        "\tdebug_level = 3\n}\n"
+        f'media: {{\n\trtp_port_range = "{rtp_ports[0]}-{rtp_ports[1]}"\n}}\n'
+    )
+    (folder / "janus.transport.http.jcfg").write_text(
+        "general: {\n"
+        f'\tjson = "plain"\n\tbase_path = "/janus"\n\thttp = true\n\tport = {http_port}\n'
+        '\tinterface = "lo"\n\thttps = false\n}\nadmin: {\n\tadmin_http = false\n}\n'
+    )
+    (folder / "janus.plugin.videoroom.jcfg").write_text("general: {\n}\n")
+    return main
+
+
+def start_janus(folder: Path, http_port: int, timeout: float = 20.0) -> subprocess.Popen:
+    """Debian's Janus on loopback with `janus_config`; returns once its HTTP API answers."""
+    if shutil.which("janus") is None:
+        raise FileNotFoundError("Janus is not installed: apt-get install janus (Debian's package)")
+    main = janus_config(folder, http_port)
+    log = (folder / "janus.log").open("ab")
+    process = subprocess.Popen(["janus", "-F", str(folder), "-C", str(main)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/janus/info", timeout=2).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"Janus did not start; see {folder / 'janus.log'}") from None
+            time.sleep(0.2)
