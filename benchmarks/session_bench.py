@@ -230,7 +230,7 @@ async def _run(assets: AvatarAssets, base: str, sessions: int, seconds: float, s
     return {"sessions": results, "frames_dropped_by_server": dropped}
 
 
-def _start_server(sessions: int) -> tuple[subprocess.Popen, str]:
+def _start_server(sessions: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`lipstream serve` in its own process, as clients elsewhere would see it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -250,6 +250,7 @@ def _start_server(sessions: int) -> tuple[subprocess.Popen, str]:
         str(max(sessions, 1)),
         "--admission",  # the benchmarks measure how the pipeline holds up, also beyond what admission allows
         "count",
+        *extra,
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

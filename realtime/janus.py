@@ -188,7 +188,7 @@ async def publish(state: ServerState, live: LiveSession, url: str) -> Publicatio
     return Publication(url, room, joined["id"], janus, pc, peer_id, handle)
 
 
-async def _connected(pc: RTCPeerConnection, timeout: float = REQUEST_TIMEOUT_S) -> None:
+async def _connected(pc: RTCPeerConnection) -> None:
     up = asyncio.Event()
 
     @pc.on("connectionstatechange")
@@ -197,15 +197,13 @@ async def _connected(pc: RTCPeerConnection, timeout: float = REQUEST_TIMEOUT_S) 
             up.set()
 
     on_state()
-    try:
-        async with asyncio.timeout(timeout):
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
             await up.wait()
-    except TimeoutError:
-        pass
     if pc.connectionState != "connected":
         raise JanusError(
-            f"the WebRTC connection to Janus is {pc.connectionState} after {timeout:.0f} s: Janus's ICE candidates "
-            "must be reachable from this server (see janus.jcfg's nat settings)"
+            f"the WebRTC connection to Janus is {pc.connectionState} after {REQUEST_TIMEOUT_S:.0f} s: Janus's ICE "
+            "candidates must be reachable from this server (see janus.jcfg's nat settings)"
         )
 
 

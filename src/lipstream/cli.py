@@ -151,6 +151,16 @@ def cmd_bench_session(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_fanout(args: argparse.Namespace) -> int:
+    from lipstream.benchmarks.fanout import run_fanout_bench
+
+    payload = run_fanout_bench(
+        args.viewers, args.via, args.seconds, Path(args.out) if args.out else None, speech_path=args.speech
+    )
+    print(json.dumps({k: v for k, v in payload.items() if k not in ("machine", "commit")}, indent=2))
+    return 0
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from lipstream.benchmarks.suite import run_suite
 
@@ -892,6 +902,13 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_argument("--speech", help="16-bit WAV with speech for the bursts (default: the avatar's audio)")
     session.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
     session.set_defaults(func=cmd_bench_session)
+    fanout = bench_sub.add_parser("fanout", help="one session, N viewers: direct WHEP peers or through Janus")
+    fanout.add_argument("--viewers", type=positive_int, default=10)
+    fanout.add_argument("--via", choices=("janus", "direct"), default="janus")
+    fanout.add_argument("--seconds", type=positive_float, default=20.0, help="measured, after 3 s of warm-up")
+    fanout.add_argument("--speech", help="speech the session says on a loop (default: the bundled sample)")
+    fanout.add_argument("--out", help="the JSON file (default: benchmarks/results/fanout-<via>-<viewers>.json)")
+    fanout.set_defaults(func=cmd_bench_fanout)
     suite = bench_sub.add_parser(
         "all", help="the latency suite: latency, A/V offset, drift, first frame, interrupt, concurrency, stages"
     )
