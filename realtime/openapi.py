@@ -110,6 +110,45 @@ OPERATIONS: dict[str, dict] = {
         "parameters": [_SESSION, *_PCM_QUERY],
     },
     "session-end": {"responses": _ENDED | _errors(404), "parameters": [_SESSION]},
+    "publish": {
+        "description": "Publishes the session's stream once into a Janus VideoRoom of its own (`serve --janus URL`); "
+        "viewers subscribe to the feed through Janus. Asking again answers the same room and feed.",
+        "responses": {
+            "200": {
+                "description": "where viewers find the stream",
+                **_json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "janus": {"type": "string"},
+                            "room": {"type": "integer"},
+                            "feed": {"type": "integer"},
+                        },
+                    }
+                ),
+            }
+        }
+        | _errors(404, 409, 502),
+        "parameters": [_SESSION],
+    },
+    "ice-servers": {
+        "description": "STUN/TURN servers for a client's RTCPeerConnection; with a TURN secret set, a TURN "
+        "credential of the client's own that expires (coturn's REST-API scheme).",
+        "responses": {
+            "200": {
+                "description": "an RTCConfiguration",
+                **_json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "iceServers": {"type": "array", "items": _OBJECT},
+                            "iceTransportPolicy": {"enum": ["all", "relay"]},
+                        },
+                    }
+                ),
+            }
+        },
+    },
     "events": {
         "description": "Server-sent events, one per playback change: `event: speech_started` when the first frame "
         "of an utterance's audio is played, `event: speech_ended` when its audio has all been played or was "

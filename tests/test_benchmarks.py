@@ -65,3 +65,23 @@ def test_the_soak_run_follows_every_session_and_the_server(tmp_path: Path) -> No
     }  # fmt: skip
     assert set(saved["verdicts"]) >= {"server alive at the end", "A/V drift <= 1 frame"}
     assert "| session | bursts |" in summary.read_text() and all(Path(f).is_file() for f in payload["files"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("via", ["janus", "direct"])
+def test_fanout_benchmark_writes_fps_lost_frames_and_cpu(
+    via: str, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from lipstream.benchmarks.fanout import run_fanout_bench
+
+    if via == "janus" and shutil.which("janus") is None:
+        pytest.skip("needs Debian's janus package")
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
+    speech_file = shared_data / "speech" / "espeak_en.wav"
+    payload = run_fanout_bench(2, via, seconds=4.0, out=tmp_path / "fanout.json", speech_path=str(speech_file))
+    saved = json.loads((tmp_path / "fanout.json").read_text())
+    assert saved["viewers"] == 2 and saved["via"] == via and payload["files"] == [str(tmp_path / "fanout.json")]
+    assert 10 < saved["min_fps"] <= saved["median_fps"] < 35 and saved["frames_lost"] >= 0
+    assert saved["lipstream_cpu_cores"] > 0 and (saved["janus_cpu_cores"] > 0) == (via == "janus")
