@@ -2,13 +2,14 @@
 server (WHEP, `direct`: one VP8 encode per viewer) or all through Janus (`janus`: one encode, Janus
 forwards the packets).
 
-    lipstream bench fanout --viewers N --via janus|direct [--seconds 20] [--out FILE.json]
+    lipstream bench fanout --viewers N --via janus|direct [--seconds 20] [--silent] [--out FILE.json]
 
 `lipstream serve` and Janus (Debian's, started on loopback) run in their own processes; the viewers
 are aiortc peers in this one, which receive and decode every frame as a browser would. Reported per
 run: each viewer's received fps (by arrival) and the frames missing from its RTP timeline, the CPU of
 lipstream, of Janus, of the viewers themselves, and the machine's idle cores, which say whether the
-client side was the limit.
+client side was the limit. The session speaks all along (speech pushed on a loop), or with `--silent`
+shows its template frames, which needs no inference and so measures what the fan-out alone costs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 from lipstream.dsp import to_s16
 
 from .report import git_commit, machine_info, write_json
-from .session_bench import RATE, _start_server, load_speech
+from .session_bench import RATE, _metric, _start_server, load_speech
 
 WARM_UP_S = 3.0
 VIAS = ("janus", "direct")
@@ -96,6 +97,11 @@ async def _speak(http: aiohttp.ClientSession, base: str, session_id: str, speech
                 raise RuntimeError(f"pushing audio failed ({response.status}): {await response.text()}")
 
 
+async def _dropped(http: aiohttp.ClientSession, base: str) -> float:
+    async with http.get(f"{base}/metrics") as response:
+        return _metric(await response.text(), "lipstream_frames_dropped_total")
+
+
 def _cpu_seconds(process: psutil.Process | None) -> float:
     if process is None:
         return 0.0
@@ -104,7 +110,7 @@ def _cpu_seconds(process: psutil.Process | None) -> float:
 
 
 async def _run(
-    base: str, via: str, viewers: int, seconds: float, speech: np.ndarray, server_pid: int, janus_pid: int | None
+    base: str, via: str, viewers: int, seconds: float, speech: np.ndarray | None, server_pid: int, janus_pid: int | None
 ) -> dict:
     from lipstream.realtime.janus import subscribe
 
@@ -117,7 +123,9 @@ async def _run(
         async with http.post(f"{base}/sessions") as response:
             created = await response.json()
         session_id = created["session_id"]
-        speaker = asyncio.create_task(_speak(http, base, session_id, speech))
+        # silent: the avatar shows its template frames, no inference: what fan-out costs, alone
+        speaking = _speak(http, base, session_id, speech) if speech is not None else asyncio.sleep(0)
+        speaker = asyncio.create_task(speaking)
         if via == "janus":
             async with http.post(f"{base}/sessions/{session_id}/publish") as response:
                 if response.status != 200:
@@ -129,6 +137,7 @@ async def _run(
             for peer in peers:
                 await _watch_direct(http, base, created["watch_url"], peer)
         await asyncio.sleep(WARM_UP_S)
+        dropped0 = await _dropped(http, base)
         start = time.monotonic()
         cpu0 = [_cpu_seconds(p) for p in (server_process, janus_process, own)]
         machine0 = psutil.cpu_times()
@@ -136,6 +145,7 @@ async def _run(
         end = time.monotonic()
         cpu1 = [_cpu_seconds(p) for p in (server_process, janus_process, own)]
         machine1 = psutil.cpu_times()
+        dropped = await _dropped(http, base) - dropped0
         speaker.cancel()
         with contextlib.suppress(asyncio.CancelledError, RuntimeError):
             await speaker
@@ -152,10 +162,12 @@ async def _run(
     return {
         "viewers": viewers,
         "via": via,
+        "speaking": speech is not None,
         "seconds": round(end - start, 2),
         "min_fps": round(min(fps), 2),
         "median_fps": round(float(np.median(fps)), 2),
-        "frames_lost": sum(w[1] for w in windows),
+        "frames_lost": sum(w[1] for w in windows),  # missing from the viewers' RTP timelines
+        "frames_dropped_by_server": dropped,  # ticks the server could not make in time (never sent to anyone)
         "lipstream_cpu_cores": round(cores[0], 3),
         "janus_cpu_cores": round(cores[1], 3),
         "viewers_cpu_cores": round(cores[2], 3),
@@ -165,13 +177,18 @@ async def _run(
 
 
 def run_fanout_bench(
-    viewers: int, via: str, seconds: float = 20.0, out: Path | None = None, speech_path: str | None = None
+    viewers: int,
+    via: str,
+    seconds: float = 20.0,
+    out: Path | None = None,
+    speech_path: str | None = None,
+    silent: bool = False,
 ) -> dict:
     from lipstream.realtime.janus import start_janus
 
     if via not in VIAS:
         raise ValueError(f"--via takes one of {VIAS}, not {via!r}")
-    speech = load_speech(speech_path)
+    speech = None if silent else load_speech(speech_path)
     janus = None
     extra: tuple[str, ...] = ()
     folder = Path(tempfile.mkdtemp(prefix="lipstream-fanout-"))
@@ -192,7 +209,7 @@ def run_fanout_bench(
             janus.wait(timeout=10)
     payload = {"benchmark": "fanout", "machine": machine_info(), "commit": git_commit()} | measured
     if out is None:
-        out = Path("benchmarks/results") / f"fanout-{via}-{viewers}.json"
+        out = Path("benchmarks/results") / f"fanout-{via}-{viewers}{'-silent' if silent else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, payload)
     payload["files"] = [str(out)]

@@ -155,7 +155,7 @@ def cmd_bench_fanout(args: argparse.Namespace) -> int:
     from lipstream.benchmarks.fanout import run_fanout_bench
 
     payload = run_fanout_bench(
-        args.viewers, args.via, args.seconds, Path(args.out) if args.out else None, speech_path=args.speech
+        args.viewers, args.via, args.seconds, Path(args.out) if args.out else None, args.speech, args.silent
     )
     print(json.dumps({k: v for k, v in payload.items() if k not in ("machine", "commit")}, indent=2))
     return 0
@@ -907,6 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     fanout.add_argument("--via", choices=("janus", "direct"), default="janus")
     fanout.add_argument("--seconds", type=positive_float, default=20.0, help="measured, after 3 s of warm-up")
     fanout.add_argument("--speech", help="speech the session says on a loop (default: the bundled sample)")
+    fanout.add_argument("--silent", action="store_true", help="no speech: the fan-out's cost without inference")
     fanout.add_argument("--out", help="the JSON file (default: benchmarks/results/fanout-<via>-<viewers>.json)")
     fanout.set_defaults(func=cmd_bench_fanout)
     suite = bench_sub.add_parser(
