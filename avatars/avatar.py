@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AvatarCacheError
+from .manifest import MANIFEST, Manifest
 
 FORMAT_VERSION = 2  # 2: no silent renderings (idle shows the template frames themselves)
-MANIFEST = "manifest.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -50,7 +50,7 @@ def rebuild_command(manifest: dict, name: str) -> str:
 @dataclass
 class Avatar:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def name(self) -> str:
@@ -58,7 +58,7 @@ class Avatar:
 
     @property
     def frame_count(self) -> int:
-        return int(self.manifest["frame_count"])
+        return self.manifest.frame_count
 
     def frame_path(self, index: int) -> Path:
         return self.path / "frames" / f"{index:06d}.jpg"
@@ -68,7 +68,7 @@ class Avatar:
 
     def feature_maps(self) -> list[np.ndarray]:
         """The L cached face maps, each [N, C, h, w] float16 (memory-mapped)."""
-        return [self.array(f"features/maps_{layer:02d}.npy") for layer in range(int(self.manifest["style_layers"]))]
+        return [self.array(f"features/maps_{layer:02d}.npy") for layer in range(self.manifest.style_layers)]
 
     @classmethod
     def load(cls, path: str | Path, model_id: str | None = None, verify: bool = True) -> Avatar:
@@ -105,8 +105,14 @@ class Avatar:
                 f"avatar {name!r} was prepared for model {manifest.get('model_id')!r} but the model in use is "
                 f"{model_id!r}, so its cached features are stale; rebuild it with: {rebuild}"
             )
+        try:
+            typed = Manifest.from_json(manifest)
+        except ValueError as err:
+            raise AvatarCacheError(
+                f"avatar {name!r}: {MANIFEST} is not usable ({err}); rebuild it with: {rebuild}"
+            ) from err
         if verify:
-            for relative, expected in manifest.get("files", {}).items():
+            for relative, expected in typed.files.items():
                 file = path / relative
                 if not file.is_file():
                     raise AvatarCacheError(f"avatar {name!r}: {relative} is missing; rebuild it with: {rebuild}")
@@ -115,4 +121,4 @@ class Avatar:
                         f"avatar {name!r}: {relative} does not match its checksum (corrupt or edited); "
                         f"rebuild it with: {rebuild}"
                     )
-        return cls(path, manifest)
+        return cls(path, typed)

@@ -8,7 +8,6 @@ Everything is written into a temporary folder that is renamed into place only wh
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -37,9 +36,10 @@ from .align import (
     smooth_transforms,
     warp_to_crop,
 )
-from .avatar import FORMAT_VERSION, MANIFEST, sha256_file
+from .avatar import FORMAT_VERSION, sha256_file
 from .errors import SourceError
 from .landmarks import FaceTracker
+from .manifest import MANIFEST, Audio, Manifest, Source
 from .masks import MASK_KINDS, crop_landmarks, lower_face_mask, paste_mask
 from .source import SourceInfo, iter_frames, probe, read_audio
 
@@ -51,12 +51,12 @@ JPEG_QUALITY = 95
 @dataclass
 class PrepareResult:
     path: Path
-    manifest: dict
+    manifest: Manifest
     seconds: float
 
     @property
     def frames_per_second(self) -> float:
-        return self.manifest["frame_count"] / self.seconds if self.seconds > 0 else 0.0
+        return self.manifest.frame_count / self.seconds if self.seconds > 0 else 0.0
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -199,44 +199,41 @@ def prepare_avatar(
             mel_cfg.sample_rate,
         )
         first = cv2.imread(str(partial / "frames" / "000000.jpg"))
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "lipstream_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source": {
-                "path": str(Path(source).resolve()),
-                "kind": info.kind,
-                "width": info.width,
-                "height": info.height,
-                "fps": info.fps,
-                "has_audio": info.has_audio,
+        files = {str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()}
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            model_id=model_id,
+            profile=cfg.name,
+            mask=mask,
+            fps=FPS,
+            frame_size=(int(first.shape[1]), int(first.shape[0])),
+            crop_size=size,
+            style_layers=cfg.num_layers,
+            frame_count=count,
+            reference_frame=reference_index,
+            source=Source(
+                path=str(Path(source).resolve()),
+                kind=info.kind,
+                width=info.width,
+                height=info.height,
+                fps=float(info.fps),
+                has_audio=info.has_audio,
+            ),
+            audio=Audio("audio.wav", mel_cfg.sample_rate, count * mel_cfg.samples_per_frame),
+            files=files,
+            extra={
+                "lipstream_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "region_rows": cfg.region_rows,
+                "reference_rule": f"mouth opening nearest the {reference_percentile:g}th percentile of the clip",
+                "detected_frames": int(detected.sum()),
+                "interpolated_frames": int((~detected).sum()),
+                "smoothing_sigma_frames": smoothing,
+                "crop_jitter": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
+                "idle_loop": loop_rule,
             },
-            "profile": cfg.name,
-            "model_id": model_id,
-            "mask": mask,
-            "fps": FPS,
-            "frame_size": [int(first.shape[1]), int(first.shape[0])],
-            "crop_size": size,
-            "region_rows": cfg.region_rows,
-            "style_layers": cfg.num_layers,
-            "frame_count": count,
-            "reference_frame": reference_index,
-            "reference_rule": f"mouth opening nearest the {reference_percentile:g}th percentile of the clip",
-            "detected_frames": int(detected.sum()),
-            "interpolated_frames": int((~detected).sum()),
-            "smoothing_sigma_frames": smoothing,
-            "crop_jitter": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
-            "audio": {
-                "file": "audio.wav",
-                "sample_rate": mel_cfg.sample_rate,
-                "samples": count * mel_cfg.samples_per_frame,
-            },
-            "idle_loop": loop_rule,
-        }
-        manifest["files"] = {
-            str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()
-        }
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        )
+        manifest.write(partial)
         _replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -327,30 +324,30 @@ def _encode(
 
 
 @torch.inference_mode()
-def refresh_features(folder: Path, weights: Path, extra: dict) -> dict:
+def refresh_features(folder: Path, weights: Path, extra: dict) -> Manifest:
     """Re-encodes a prepared avatar's features with other weights of its profile (its
     personalised model), in place: the manifest gets their model id, `weights` (relative to the
     folder), `extra`, and new checksums. Returns the manifest."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    model, model_id = load_stylesync(manifest["profile"], weights)
-    count = int(manifest["frame_count"])
+    manifest = Manifest.read(folder)
+    model, model_id = load_stylesync(manifest.profile, weights)
+    count = manifest.frame_count
     crops = np.load(folder / "crops.npy", mmap_mode="r")
     masks = np.load(folder / "masks.npy", mmap_mode="r")
     maps = [np.load(folder / f"features/maps_{i:02d}.npy", mmap_mode="r+") for i in range(model.cfg.num_layers)]
     f_f = np.load(folder / "features/f_f.npy", mmap_mode="r+")
     delta_w = np.load(folder / "features/delta_w.npy", mmap_mode="r+")
-    reference = to_tensor(np.asarray(crops[manifest["reference_frame"]])[None])
+    reference = to_tensor(np.asarray(crops[manifest.reference_frame])[None])
     for start in range(0, count, BATCH):
         _encode(model, slice(start, min(start + BATCH, count)), reference, crops, masks, (maps, f_f, delta_w))
     for written in (*maps, f_f, delta_w):
         written.flush()
-    manifest |= extra | {"model_id": model_id, "weights": str(weights.relative_to(folder))}
-    manifest["files"] = {
+    files = {
         str(p.relative_to(folder)): sha256_file(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST and p.suffix not in (".jsonl", ".png")
     }
-    partial = folder / f".{MANIFEST}.partial"
-    partial.write_text(json.dumps(manifest, indent=2))
-    partial.replace(folder / MANIFEST)
+    manifest = manifest.replace(
+        model_id=model_id, weights=str(weights.relative_to(folder)), files=files, extra=manifest.extra | extra
+    )
+    manifest.write(folder)
     return manifest

@@ -207,7 +207,7 @@ def _score(
     landmarks = np.asarray(avatar.array("landmarks.npy"))
     crops = avatar.array("crops.npy")
     paste_masks = avatar.array("paste_masks.npy")
-    reference = np.asarray(crops[avatar.manifest["reference_frame"]]).astype(np.float32)
+    reference = np.asarray(crops[avatar.manifest.reference_frame]).astype(np.float32)
     weight_static = cv2.GaussianBlur(ushape_mask(CROP), (0, 0), 0.02 * CROP)[..., None]
     mouths, gap_mouths = MouthLandmarks(), MouthLandmarks()
     systems = {name: Measured() for name in SYSTEMS}

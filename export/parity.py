@@ -54,13 +54,13 @@ def frame_feed(avatar: Avatar, windows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def map_names_for(avatar: Avatar) -> list[str]:
-    return [f"maps_{layer:02d}" for layer in range(int(avatar.manifest["style_layers"]))]
+    return [f"maps_{layer:02d}" for layer in range(avatar.manifest.style_layers)]
 
 
 def face_feed(avatar: Avatar, count: int) -> dict[str, np.ndarray]:
     index = np.arange(count) % avatar.frame_count
     crops = np.asarray(avatar.array("crops.npy")[index]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
-    reference = np.asarray(avatar.array("crops.npy")[avatar.manifest["reference_frame"]], np.float32)
+    reference = np.asarray(avatar.array("crops.npy")[avatar.manifest.reference_frame], np.float32)
     reference = np.repeat((reference.transpose(2, 0, 1) / 127.5 - 1)[None], count, axis=0)
     masks = np.asarray(avatar.array("masks.npy")[index], np.float32)[:, None]
     return {"target": crops, "reference": reference, "mask": masks}
@@ -105,7 +105,7 @@ def run_parity(
     from lipstream.engines.torch_engine import TorchEngine
 
     model_id = settings["model_id"]
-    report: dict = {"frames": count, "avatar": avatar.name, "avatar_model_id": avatar.manifest["model_id"]}
+    report: dict = {"frames": count, "avatar": avatar.name, "avatar_model_id": avatar.manifest.model_id}
     feeds = {"frame": frame_feed(avatar, speech_windows(speech, count)), "face_encoder": face_feed(avatar, count)}
     for graph, feed in feeds.items():
         reference = TorchEngine(model, model_id, graph, device="cpu").run(feed)

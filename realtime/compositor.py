@@ -29,14 +29,14 @@ class AvatarAssets:
         self.f_f = np.asarray(avatar.array("features/f_f.npy"), np.float32)
         self.delta_w = np.asarray(avatar.array("features/delta_w.npy"), np.float32)
         self.maps = avatar.feature_maps()
-        self.frame_size = tuple(avatar.manifest["frame_size"])  # (width, height)
+        self.frame_size = avatar.manifest.frame_size  # (width, height)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = Lock()  # compositing runs on worker threads
 
     @property
     def model_id(self) -> str:
-        return self.avatar.manifest["model_id"]
+        return self.avatar.manifest.model_id
 
     def features(self, index: int) -> dict[str, np.ndarray]:
         """The frame graph's face inputs for template frame `index` (no batch axis)."""

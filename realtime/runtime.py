@@ -3,7 +3,6 @@ factory for the shared scheduler. Built once by `serve` and `render`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from lipstream.avatars import Avatar
 from lipstream.avatars.default import default_avatar
 from lipstream.avatars.errors import AvatarCacheError
+from lipstream.avatars.manifest import MANIFEST, Manifest
 from lipstream.engines.base import Engine
 from lipstream.engines.select import check_model, open_engine
 from lipstream.export.onnx_export import export_onnx
@@ -41,11 +41,11 @@ class Runtime:
         names = [self.assets.avatar.name]
         folder = avatars_dir()
         if folder.is_dir():
-            for manifest in sorted(folder.glob("*/manifest.json")):
+            for manifest in sorted(folder.glob(f"*/{MANIFEST}")):
                 try:
-                    model_id = json.loads(manifest.read_text()).get("model_id")
+                    model_id = Manifest.read(manifest.parent).model_id
                 except (OSError, ValueError):
-                    continue
+                    continue  # not usable: Avatar.load says why to whoever picks it
                 if model_id == self.engine.model_id and manifest.parent.name not in names:
                     names.append(manifest.parent.name)
         return names
@@ -78,10 +78,10 @@ def own_weights(name: str | None) -> Path | None:
     """The weights an avatar was personalised to (`lipstream personalize`), if any."""
     folder = avatar_folder(name)
     try:
-        relative = json.loads((folder / "manifest.json").read_text()).get("weights") if folder else None
+        relative = Manifest.read(folder).weights if folder else None
     except (OSError, ValueError):
         return None  # Avatar.load reports what is wrong with the folder
-    return folder / relative if isinstance(relative, str) else None
+    return folder / relative if relative is not None else None
 
 
 def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
@@ -108,6 +108,6 @@ def build_runtime(
     loaded = load_avatar(avatar, profile, model_id)
     export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))
     runner = open_engine(engine, export, "frame", model=model)
-    check_model(runner, loaded.manifest["model_id"], loaded.name)
+    check_model(runner, loaded.manifest.model_id, loaded.name)
     warm_up(runner)
     return Runtime(AvatarAssets(loaded), runner, samples_dir=Path(samples_dir) if samples_dir else None)

@@ -16,6 +16,7 @@ from lipstream.avatars import Avatar, AvatarCacheError, SourceError
 from lipstream.avatars.align import MATCH_BAND, invert, match_colour, paste_back, transform_points
 from lipstream.avatars.default import default_avatar, default_source
 from lipstream.avatars.landmarks import LIP_POINTS
+from lipstream.avatars.manifest import Manifest
 from lipstream.avatars.masks import crop_landmarks, points_inside
 from lipstream.avatars.prepare import prepare_avatar
 from lipstream.models.weights import load_stylesync
@@ -58,7 +59,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
 
 def face_box_psnr(avatar: Avatar, index: int, pasted: np.ndarray) -> float:
     frame = cv2.imread(str(avatar.frame_path(index)))[..., ::-1]
-    size = avatar.manifest["crop_size"]
+    size = avatar.manifest.crop_size
     corners = transform_points(
         np.array([[0, 0], [size, size], [0, size], [size, 0]], float), invert(avatar.array("transforms.npy")[index])
     )
@@ -71,11 +72,13 @@ def face_box_psnr(avatar: Avatar, index: int, pasted: np.ndarray) -> float:
 def test_manifest_describes_the_cache(anchor: Avatar) -> None:
     m = anchor.manifest
     _, model_id = load_stylesync("rt")
-    assert m["format_version"] == 2 and m["profile"] == "rt" and m["model_id"] == model_id
-    assert (m["fps"], m["frame_count"], m["frame_size"], m["crop_size"]) == (25, 30, [512, 512], 128)
-    assert m["interpolated_frames"] == 0 and m["detected_frames"] == 30
+    assert m.format_version == 2 and m.profile == "rt" and m.model_id == model_id
+    assert (m.fps, m.frame_count, m.frame_size, m.crop_size) == (25, 30, (512, 512), 128)
+    assert m.extra["interpolated_frames"] == 0 and m.extra["detected_frames"] == 30
+    assert Manifest.from_json(json.loads((anchor.path / "manifest.json").read_text())) == m
+    assert Manifest.from_json(m.to_json()) == m  # what it writes, it reads back the same
     assert len(list((anchor.path / "frames").iterdir())) == 30 and not (anchor.path / "idle").exists()
-    assert set(m["files"]) >= {"crops.npy", "masks.npy", "transforms.npy", "audio.wav", "features/f_f.npy"}
+    assert set(m.files) >= {"crops.npy", "masks.npy", "transforms.npy", "audio.wav", "features/f_f.npy"}
     maps = anchor.feature_maps()
     assert [tuple(x.shape[1:]) for x in maps] == load_stylesync("rt")[0].cfg.face_map_shapes()
     assert all(x.shape[0] == 30 and x.dtype == np.float16 for x in maps)
@@ -83,7 +86,7 @@ def test_manifest_describes_the_cache(anchor: Avatar) -> None:
 
 
 def test_smoothing_reduces_crop_jitter(anchor: Avatar) -> None:
-    jitter = anchor.manifest["crop_jitter"]
+    jitter = anchor.manifest.extra["crop_jitter"]
     assert jitter["smoothed"]["speed"] < jitter["raw"]["speed"]
     assert jitter["smoothed"]["shake"] < 0.5 * jitter["raw"]["shake"]
 
@@ -186,7 +189,7 @@ def test_a_30fps_clip_becomes_25fps(shared_data: Path, root: Path) -> None:
 def test_a_photo_makes_a_one_frame_avatar(root: Path) -> None:
     avatar = prepare(default_source(), root, "photo", mask="pose")
     assert avatar.frame_count == 1 and list(avatar.array("idle_loop.npy")) == [0]
-    assert avatar.manifest["source"]["kind"] == "image"
+    assert avatar.manifest.source.kind == "image"
 
 
 def test_the_default_avatar_is_prepared_once(tmp_path: Path) -> None:
@@ -219,6 +222,15 @@ def test_a_missing_file_a_stale_model_and_an_old_format_are_refused(anchor: Avat
     (copy / "manifest.json").write_text(json.dumps(manifest | {"format_version": 0}))
     with pytest.raises(AvatarCacheError, match="format version 0"):
         Avatar.load(copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"frame_count": "30"}))
+    with pytest.raises(AvatarCacheError, match=r"frame_count should be int, not '30'\); rebuild it with"):
+        Avatar.load(copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"source": manifest["source"] | {"has_audio": 1}}))
+    with pytest.raises(AvatarCacheError, match=r"source\.has_audio should be bool"):
+        Avatar.load(copy)
+    (copy / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "reference_frame"}))
+    with pytest.raises(AvatarCacheError, match="reference_frame is missing"):
+        Avatar.load(copy)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     (copy / "frames" / "000003.jpg").unlink()
     with pytest.raises(AvatarCacheError, match=r"frames/000003\.jpg is missing"):
@@ -241,7 +253,7 @@ def test_a_failed_prepare_leaves_nothing_and_keeps_the_old_avatar(
     monkeypatch.setattr(prepare_module, "write_wav", broken)
     before = sorted(p.name for p in root.iterdir())
     with pytest.raises(OSError, match="disk full"):
-        prepare_avatar(anchor.manifest["source"]["path"], "anchor", root=root, max_seconds=0.4, show_progress=False)
+        prepare_avatar(anchor.manifest.source.path, "anchor", root=root, max_seconds=0.4, show_progress=False)
     assert sorted(p.name for p in root.iterdir()) == before, "no partial folder is left behind"
     Avatar.load(anchor.path)  # the earlier avatar is intact
 
@@ -253,7 +265,7 @@ def test_frames_without_a_face_are_interpolated_and_counted(shared_data: Path, t
     for i in (8, 9, 10):
         frames[i] = np.zeros_like(frames[i])
     avatar = prepare(write_video(tmp_path / "gaps.mp4", frames), tmp_path, "gaps")
-    assert avatar.manifest["interpolated_frames"] == 3
+    assert avatar.manifest.extra["interpolated_frames"] == 3
 
 
 def errors_for(tmp_path: Path) -> list[tuple[Path, str, dict]]:

@@ -268,7 +268,7 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     avatar = Avatar.load(prepared.path)
     template = (avatar.frame_count - 25) // 5 * 5
     steps = round(2 * template / 5 / 2)
-    general_id = avatar.manifest["model_id"]
+    general_id = avatar.manifest.model_id
     assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=1.0)
@@ -289,8 +289,8 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     _, model_id = load_stylesync("rt", weights)
     assert model_id == summary["model_id"] != general_id
     personal = load_avatar(str(avatar.path), model_id=model_id)  # checksums verified, features fresh
-    assert personal.manifest["personalized"]["steps"] == steps
-    assert personal.manifest["personalized"]["held_out"] == json.loads(json.dumps(held_out))
+    assert personal.manifest.extra["personalized"]["steps"] == steps
+    assert personal.manifest.extra["personalized"]["held_out"] == json.loads(json.dumps(held_out))
     assert np.abs(personal.array("features/delta_w.npy")).mean() > 0
     with pytest.raises(Exception, match="stale"):
         load_avatar(str(avatar.path), model_id=general_id)

@@ -62,7 +62,7 @@ class PersonalizeConfig:
 
 def template_clip(avatar: Avatar, hold_out_seconds: float = 0.0) -> Clip:
     """The avatar's template as a training clip: its aligned crops and the mel of its own audio."""
-    if not avatar.manifest.get("source", {}).get("has_audio"):
+    if not avatar.manifest.source.has_audio:
         raise PersonalizeError(
             f"avatar {avatar.name!r} was prepared from a source without audio; personalisation learns from the "
             "template's own speech: prepare it from a video with its sound track"
@@ -74,7 +74,7 @@ def template_clip(avatar: Avatar, hold_out_seconds: float = 0.0) -> Clip:
             f"avatar {avatar.name!r} has {avatar.frame_count} frames; {held} held out leave {frames}, and "
             "personalisation needs at least 2 s of template (prepare it with a longer --max-seconds)"
         )
-    samples, rate = read_wav(avatar.path / avatar.manifest["audio"]["file"])
+    samples, rate = read_wav(avatar.path / avatar.manifest.audio.file)
     if rate != MelConfig().sample_rate:
         raise PersonalizeError(f"{avatar.name}: audio.wav is {rate} Hz, expected 16 kHz; prepare the avatar again")
     clip = Clip(avatar.path, {"clip_id": avatar.name, "identity": f"avatar:{avatar.name}", "frames": frames})
@@ -203,7 +203,7 @@ def personalize(
     from lipstream.avatars.prepare import refresh_features
     from lipstream.progress import Progress
 
-    profile = avatar.manifest.get("profile", "rt")
+    profile = avatar.manifest.profile
     template = template_clip(avatar, config.hold_out_seconds)
     general = replay_clips(general_cache)
     replay = str(general_cache) if general else "none"
@@ -270,7 +270,7 @@ def personalize(
         summary["held_out"] = held_out
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
     refreshed = refresh_features(avatar.path, path, {"personalized": summary})
-    summary["model_id"] = refreshed["model_id"]
+    summary["model_id"] = refreshed.model_id
     summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
     return summary
 
@@ -291,7 +291,7 @@ def score_held_out(
     tail = Clip(avatar.path, whole.meta | {"frames": held})
     tail.__dict__["crops"] = whole.crops[template_frames : template_frames + held]
     tail.__dict__["mel"] = whole.mel[:, template_frames * 16 // 5 :]  # template_frames is a multiple of 5
-    reference = np.asarray(whole.crops[avatar.manifest.get("reference_frame", 0)])
+    reference = np.asarray(whole.crops[avatar.manifest.reference_frame])
     mouths, rows = MouthLandmarks(), personal.cfg.region_rows
     truth = np.asarray(tail.crops)
     scores: dict = {"seconds": held / 25}

@@ -77,11 +77,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         idle_loop=args.idle_loop,
     )
     m = result.manifest
-    jitter = m["crop_jitter"]
+    jitter = m.extra["crop_jitter"]
     print(
         f"avatar {args.name!r} ready at {result.path}\n"
-        f"  {m['frame_count']} frames ({m['interpolated_frames']} interpolated where no face was detected), "
-        f"reference frame {m['reference_frame']}, model {m['model_id']}\n"
+        f"  {m.frame_count} frames ({m.extra['interpolated_frames']} interpolated where no face was detected), "
+        f"reference frame {m.reference_frame}, model {m.model_id}\n"
         f"  crop-centre jitter, raw -> smoothed: {jitter['raw']['speed']:.2f} -> {jitter['smoothed']['speed']:.2f} "
         f"px/frame (mean movement), {jitter['raw']['shake']:.2f} -> {jitter['smoothed']['shake']:.2f} px/frame^2 "
         "(shake)\n"
@@ -92,7 +92,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         from lipstream.avatars.sheet import contact_sheet
 
-        sheet = contact_sheet(Avatar.load(result.path, verify=False), index=m["frame_count"] // 2)
+        sheet = contact_sheet(Avatar.load(result.path, verify=False), index=m.frame_count // 2)
         cv2.imwrite(str(args.sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         print(f"  contact sheet: {args.sheet}")
     return 0
@@ -509,7 +509,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch=args.batch, lr=args.lr, lambda_p=args.lambda_p, hold_out_seconds=args.hold_out
     )
     expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
-    cache = replay_cache(args.replay, Path(args.cache) if args.cache else None, avatar.manifest.get("profile", "rt"))
+    cache = replay_cache(args.replay, Path(args.cache) if args.cache else None, avatar.manifest.profile)
     print(f"replay: {cache or 'none (the template alone)'}", file=sys.stderr)
     try:
         summary = personalize(
