@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,8 @@ class Publication:
     closed: bool = field(default=False)
 
     def to_json(self) -> dict:
-        return {"janus": self.url, "room": self.room, "feed": self.feed}
+        query = urllib.parse.urlencode({"janus": self.url, "room": self.room, "feed": self.feed})
+        return {"janus": self.url, "room": self.room, "feed": self.feed, "watch_page": f"/watch?{query}"}
 
     async def close(self) -> None:
         if self.closed:

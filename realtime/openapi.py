@@ -123,6 +123,7 @@ OPERATIONS: dict[str, dict] = {
                             "janus": {"type": "string"},
                             "room": {"type": "integer"},
                             "feed": {"type": "integer"},
+                            "watch_page": {"type": "string", "description": "this server's viewer page for it"},
                         },
                     }
                 ),

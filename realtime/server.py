@@ -49,6 +49,10 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_CLIENT / "index.html")
 
 
+async def watch_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_CLIENT / "watch.html")
+
+
 async def list_avatars(request: web.Request) -> web.Response:
     names = await asyncio.to_thread(request.app[STATE].runtime.avatar_names)
     return web.json_response({"avatars": names})
@@ -155,6 +159,7 @@ ROUTES = (
     Route("GET", "/ice-servers", ice_servers, "ice-servers", "ICE servers for a client's offer, with credentials"),
     Route("GET", "/openapi.json", api_description, "openapi", "This document", public=True),
     Route("GET", "/", index, "page", "The browser demo client", public=True, api=False),
+    Route("GET", "/watch", watch_page, "watch-page", "The viewer page (Janus or WHEP)", public=True, api=False),
     Route("GET", "/avatars", list_avatars, "avatars", "Avatars that can be chosen", public=True),
     Route("GET", "/samples", list_samples, "samples", "Speech samples the page can play", public=True),
     Route("GET", "/samples/{name}", sample, "sample", "One speech sample (WAV)", public=True),

@@ -361,3 +361,48 @@ def test_cors_lets_the_allowed_origin_call_the_api_and_no_other(
     refused = page.evaluate(CROSS_ORIGIN_CALL, server)
     assert "error" in refused and "Failed to fetch" in refused["error"], refused
     page.close()
+
+
+def test_an_audience_watches_through_janus(
+    browser: Browser, server_cache: Path, speech_then_silence: Path, lips: Lips, tmp_path: Path
+) -> None:
+    """The watch page subscribes to a session that the server published once into Janus."""
+    import shutil
+
+    from lipstream.realtime.janus import start_janus
+
+    if shutil.which("janus") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI needs Debian's janus; make test installs it")
+        pytest.skip("needs Debian's janus package (apt-get install janus)")
+    janus_port = free_port()
+    janus = start_janus(tmp_path / "janus", janus_port)
+    janus_url = f"http://127.0.0.1:{janus_port}/janus"
+    process, base = start_server(server_cache, speech_then_silence.parent, extra=("--janus", janus_url))
+    try:
+
+        def post(path: str, data: bytes | None = None, kind: str = "application/json") -> dict:
+            request = urllib.request.Request(f"{base}{path}", data=data or b"", headers={"Content-Type": kind})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        session = post("/sessions")["session_id"]
+        where = post(f"/sessions/{session}/publish")
+        page = browser.new_page()
+        page.goto(f"{base}{where['watch_page']}")
+        page.wait_for_function("document.getElementById('avatar').readyState >= 2", timeout=60_000)
+        assert page.evaluate("window.watchState.state") == "watching"
+        page.evaluate(WATCH_MOUTH, list(lips.box))
+        post(f"/sessions/{session}/audio", speech_then_silence.read_bytes(), "audio/wav")
+        times, change, _, stamps = mouth_trace(page, 4.0, lips)
+        page.screenshot(path=str(ARTIFACTS / "watch_through_janus.png"))
+        assert_25_fps(stamps, list(times), share=0.75)
+        assert (change > SPEAKING).sum() >= 10, "the viewer sees the avatar speak"
+        page.goto(f"{base}/watch")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "Nothing to watch" in page.text_content("#error")
+        page.close()
+    finally:
+        stop(process)
+        janus.terminate()
+        janus.wait(timeout=10)
