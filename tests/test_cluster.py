@@ -163,7 +163,8 @@ def test_a_stopped_process_takes_only_its_own_sessions(cluster: LocalCluster) ->
             await viewer.close()
             await _end(http, cluster.url, [kept, body, body2])
         frames = viewer.frames[first:]
-        print(f"b1 restarted in {restart_s:.1f} s; b2's viewer got {len(frames)} frames meanwhile; {pushed} pushes")
+        fps = (len(frames) - 1) / (frames[-1][0] - frames[0][0])
+        print(f"b1 restarted in {restart_s:.1f} s; b2's viewer: {len(frames)} frames at {fps:.2f} fps; {pushed} pushes")
         assert not failures, failures[:5]
         assert_25_fps(viewer.stamps[first:], [t for t, _ in frames])
 

@@ -139,6 +139,8 @@ def test_a_relay_only_session_streams_through_coturn(runtime: Runtime, coturn: s
     assert candidate_types(offer) == {"relay"} and candidate_types(answer) == {"relay"}  # both sides through coturn
     assert f"<{coturn}>" in link and 'username="' in link  # WHEP's Link header carries the session's credential
     assert_25_fps(viewer.stamps[10:], [t for t, _ in viewer.frames[10:]])
+    arrivals = [t for t, _ in viewer.frames[10:]]
+    print(f"relay-only: {len(arrivals)} frames at {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} fps")
 
 
 def test_a_wrong_turn_secret_gets_no_relay(runtime: Runtime, coturn: str) -> None:

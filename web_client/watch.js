@@ -13,26 +13,6 @@ window.watchState = { state: "connecting" };
 function setStatus(text) { $("status").textContent = text; }
 function showError(text) { $("error").textContent = text; $("error").hidden = !text; window.watchState = { state: "failed", error: text }; }
 
-function authHeaders() {
-  const token = new URLSearchParams(location.hash.slice(1)).get("token");
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
-async function iceConfiguration() {
-  const response = await fetch("/ice-servers", { headers: authHeaders() });
-  if (!response.ok) return {};
-  const { iceServers, iceTransportPolicy } = await response.json();
-  return iceServers.length ? { iceServers, iceTransportPolicy } : {};
-}
-
-function gathered(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", check); resolve(); } };
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
-
 async function newPeer() {
   const pc = new RTCPeerConnection(await iceConfiguration());
   const stream = new MediaStream();
@@ -49,7 +29,7 @@ async function watchWhep(path) {
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addTransceiver("video", { direction: "recvonly" });
   await pc.setLocalDescription(await pc.createOffer());
-  await gathered(pc);
+  await iceGatheringComplete(pc);
   const response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/sdp", ...authHeaders() }, body: pc.localDescription.sdp });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -114,7 +94,7 @@ async function watchJanus(url, room, feed) {
   const pc = await newPeer();
   await pc.setRemoteDescription(offer);
   await pc.setLocalDescription(await pc.createAnswer());
-  await gathered(pc);
+  await iceGatheringComplete(pc);
   await janus.request({ request: "start" }, { type: "answer", sdp: pc.localDescription.sdp });
 }
 
