@@ -9,11 +9,11 @@ import pytest
 
 
 def test_session_benchmark_measures_fps_drops_and_latency(
-    tmp_path: Path, speech_then_silence: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cache: Path, speech_then_silence: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lipstream.benchmarks.session_bench import run_session_bench
 
-    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(cache))
     payload = run_session_bench(1, 7.0, str(speech_then_silence), out_dir=tmp_path)
     saved = json.loads(Path(payload["files"][0]).read_text())
     (session,) = saved["sessions"]
@@ -26,6 +26,7 @@ def test_session_benchmark_measures_fps_drops_and_latency(
     assert dropped == int(dropped) >= 0 and session["frames"] + dropped <= 25 * 7.0 + 5 and saved["machine"]["cores"]
 
 
+@pytest.mark.slow  # minutes of benchmarking; the session benchmark above runs by default
 def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_path: Path) -> None:
     from lipstream.benchmarks.suite import run_suite
 
@@ -49,6 +50,7 @@ def test_the_suite_measures_every_part_and_writes_json_plots_and_markdown(tmp_pa
     assert all(Path(f).is_file() for f in payload["files"])
 
 
+@pytest.mark.slow
 def test_the_soak_run_follows_every_session_and_the_server(tmp_path: Path) -> None:
     from lipstream.benchmarks.soak import run_soak
 
@@ -70,7 +72,7 @@ def test_the_soak_run_follows_every_session_and_the_server(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("via", ["janus", "direct"])
 def test_fanout_benchmark_writes_fps_lost_frames_and_cpu(
-    via: str, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+    via: str, tmp_path: Path, cache: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
 
@@ -78,7 +80,7 @@ def test_fanout_benchmark_writes_fps_lost_frames_and_cpu(
 
     if via == "janus" and shutil.which("janus") is None:
         pytest.skip("needs Debian's janus package")
-    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(cache))
     speech_file = shared_data / "speech" / "espeak_en.wav"
     payload = run_fanout_bench(2, via, seconds=4.0, out=tmp_path / "fanout.json", speech_path=str(speech_file))
     saved = json.loads((tmp_path / "fanout.json").read_text())

@@ -79,7 +79,7 @@ def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:
     assert (tmp_path / "photo" / "manifest.json").is_file() and sheet.stat().st_size > 10_000
 
 
-def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, shared_data: Path) -> None:
+def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, cache: Path, shared_data: Path) -> None:
     import av
 
     source = shared_data / "speech" / "espeak_en.wav"
@@ -90,7 +90,7 @@ def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, sha
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "LIPSTREAM_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "LIPSTREAM_CACHE": str(cache)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     with av.open(str(out)) as container:
@@ -100,7 +100,7 @@ def test_render_writes_an_mp4_with_every_frame_and_the_audio(tmp_path: Path, sha
     assert f"wrote {out}: {frames} frames" in result.stdout
 
 
-def test_serve_answers_health_on_its_port(tmp_path: Path) -> None:
+def test_serve_answers_health_on_its_port(tmp_path: Path, cache: Path) -> None:
     import socket
     import time
     import urllib.request
@@ -113,7 +113,7 @@ def test_serve_answers_health_on_its_port(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "LIPSTREAM_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "LIPSTREAM_CACHE": str(cache)},
     )
     try:
         deadline = time.monotonic() + 240

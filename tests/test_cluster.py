@@ -52,10 +52,9 @@ def health(base: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster(cache: Path) -> Iterator[LocalCluster]:
     serve = ("--engine", "onnxruntime", "--admission", "count", "--max-sessions", "3", "--max-sessions-per-client", "8")
-    cache = str(tmp_path_factory.mktemp("cache"))
-    with LocalCluster(free_block(2), 2, serve, env={"LIPSTREAM_CACHE": cache}, check_every="500ms") as running:
+    with LocalCluster(free_block(2), 2, serve, env={"LIPSTREAM_CACHE": str(cache)}, check_every="500ms") as running:
         yield running
 
 

@@ -100,8 +100,8 @@ def stop(server: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def server_cache(cache: Path) -> Path:
+    return cache  # the run's cache: the default avatar and the graphs are already made
 
 
 @pytest.fixture(scope="module")
