@@ -26,6 +26,13 @@ def _get(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -
     return value
 
 
+def _object(cls: type, data: Any, where: str, kinds: dict[str, type | tuple[type, ...]]) -> Any:
+    """An instance of `cls` from the JSON object `data`, each field checked against its kinds."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} should be an object, not {data!r}")
+    return cls(**{key: _get(data, key, kind, f"{where}.") for key, kind in kinds.items()})
+
+
 @dataclass(frozen=True)
 class Source:
     """The video or photo the avatar was prepared from."""
@@ -39,16 +46,8 @@ class Source:
 
     @classmethod
     def from_json(cls, data: Any) -> Source:
-        if not isinstance(data, dict):
-            raise ValueError(f"source should be an object, not {data!r}")
-        return cls(
-            path=_get(data, "path", str, "source."),
-            kind=_get(data, "kind", str, "source."),
-            width=_get(data, "width", int, "source."),
-            height=_get(data, "height", int, "source."),
-            fps=float(_get(data, "fps", (int, float), "source.")),
-            has_audio=_get(data, "has_audio", bool, "source."),
-        )
+        kinds = {"path": str, "kind": str, "width": int, "height": int, "fps": (int, float), "has_audio": bool}
+        return _object(cls, data, "source", kinds)
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,7 @@ class Audio:
 
     @classmethod
     def from_json(cls, data: Any) -> Audio:
-        if not isinstance(data, dict):
-            raise ValueError(f"audio should be an object, not {data!r}")
-        return cls(
-            file=_get(data, "file", str, "audio."),
-            sample_rate=_get(data, "sample_rate", int, "audio."),
-            samples=_get(data, "samples", int, "audio."),
-        )
+        return _object(cls, data, "audio", {"file": str, "sample_rate": int, "samples": int})
 
 
 _TYPED = (

@@ -14,11 +14,29 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 DEFAULT_TURN_TTL_S = 12 * 3600  # a presenter's whole show; coturn refuses refreshes past the expiry
+
+
+class IceSettingsError(ValueError):
+    """STUN/TURN options that cannot work together; the message says what to change."""
+
+
+def read_turn_secret(path: str | None, environment: str | None) -> str | None:
+    """coturn's shared secret from a file (first) or the environment; None when neither gives one."""
+    if not path:
+        return environment or None
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as err:
+        raise IceSettingsError(f"cannot read the TURN secret file {path}: {err.strerror}") from err
+    if not secret:
+        raise IceSettingsError(f"{path} is empty: it should hold coturn's static-auth-secret")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -32,9 +50,9 @@ class IceSettings:
 
     def __post_init__(self) -> None:
         if self.turn_ttl_s <= 0:
-            raise ValueError(f"the TURN credential lifetime must be positive seconds, not {self.turn_ttl_s}")
+            raise IceSettingsError(f"the TURN credential lifetime must be positive seconds, not {self.turn_ttl_s}")
         if self.relay_only and not any(_is_turn(url) for url in self.urls):
-            raise ValueError("relay-only ICE needs a TURN server: add --ice-server turn:HOST:PORT")
+            raise IceSettingsError("relay-only ICE needs a TURN server: add --ice-server turn:HOST:PORT")
 
     def servers(self, name: str, now: float) -> list[RTCIceServer]:
         """The ICE servers for one session or client called `name`, with credentials issued `now`

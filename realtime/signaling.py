@@ -214,10 +214,14 @@ async def publish(request: web.Request) -> web.Response:
     async with live.publishing:
         if live.publication is None:
             try:
-                live.publication = await janus.publish(state, live, state.settings.janus_url)
+                publication = await janus.publish(state, live, state.settings.janus_url)
             except janus.JanusError as err:
                 logger.error("publishing session %s to Janus failed: %s", live.session.id, err)
                 raise error_response(web.HTTPBadGateway, f"publishing to Janus failed: {err}") from err
+            if live.session.closed:  # ended while it was being published: nobody else will close it
+                await publication.close()
+                raise error_response(web.HTTPNotFound, "no such session (it ended while being published)")
+            live.publication = publication
     return web.json_response(live.publication.to_json())
 
 

@@ -448,6 +448,12 @@ def test_engine_faults_fall_back_to_idle_frames_count_and_recover(runtime: Runti
                     engine.fault = fault
                     await wait_for_frames(viewer, len(viewer.frames) + 20)
                     snapshots.append(await metric_values(http, base))
+                generated = "lipstream_frames_generated_total"
+                for _ in range(8):  # a stalled call still holds the engine's thread until it returns
+                    if snapshots[2][generated] > snapshots[1][generated] + 5:
+                        break
+                    await wait_for_frames(viewer, len(viewer.frames) + 10)
+                    snapshots[2] = await metric_values(http, base)
                 await push
                 await viewer.close()
                 return snapshots, viewer.stamps[-40:], [t for t, _ in viewer.frames[-40:]]

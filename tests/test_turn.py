@@ -12,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,16 @@ def test_serve_options_build_the_ice_settings(tmp_path: Path) -> None:
     )
     (server,) = serve_settings(args).ice.servers("any", now=0.0)
     assert (server.username, server.credential) == ("u", "p")
+    (tmp_path / "empty").write_text("\n")
+    for options, expected in (
+        (["--ice-relay-only"], "relay-only ICE needs a TURN server"),
+        (["--turn-secret-file", str(tmp_path / "empty")], "is empty"),
+        (["--turn-secret-file", str(tmp_path / "missing")], "cannot read the TURN secret file"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "lipstream.cli", "serve", *options], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
 
 
 def candidate_types(sdp: str) -> set[str]:

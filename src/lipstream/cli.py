@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from lipstream.engines.select import ENGINE_KINDS as ENGINE_CHOICES
 from lipstream.models.config import PROFILES
 from lipstream.paths import avatars_dir, cache_dir
-from lipstream.realtime.ice import DEFAULT_TURN_TTL_S
 
 if TYPE_CHECKING:
     from lipstream.realtime.registry import ServerSettings
@@ -224,16 +223,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def serve_settings(args: argparse.Namespace) -> ServerSettings:
     """`lipstream serve`'s options as the server's settings (checked before any model loads)."""
-    from lipstream.realtime.ice import IceSettings
+    from lipstream.realtime.ice import DEFAULT_TURN_TTL_S, IceSettings, read_turn_secret
     from lipstream.realtime.security import load_tokens
     from lipstream.realtime.server import ServerSettings
     from lipstream.realtime.tts import make_provider
 
-    secret = os.environ.get("LIPSTREAM_TURN_SECRET") or None
-    if args.turn_secret_file:
-        secret = Path(args.turn_secret_file).read_text().strip()
-        if not secret:
-            raise ValueError(f"{args.turn_secret_file} is empty: it should hold coturn's static-auth-secret")
     return ServerSettings(
         max_sessions=args.max_sessions,
         max_sessions_per_client=args.max_sessions_per_client,
@@ -244,8 +238,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
             urls=tuple(args.ice_server),
             username=args.ice_username,
             credential=args.ice_credential,
-            turn_secret=secret,
-            turn_ttl_s=args.turn_ttl,
+            turn_secret=read_turn_secret(args.turn_secret_file, os.environ.get("LIPSTREAM_TURN_SECRET")),
+            turn_ttl_s=args.turn_ttl or DEFAULT_TURN_TTL_S,
             relay_only=args.ice_relay_only,
         ),
         tts=make_provider(args.tts, args.tts_url, os.environ.get("LIPSTREAM_TTS_KEY") or None),
@@ -665,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         "TURN credential (also read from $LIPSTREAM_TURN_SECRET)",
     )
     serve.add_argument(
-        "--turn-ttl", type=positive_int, default=DEFAULT_TURN_TTL_S, metavar="SECONDS", help="TURN credential lifetime"
+        "--turn-ttl", type=positive_int, metavar="SECONDS", help="TURN credential lifetime (default 12 h)"
     )
     serve.add_argument(
         "--ice-relay-only", action="store_true", help="the server's peers use TURN relays only (hides its address)"

@@ -16,6 +16,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lipstream.models.config import UnknownProfileError
     from lipstream.models.weights import WeightsError
     from lipstream.paths import InvalidNameError
+    from lipstream.realtime.ice import IceSettingsError
     from lipstream.realtime.security import InvalidTokensError
     from lipstream.realtime.tts import TTSError
     from lipstream.training.personalize import PersonalizeError
@@ -31,6 +32,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         EngineInputError,
         ExportError,
         InvalidTokensError,
+        IceSettingsError,
         PersonalizeError,
         TTSError,
     )
