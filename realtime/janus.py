@@ -80,6 +80,12 @@ class JanusSession:
                 logger.warning("Janus long poll of session %s failed: %r; polling again", self.id, err)
                 await asyncio.sleep(1.0)
                 continue
+            if isinstance(events, dict) and events.get("janus") == "error":  # e.g. Janus restarted: no such session
+                logger.error("Janus ended session %s: %s", self.id, events.get("error", {}).get("reason"))
+                for waiter in self._waiting.values():
+                    if not waiter.done():
+                        waiter.set_exception(JanusError(f"Janus ended session {self.id}"))
+                return
             for event in events if isinstance(events, list) else [events]:
                 waiter = self._waiting.pop(event.get("transaction") or "", None)
                 if waiter is not None and not waiter.done():
