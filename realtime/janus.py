@@ -49,6 +49,7 @@ class JanusSession:
         self._http: aiohttp.ClientSession | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._poll: asyncio.Task | None = None
+        self.ended = False  # Janus no longer knows this session (it restarted, or timed it out)
 
     async def open(self) -> JanusSession:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S + 35))
@@ -75,18 +76,26 @@ class JanusSession:
         while True:
             try:
                 async with self._http.get(f"{self.url}/{self.id}?maxev=10") as response:
-                    events = await response.json(content_type=None)
+                    # Janus answers 404, empty, for a session it does not know (it restarted, or timed it out)
+                    gone = {"janus": "error", "error": {"reason": "no such session (404)"}}
+                    events = gone if response.status == 404 else await response.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as err:
                 logger.warning("Janus long poll of session %s failed: %r; polling again", self.id, err)
                 await asyncio.sleep(1.0)
                 continue
+            if not isinstance(events, dict | list):  # an empty answer (Janus stopping): not an event
+                await asyncio.sleep(1.0)
+                continue
             if isinstance(events, dict) and events.get("janus") == "error":  # e.g. Janus restarted: no such session
                 logger.error("Janus ended session %s: %s", self.id, events.get("error", {}).get("reason"))
+                self.ended = True
                 for waiter in self._waiting.values():
                     if not waiter.done():
                         waiter.set_exception(JanusError(f"Janus ended session {self.id}"))
                 return
             for event in events if isinstance(events, list) else [events]:
+                if not isinstance(event, dict):
+                    continue
                 waiter = self._waiting.pop(event.get("transaction") or "", None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
@@ -140,6 +149,10 @@ class Publication:
     peer_id: str
     handle: int = 0
     closed: bool = field(default=False)
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and not self.janus.ended and self.pc.connectionState not in ("failed", "closed")
 
     def to_json(self) -> dict:
         query = urllib.parse.urlencode({"janus": self.url, "room": self.room, "feed": self.feed})

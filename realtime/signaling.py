@@ -212,6 +212,10 @@ async def publish(request: web.Request) -> web.Response:
             web.HTTPConflict, "this server publishes to no SFU: start it with --janus http://HOST:8088/janus"
         )
     async with live.publishing:
+        if live.publication is not None and not live.publication.alive:  # Janus restarted, or the link failed
+            logger.warning("session %s: its Janus publication is gone; publishing it again", live.session.id)
+            await live.publication.close()
+            live.publication = None
         if live.publication is None:
             try:
                 publication = await janus.publish(state, live, state.settings.janus_url)

@@ -101,3 +101,36 @@ def test_a_viewer_of_a_feed_that_does_not_exist_gets_janus_reason(janus_url: str
         return str(caught.value)
 
     assert "No such room" in asyncio.run(scenario())
+
+
+def test_publishing_again_after_janus_restarts_makes_a_new_room(
+    runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/janus"
+    janus = start_janus(tmp_path_factory.mktemp("janus-restart"), port)
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        nonlocal janus
+        async with serving(runtime, janus_url=url) as base, aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/sessions") as response:
+                session_id = (await response.json())["session_id"]
+            async with http.post(f"{base}/sessions/{session_id}/publish") as response:
+                first = await response.json()
+            janus.terminate()
+            janus.wait(timeout=10)
+            janus = start_janus(tmp_path_factory.mktemp("janus-again"), port)
+            await asyncio.sleep(3.0)  # the long poll finds its session gone
+            async with http.post(f"{base}/sessions/{session_id}/publish") as response:
+                second = await response.json()
+            async with http.post(f"{base}/sessions/{session_id}/publish") as response:
+                third = await response.json()
+        return first, second, third
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        janus.terminate()
+        janus.wait(timeout=10)
+    assert "room" in second and second["room"] != first["room"], (first, second)
+    assert third["room"] == second["room"]  # and it is kept while it lives
