@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 from lipstream.dsp import to_s16
 
 from .report import git_commit, machine_info, write_json
-from .session_bench import RATE, _metric, _start_server, load_speech
+from .session_bench import RATE, _metric, _start_server, free_port, load_speech
 
 WARM_UP_S = 3.0
 VIAS = ("janus", "direct")
@@ -146,8 +145,10 @@ async def _run(
         cpu1 = [_cpu_seconds(p) for p in (server_process, janus_process, own)]
         machine1 = psutil.cpu_times()
         dropped = await _dropped(http, base) - dropped0
+        if speaker.done() and speaker.exception() is not None:
+            raise speaker.exception()  # the session stopped speaking: the figures would not be what they say
         speaker.cancel()
-        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+        with contextlib.suppress(asyncio.CancelledError):
             await speaker
         for peer in peers:
             await peer.close()
@@ -184,7 +185,7 @@ def run_fanout_bench(
     speech_path: str | None = None,
     silent: bool = False,
 ) -> dict:
-    from lipstream.realtime.janus import start_janus
+    from lipstream.deploy.janus import start_janus
 
     if via not in VIAS:
         raise ValueError(f"--via takes one of {VIAS}, not {via!r}")
@@ -193,9 +194,7 @@ def run_fanout_bench(
     extra: tuple[str, ...] = ()
     folder = Path(tempfile.mkdtemp(prefix="lipstream-fanout-"))
     if via == "janus":
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            janus_port = probe.getsockname()[1]
+        janus_port = free_port()
         janus = start_janus(folder, janus_port)
         extra = ("--janus", f"http://127.0.0.1:{janus_port}/janus")
     server, base = _start_server(1, extra)

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from lipstream.deploy import wait_until_answers
 from lipstream.dsp import read_wav, to_s16
 from lipstream.realtime.audio_in import Resampler
 from lipstream.realtime.compositor import AvatarAssets
@@ -230,11 +230,15 @@ async def _run(assets: AvatarAssets, base: str, sessions: int, seconds: float, s
     return {"sessions": results, "frames_dropped_by_server": dropped}
 
 
-def _start_server(sessions: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """`lipstream serve` in its own process, as clients elsewhere would see it."""
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _start_server(sessions: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`lipstream serve` in its own process, as clients elsewhere would see it."""
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -254,16 +258,14 @@ def _start_server(sessions: int, extra: tuple[str, ...] = ()) -> tuple[subproces
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2):
-                return server, base
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("the benchmark's server did not start; run `lipstream serve` by hand to see why")
+    try:
+        wait_until_answers(f"{base}/health", server, 300.0)
+    except (RuntimeError, TimeoutError) as err:
+        server.kill()
+        raise RuntimeError(
+            f"the benchmark's server did not start ({err}); run `lipstream serve` by hand to see why"
+        ) from None
+    return server, base
 
 
 def run_session_bench(

@@ -4,8 +4,8 @@ packets without encoding anything. We build no forwarding of our own.
 
 `JanusSession` speaks Janus's HTTP API (requests by POST, events by long poll); `publish` sends a live
 session's tracks into a new room (`serve --janus URL`, then `POST /sessions/{id}/publish`); `subscribe`
-is a viewer (the fan-out benchmark's, a test's, or any client's). `janus_config` writes a minimal
-configuration (the VideoRoom plugin and the HTTP transport only) for a Janus started on this machine.
+is a viewer (the fan-out benchmark's, a test's, or any client's). A Janus for this machine is configured
+and started by deploy/janus.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import shutil
-import subprocess
-import time
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -32,7 +28,6 @@ if TYPE_CHECKING:
 
 VIDEOROOM = "janus.plugin.videoroom"
 REQUEST_TIMEOUT_S = 15.0
-JANUS_LIBRARIES = Path("/usr/lib/x86_64-linux-gnu/janus")  # Debian's janus package
 
 
 class JanusError(RuntimeError):
@@ -145,10 +140,10 @@ class Publication:
     room: int
     feed: int
     janus: JanusSession
+    handle: int
     pc: RTCPeerConnection
-    peer_id: str
-    handle: int = 0
-    closed: bool = field(default=False)
+    detach: Callable[[], None]  # takes the publishing peer off the session's broadcast
+    closed: bool = False
 
     @property
     def alive(self) -> bool:
@@ -162,6 +157,7 @@ class Publication:
         if self.closed:
             return
         self.closed = True
+        self.detach()
         await self.pc.close()
         with contextlib.suppress(JanusError):
             await self.janus.request(self.handle, {"request": "destroy", "room": self.room})
@@ -206,7 +202,7 @@ async def publish(state: ServerState, live: LiveSession, url: str) -> Publicatio
             await pc.close()
         await janus.close()
         raise
-    return Publication(url, room, joined["id"], janus, pc, peer_id, handle)
+    return Publication(url, room, joined["id"], janus, handle, pc, lambda: live.broadcast.detach(peer_id))
 
 
 async def _connected(pc: RTCPeerConnection) -> None:
@@ -246,49 +242,3 @@ async def subscribe(url: str, room: int, feed: int, pc: RTCPeerConnection) -> Ja
         await janus.close()
         raise
     return janus
-
-
-def janus_config(folder: Path, http_port: int, rtp_ports: tuple[int, int] = (40000, 40999)) -> Path:
-    """A configuration folder for Debian's Janus with only what we use: the VideoRoom plugin and the
-    plain HTTP transport on loopback. Returns the main configuration file (`janus -C FILE -F FOLDER`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for kind, library in (("plugins", "libjanus_videoroom.so"), ("transports", "libjanus_http.so")):
-        (folder / kind).mkdir(exist_ok=True)
-        link = folder / kind / library
-        if not link.exists():
-            link.symlink_to(JANUS_LIBRARIES / kind / library)
-    main = folder / "janus.jcfg"
-    main.write_text(
-        "general: {\n"
-        f'\tconfigs_folder = "{folder}"\n\tplugins_folder = "{folder / "plugins"}"\n'
-        f'\ttransports_folder = "{folder / "transports"}"\n'
-        f'\tevents_folder = "{folder / "none"}"\n\tloggers_folder = "{folder / "none"}"\n'
-        "\tdebug_level = 3\n}\n"
-        f'media: {{\n\trtp_port_range = "{rtp_ports[0]}-{rtp_ports[1]}"\n}}\n'
-    )
-    (folder / "janus.transport.http.jcfg").write_text(
-        "general: {\n"
-        f'\tjson = "plain"\n\tbase_path = "/janus"\n\thttp = true\n\tport = {http_port}\n'
-        '\tinterface = "lo"\n\thttps = false\n}\nadmin: {\n\tadmin_http = false\n}\n'
-    )
-    (folder / "janus.plugin.videoroom.jcfg").write_text("general: {\n}\n")
-    return main
-
-
-def start_janus(folder: Path, http_port: int, timeout: float = 20.0) -> subprocess.Popen:
-    """Debian's Janus on loopback with `janus_config`; returns once its HTTP API answers."""
-    if shutil.which("janus") is None:
-        raise FileNotFoundError("Janus is not installed: apt-get install janus (Debian's package)")
-    main = janus_config(folder, http_port)
-    log = (folder / "janus.log").open("ab")
-    process = subprocess.Popen(["janus", "-F", str(folder), "-C", str(main)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/janus/info", timeout=2).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Janus did not start; see {folder / 'janus.log'}") from None
-            time.sleep(0.2)

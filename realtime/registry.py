@@ -45,7 +45,7 @@ class ServerSettings:
     tts: TTSProvider = field(default_factory=EspeakProvider)  # speaks the text of POST .../speak
     cors_origins: tuple[str, ...] = ()  # browser origins (or "*") whose pages may call the API and WHIP/WHEP
     # This process's name among several behind a load balancer: it starts every session and watch id, so
-    # that the balancer sends each later request of a session to the process that owns it (cluster.py).
+    # that the balancer sends each later request of a session to the process that owns it (deploy/haproxy.py).
     instance: str = ""
     agent_port: int = 0  # HAProxy's agent check reads this process's admission state here (0: no agent)
     agent_host: str = "127.0.0.1"
@@ -115,7 +115,7 @@ class ServerState:
 
     def refusal(self) -> str | None:
         """Why a new session would be refused now, whoever asks, or None while one would be admitted:
-        what /health and the load balancer's agent (cluster.py) report."""
+        what /health and the load balancer's agent (deploy/haproxy.py) report."""
         limit = self.settings.max_sessions
         if len(self.live) >= limit:
             return f"the server is full ({limit} sessions)"

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from lipstream.web_client import ROOT as WEB_CLIENT
 
+from .agent import start_agent
 from .clock import Clock, MonotonicClock
-from .cluster import start_agent
 from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
@@ -180,7 +180,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None, clock: 
         allow_cors(app, settings.cors_origins)
 
     background: list[asyncio.Task] = []
-    agent: list[asyncio.Server] = []  # the load balancer's agent check (cluster.py), when asked for
+    agent: list[asyncio.Server] = []  # the load balancer's agent check (agent.py), when asked for
 
     async def start(_app: web.Application) -> None:
         state.scheduler.start()

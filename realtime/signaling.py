@@ -204,7 +204,8 @@ async def end_session(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     """Publishes the session's stream once into a Janus VideoRoom (`serve --janus URL`); viewers then
-    watch through Janus. Answers where: {janus, room, feed}; a second call answers the same."""
+    watch through Janus. Answers where: {janus, room, feed, watch_page}; a second call answers the same
+    while the publication lives."""
     state = request.app[STATE]
     live = state.get(request.match_info["session"])
     if not state.settings.janus_url:

@@ -1,4 +1,4 @@
-"""Two real `lipstream serve` processes behind Debian's HAProxy on loopback (realtime/cluster.py):
+"""Two real `lipstream serve` processes behind Debian's HAProxy on loopback (deploy/haproxy.py):
 sessions spread by admission state, each request of a session reaches its owner, and a process that
 stops takes only its own sessions with it."""
 
@@ -22,7 +22,7 @@ import pytest
 from aiortc import RTCSessionDescription
 from test_server import Viewer, assert_25_fps, wait_for_frames
 
-from lipstream.realtime.cluster import Backend, LocalCluster, haproxy_config
+from lipstream.deploy.haproxy import Backend, LocalCluster, haproxy_config
 
 if shutil.which("haproxy") is None:
     if os.environ.get("CI"):

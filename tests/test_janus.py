@@ -16,7 +16,8 @@ from test_server import Viewer, assert_25_fps, mouth_change, push_wav, serving, 
 from test_web_client import free_port
 
 from lipstream.benchmarks.motion import SPEAKING
-from lipstream.realtime.janus import JanusError, JanusSession, start_janus, subscribe
+from lipstream.deploy.janus import start_janus
+from lipstream.realtime.janus import JanusError, JanusSession, subscribe
 from lipstream.realtime.runtime import Runtime
 
 if shutil.which("janus") is None:

@@ -369,7 +369,7 @@ def test_an_audience_watches_through_janus(
     """The watch page subscribes to a session that the server published once into Janus."""
     import shutil
 
-    from lipstream.realtime.janus import start_janus
+    from lipstream.deploy.janus import start_janus
 
     if shutil.which("janus") is None:
         if os.environ.get("CI"):

@@ -287,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     import time
 
-    from lipstream.realtime.cluster import LocalCluster
+    from lipstream.deploy.haproxy import LocalCluster
 
     serve_args = tuple(a for a in args.serve_args if a != "--")
     with LocalCluster(args.port, args.processes, serve_args) as cluster:

@@ -15,54 +15,28 @@ We build no balancer of our own. What each process adds for HAProxy:
   client counts clients, not the balancer.
 
 `haproxy_config` writes the configuration (the README shows it); `LocalCluster` starts the whole set on
-this machine (`lipstream cluster`), and the tests use it as it is.
+this machine (`lipstream cluster`), and the tests use it as it is. The agent itself is
+realtime/agent.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .log import logger
+from . import wait_until_answers
 
-if TYPE_CHECKING:
-    from .registry import ServerState
+logger = logging.getLogger("lipstream.deploy")
 
 HAPROXY = "haproxy"
 SESSION_PREFIXES = ("/sessions/", "/whip/", "/whep/")  # paths whose next segment is a session or watch id
-
-
-def agent_reply(state: ServerState) -> str:
-    """The line HAProxy's agent check reads (HAProxy's agent protocol): drain while a new session would
-    be refused, otherwise up with a weight that is the share of sessions still free."""
-    refusal = state.refusal()
-    if refusal is not None:
-        return "drain\n"
-    free = 1.0 - len(state.live) / max(1, state.settings.max_sessions)
-    return f"up ready {max(1, round(100 * free))}%\n"
-
-
-async def start_agent(state: ServerState, host: str, port: int) -> asyncio.Server:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(agent_reply(state).encode("ascii"))
-            await writer.drain()
-        except ConnectionError as err:
-            logger.warning("the load balancer's agent check left before its answer: %s", err)
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(answer, host, port)
 
 
 @dataclass(frozen=True)
@@ -126,20 +100,6 @@ def haproxy_config(port: int, backends: list[Backend], bind: str = "127.0.0.1", 
     return "\n".join(lines) + "\n"
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.loads(response.read())
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before it answered") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout:.0f} s") from None
-            time.sleep(0.3)
-
-
 class LocalCluster:
     """`processes` serve processes (ports port+1.., agent ports port+101..) and HAProxy on `port`, all on
     loopback. `serve_args` go to every serve process; `env` adds to their environment."""
@@ -180,13 +140,13 @@ class LocalCluster:
             *("--instance", backend.name, "--agent-port", str(backend.agent_port), "--trust-proxy", "127.0.0.1"),
             *self.serve_args,
         ]
-        log = (self.folder / f"{name}.log").open("ab")
-        self.servers[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        _wait_healthy(f"{self.backend_url(name)}/health", self.servers[name], self.start_timeout)
+        with (self.folder / f"{name}.log").open("ab") as log:  # the process keeps its own copy of the file
+            self.servers[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until_answers(f"{self.backend_url(name)}/health", self.servers[name], self.start_timeout)
 
-    def stop_backend(self, name: str, kill: bool = False) -> None:
+    def stop_backend(self, name: str) -> None:
         process = self.servers.pop(name)
-        process.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -210,11 +170,11 @@ class LocalCluster:
         try:
             for backend in self.backends:  # one at a time: the first one exports the graphs the others reuse
                 self.start_backend(backend.name)
-            log = (self.folder / "haproxy.log").open("ab")
-            self.haproxy = subprocess.Popen(
-                [HAPROXY, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-            _wait_healthy(f"{self.url}/health", self.haproxy, 30.0)
+            with (self.folder / "haproxy.log").open("ab") as log:
+                self.haproxy = subprocess.Popen(
+                    [HAPROXY, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+                )
+            wait_until_answers(f"{self.url}/health", self.haproxy, 30.0)
         except BaseException:
             self.stop()
             raise
