@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from .options import REFERENCE_PERCENTILE
+
 CROP_SIDE_D = 3.4  # crop side, in eye distances
 EYE_LINE = 0.33  # height of the eye line, as a fraction of the crop side
 
@@ -218,9 +220,6 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     """Inner-lip gap over eye distance, per frame. [N, 478, 2] -> [N]"""
     gap = np.linalg.norm(landmarks[:, LIP_TOP] - landmarks[:, LIP_BOTTOM], axis=-1)
     return gap / np.maximum(eye_distance(landmarks), 1e-6)
-
-
-REFERENCE_PERCENTILE = 75.0
 
 
 def choose_reference(landmarks: np.ndarray, percentile: float = REFERENCE_PERCENTILE) -> int:

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 
 from .align import CROP_SIDE_D, to_crop_units, transform_points
-
-MASK_KINDS = ("ushape", "pose")
+from .options import MASK_KINDS
 
 # U geometry in eye distances d (see align.py): the top edge runs under the nose, the sides reach the
 # cheeks, the bottom is below the chin with room for the jaw to drop.

@@ -27,7 +27,6 @@ from lipstream.paths import avatars_dir, check_name
 from lipstream.progress import Progress
 
 from .align import (
-    REFERENCE_PERCENTILE,
     centre_jitter,
     choose_reference,
     eye_distance,
@@ -40,7 +39,17 @@ from .avatar import FORMAT_VERSION, sha256_file
 from .errors import SourceError
 from .landmarks import FaceTracker
 from .manifest import MANIFEST, Audio, Manifest, Source
-from .masks import MASK_KINDS, crop_landmarks, lower_face_mask, paste_mask
+from .masks import crop_landmarks, lower_face_mask, paste_mask
+from .options import (
+    DEFAULT_IDLE_LOOP,
+    DEFAULT_MASK,
+    IDLE_LOOPS,
+    MASK_KINDS,
+    MAX_SECONDS,
+    QUIET_SECONDS,
+    REFERENCE_PERCENTILE,
+    SMOOTHING_SIGMA,
+)
 from .source import SourceInfo, iter_frames, probe, read_audio
 
 MAX_UPSCALE = 2.0  # a face enlarged more than this into the crop is too small for the profile
@@ -83,10 +92,6 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
 def ping_pong(count: int, first: int = 0) -> np.ndarray:
     """first, first+1, ..., first+n-1, ..., first+1: every step moves one frame, so the loop point is invisible."""
     return (first + np.concatenate([np.arange(count), np.arange(count - 2, 0, -1)])).astype(np.int32)
-
-
-IDLE_LOOPS = ("quiet", "all")
-QUIET_SECONDS = 4.0  # length of the stretch a "quiet" idle loop plays back and forth
 
 
 def quiet_stretch(opening: np.ndarray, frames: int) -> int:
@@ -134,14 +139,14 @@ def prepare_avatar(
     source: str | Path,
     name: str,
     profile: str = "rt",
-    mask: str = "ushape",
+    mask: str = DEFAULT_MASK,
     root: str | Path | None = None,
-    max_seconds: float = 10.0,
-    smoothing: float = 2.0,
+    max_seconds: float = MAX_SECONDS,
+    smoothing: float = SMOOTHING_SIGMA,
     weights: str | Path | None = None,
     show_progress: bool = True,
     reference_percentile: float = REFERENCE_PERCENTILE,
-    idle_loop: str = "quiet",
+    idle_loop: str = DEFAULT_IDLE_LOOP,
 ) -> PrepareResult:
     """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache).
     reference_percentile: the reference frame's mouth opening, as a percentile of the clip's.

@@ -178,8 +178,8 @@ async def _run(
 
 
 def run_fanout_bench(
-    viewers: int,
-    via: str,
+    viewers: int = 10,
+    via: str = "janus",
     seconds: float = 20.0,
     out: Path | None = None,
     speech_path: str | None = None,

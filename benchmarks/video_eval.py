@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from lipstream.avatars import Avatar
-from lipstream.avatars.align import REFERENCE_PERCENTILE, invert, paste_back, warp_to_crop
+from lipstream.avatars.align import invert, paste_back, warp_to_crop
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.avatars.prepare import prepare_avatar, track_face
@@ -40,6 +39,7 @@ from lipstream.avatars.source import SourceInfo, iter_frames, probe, read_audio
 from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
+from lipstream.training.config import VideoEvalOptions
 from lipstream.training.evaluate import MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
 
 from .motion import lips_box
@@ -112,17 +112,6 @@ def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | 
         return [frame async for frame in rendered_frames(runtime, samples)]
 
     return asyncio.run(collect())
-
-
-@dataclass(frozen=True)
-class VideoEvalOptions:
-    template: str | Path | None = None  # prepared as the avatar instead of the clip
-    weights: str | None = None  # rt weights (default: the shipped ones)
-    engine: str = "auto"  # the render's engine
-    max_seconds: float = 60.0  # of the clip scored
-    template_seconds: float = 120.0  # of the template prepared
-    reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
-    show_progress: bool = True
 
 
 def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions | None = None) -> dict:

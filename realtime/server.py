@@ -26,10 +26,11 @@ from .clock import Clock, MonotonicClock
 from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
-from .registry import STATE, ServerSettings, ServerState
+from .registry import STATE, ServerState
 from .routes import Route, add_routes, allow_cors, public_names
 from .runtime import Runtime
 from .security import MAX_SDP_BYTES, auth_middleware, error_response
+from .settings import ServerSettings
 from .signaling import (
     create_session,
     end_session,

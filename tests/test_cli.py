@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lipstream.cli import main
+from lipstream.cli import build_parser, main
 
 LIPSTREAM = Path(sys.executable).with_name("lipstream")
 
@@ -48,6 +49,63 @@ def test_bad_arguments_get_a_usage_error() -> None:
     assert result.returncode == 2 and "--latency" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--max-sessions", "0"],
+        ["serve", "--port", "70000"],
+        ["serve", "--jitter-frames", "-1"],
+        ["train", "generator", "--steps", "two"],
+        ["evaluate", "--max-clips", "0"],
+        ["bench", "session", "--sessions", "0"],
+        ["bench", "engine", "--batches", "1,0"],
+        ["bench", "engine", "--engines", "onnxruntime,cuda"],
+    ],
+)
+def test_counts_are_checked_when_parsed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A count, port or list that makes no sense is a usage error naming the option, before anything loads."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert f"argument {argv[-2]}: " in capsys.readouterr().err
+
+
+def test_defaults_are_the_librarys() -> None:
+    """The CLI restates no default: what `serve`, `personalize`, `train` and `prepare` fall back to is
+    what the library's settings say, and the benchmarks pass nothing they were not given."""
+    from lipstream.avatars import options
+    from lipstream.realtime.settings import ServerSettings
+    from lipstream.training.config import GeneratorTrainConfig, PersonalizeConfig
+
+    parser = build_parser()
+    serve = parser.parse_args(["serve"])
+    assert (serve.max_sessions, serve.max_sessions_per_client, serve.jitter_frames) == (
+        ServerSettings.max_sessions,
+        ServerSettings.max_sessions_per_client,
+        ServerSettings.jitter_frames,
+    )
+    assert parser.parse_args(["personalize", "a"]).epochs == PersonalizeConfig.epochs
+    generator = parser.parse_args(["train", "generator"])
+    assert (generator.steps, generator.lr, generator.grid_share) == (
+        GeneratorTrainConfig.steps,
+        GeneratorTrainConfig.lr,
+        GeneratorTrainConfig.grid_share,
+    )
+    prepare = parser.parse_args(["prepare", "v.mp4", "--name", "n"])
+    assert (prepare.max_seconds, prepare.reference_percentile) == (options.MAX_SECONDS, options.REFERENCE_PERCENTILE)
+    bench = parser.parse_args(["bench", "session", "--seconds", "5"])
+    assert {k for k in vars(bench) if k not in ("command", "benchmark", "func", "target")} == {"seconds"}
+
+
+def test_benchmark_help_shows_the_functions_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from lipstream.benchmarks.session_bench import run_session_bench
+
+    default = inspect.signature(run_session_bench).parameters["seconds"].default
+    with pytest.raises(SystemExit):
+        main(["bench", "session", "--help"])
+    assert f"measured (default {default})" in " ".join(capsys.readouterr().out.split())
+
+
 def test_gpu_only_packages_are_never_imported_by_default() -> None:
     code = (
         "import sys, lipstream.cli, lipstream.models.report, lipstream.dsp; "
@@ -65,7 +123,7 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert "lipstream prepare: error:" in result.stderr and "the file is empty" in result.stderr
     assert "Traceback" not in result.stderr
     result = run("prepare", str(tmp_path / "empty.mp4"), "--name", "x", "--max-seconds", "0")
-    assert result.returncode == 2 and "must be a number above 0" in result.stderr
+    assert result.returncode == 2 and "expected a number above 0, got '0'" in result.stderr
 
 
 def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from lipstream.dsp import MelConfig, mel_windows
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import load_stylesync
 
+from .config import EVAL_IDENTITY, EVAL_MAX_CLIPS, EVAL_SPLIT
 from .dataset import HELD_OUT_IDENTITIES
 from .loaders import Clip, load_clips, to_unit
 from .syncnet_train import validate
@@ -168,9 +169,9 @@ def evaluate(
     cache: Path,
     out: Path,
     systems: tuple[str, ...] = SYSTEMS,
-    split: str = "test",
-    identity: str = "grid_s1",
-    max_clips: int = 10,
+    split: str = EVAL_SPLIT,
+    identity: str = EVAL_IDENTITY,
+    max_clips: int = EVAL_MAX_CLIPS,
     weights: str | None = None,
     expert: str | None = None,
     tail_seconds: float | None = None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -41,43 +41,13 @@ from lipstream.models.stylesync import StyleSync
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import INIT_SEED
 
+from .config import SYNC_FRAMES, GeneratorTrainConfig
 from .evaluate import MouthLandmarks, render_clip, score
-from .loaders import SYNC_FRAMES, GeneratorSamples, load_clips
+from .loaders import GeneratorSamples, load_clips
 from .losses import expert_sync_loss, ms_ssim
 from .stopping import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class GeneratorTrainConfig:
-    profile: str = "rt"
-    seed: int = 0
-    steps: int = 200_000
-    batch: int = 4  # samples of five consecutive frames: 20 generated frames per step
-    lr: float = 1e-3
-    d_lr: float = 1e-3
-    lambda_rec: float = 10.0
-    lambda_perceptual: float = 10.0  # scales 1 - MS-SSIM like L1: both are part of L_rec
-    lambda_sync: float = 1.0
-    lambda_adv: float = 1.0
-    lambda_mouth_adv: float = 0.0  # the lips' patch discriminator; 0: not trained at all
-    lambda_fm: float = 0.0  # feature matching in the lips' discriminator (needs lambda_mouth_adv > 0)
-    colour_cast: bool = True  # augmentation: per-channel colour cast, or only a shared gain and offset
-    perceptual: str = "ms-ssim"  # or "none" (the ablation)
-    gan_from_step: int = 3000
-    adv_stride: int = SYNC_FRAMES  # the discriminator sees every n-th generated frame (it costs 2x G)
-    sync_from_step: int = 0
-    r1_gamma: float = 1.0
-    r1_every: int = 16
-    grid_share: float = 0.5
-    checkpoint_minutes: float = 5.0
-    sample_every: int = 500
-    validate_every: int = 2000
-    validate_clips: int = 4
-    max_minutes: float = 120.0  # one chunk; resume for more
-    expert: str | None = None  # fp16 SyncNet expert (the training one); None: no sync loss
-    init: str | None = None  # fp16 StyleSync weights to start from (a fine-tune); None: the seeded init
 
 
 def load_expert(path: str | Path, device: torch.device) -> SyncNet:

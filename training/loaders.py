@@ -19,9 +19,9 @@ from torch.utils.data import Dataset
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
 
+from .config import SYNC_FRAMES
 from .dataset import INDEX
 
-SYNC_FRAMES = 5
 MIN_OFFSET = 5  # an off-sync pair is at least this many frames (0.2 s) away
 
 

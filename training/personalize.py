@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,10 @@ from lipstream.avatars.avatar import Avatar
 from lipstream.dsp import MelConfig, melspectrogram, read_wav
 from lipstream.models.weights import load_stylesync
 
+from .config import SYNC_FRAMES, GeneratorTrainConfig, PersonalizeConfig
 from .dataset import INDEX, default_root
-from .generator_train import GeneratorTrainConfig, GeneratorTrainer, load_expert, plot_curves
-from .loaders import SYNC_FRAMES, Clip, GeneratorSamples, load_clips
+from .generator_train import GeneratorTrainer, load_expert, plot_curves
+from .loaders import Clip, GeneratorSamples, load_clips
 from .stopping import StopRequest
 
 PERSONAL_DIR = "personal"
@@ -48,16 +48,6 @@ CHECKPOINT_SECONDS = 120.0
 
 class PersonalizeError(ValueError):
     """An avatar or training cache that personalisation cannot use; the message says how to fix it."""
-
-
-@dataclass
-class PersonalizeConfig:
-    epochs: float = 5.0  # passes over the template's frames (in samples of five frames)
-    batch: int = 4  # template samples per step; as many general ones join them (1:1)
-    lr: float = 1e-4
-    lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
-    hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
-    seed: int = 0
 
 
 def template_clip(avatar: Avatar, hold_out_seconds: float = 0.0) -> Clip:

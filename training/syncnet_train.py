@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +25,11 @@ from torch.utils.data import DataLoader
 
 from lipstream.models.syncnet import SyncNet
 
-from .loaders import SYNC_FRAMES, Clip, SyncPairs, load_clips, to_unit
+from .config import SYNC_FRAMES, SyncTrainConfig
+from .loaders import Clip, SyncPairs, load_clips, to_unit
 from .stopping import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class SyncTrainConfig:
-    seed: int = 0
-    steps: int = 20_000
-    batch: int = 32
-    lr: float = 3e-4
-    temperature: float = 0.1
-    checkpoint_minutes: float = 5.0
-    validate_every: int = 1000
-    max_minutes: float = 120.0  # one chunk; resume for more
 
 
 def contrastive_loss(

@@ -1,0 +1,32 @@
+"""A server process's settings, with their defaults: one home for the server and for `lipstream serve`'s
+options (this module imports neither torch nor the server)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ice import IceSettings
+from .tts import EspeakProvider, TTSProvider
+
+
+@dataclass
+class ServerSettings:
+    max_sessions: int = 4  # admission control: more would push two cores below 25 fps
+    max_sessions_per_client: int = 2  # per remote address
+    tokens: tuple[str, ...] = ()  # bearer tokens; empty: no authentication (loopback and trusted networks)
+    ice: IceSettings = field(default_factory=IceSettings)  # STUN/TURN for every peer, and TURN credentials
+    push_ahead_seconds: float = 5.0  # how far an HTTP push may run ahead of playback before it is throttled
+    jitter_frames: int = 1  # input frames buffered before playback starts (absorbs arrival jitter)
+    abandoned_after: float = 60.0  # a session with no peer and no audio for this long is ended
+    measured_admission: bool = True  # also refuse sessions the machine's measured spare CPU cannot hold
+    tts: TTSProvider = field(default_factory=EspeakProvider)  # speaks the text of POST .../speak
+    cors_origins: tuple[str, ...] = ()  # browser origins (or "*") whose pages may call the API and WHIP/WHEP
+    # This process's name among several behind a load balancer: it starts every session and watch id, so
+    # that the balancer sends each later request of a session to the process that owns it (deploy/haproxy.py).
+    instance: str = ""
+    agent_port: int = 0  # HAProxy's agent check reads this process's admission state here (0: no agent)
+    agent_host: str = "127.0.0.1"
+    # Proxies (their addresses) whose X-Forwarded-For names the client: the limit per client counts
+    # clients behind a load balancer, not the balancer. Nobody else's header is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    janus_url: str = ""  # Janus's HTTP API (http://host:8088/janus): POST /sessions/{id}/publish fans out there

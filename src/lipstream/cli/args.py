@@ -1,0 +1,82 @@
+"""Argument types that refuse bad values with a line saying what was expected, the options several
+commands share, and the defaults read from the library's settings (never restated here)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lipstream.engines.select import ENGINE_KINDS
+from lipstream.models.config import PROFILES
+
+
+def defaults(settings: type) -> dict[str, Any]:
+    """The defaults of a settings dataclass's fields, by name: the CLI shows and uses the library's own."""
+    return {f.name: f.default for f in dataclasses.fields(settings) if f.default is not dataclasses.MISSING}
+
+
+def _number(kind: Callable[[str], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a whole number of at least 1")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number of at least 0")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above 0")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number of at least 0")
+smoothing_factor = _number(float, lambda v: 0 <= v < 1, "a number from 0 (off) to below 1, e.g. 0.3")
+percentile = _number(float, lambda v: 0 <= v <= 100, "a percentile from 0 to 100")
+share = _number(float, lambda v: 0 <= v <= 1, "a probability from 0 to 1, e.g. 0.3")
+port_number = _number(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
+
+
+def instance_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{1,16}", text):
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 lower-case letters or digits, got {text!r}")
+    return text
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers of at least 1, e.g. 1,2,4."""
+    return tuple(positive_int(part.strip()) for part in text.split(","))
+
+
+def engine_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(part.strip() for part in text.split(","))
+    unknown = [k for k in kinds if k not in ENGINE_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r}; expected some of: {', '.join(ENGINE_KINDS)}")
+    return kinds
+
+
+SMOOTH_HELP = (
+    "average the styles over frames (StyleLipSync's MaLS, causal): weight of the previous frame, 0 (off, "
+    "default) to <1; the mouth lags speech by a/(1-a) frames"
+)
+REFERENCE_HELP = "the reference frame is the one whose mouth opening is at this percentile of the clip's (%(default)s)"
+WEIGHTS_HELP = "model weights file (default: the profile's shipped weights)"
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="rt", help="model profile (default rt)")
+
+
+def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -> None:
+    """--engine, --profile, --weights (and --smooth-styles): how an avatar's model runs."""
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="auto", help="inference engine (default auto)")
+    add_profile(parser)
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
+    if smoothing:
+        parser.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)

@@ -1,0 +1,81 @@
+"""The settings of the training and evaluation jobs, with their defaults: one home for the jobs and for
+the CLI that offers them (this module imports no torch, so `lipstream --help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipstream.avatars.options import REFERENCE_PERCENTILE
+
+SYNC_FRAMES = 5  # frames per SyncNet window and per generator sample (0.2 s at 25 fps)
+
+
+@dataclass
+class SyncTrainConfig:
+    seed: int = 0
+    steps: int = 20_000
+    batch: int = 32
+    lr: float = 3e-4
+    temperature: float = 0.1
+    checkpoint_minutes: float = 5.0
+    validate_every: int = 1000
+    max_minutes: float = 120.0  # one chunk; resume for more
+
+
+@dataclass
+class GeneratorTrainConfig:
+    profile: str = "rt"
+    seed: int = 0
+    steps: int = 200_000
+    batch: int = 4  # samples of five consecutive frames: 20 generated frames per step
+    lr: float = 1e-3
+    d_lr: float = 1e-3
+    lambda_rec: float = 10.0
+    lambda_perceptual: float = 10.0  # scales 1 - MS-SSIM like L1: both are part of L_rec
+    lambda_sync: float = 1.0
+    lambda_adv: float = 1.0
+    lambda_mouth_adv: float = 0.0  # the lips' patch discriminator; 0: not trained at all
+    lambda_fm: float = 0.0  # feature matching in the lips' discriminator (needs lambda_mouth_adv > 0)
+    colour_cast: bool = True  # augmentation: per-channel colour cast, or only a shared gain and offset
+    perceptual: str = "ms-ssim"  # or "none" (the ablation)
+    gan_from_step: int = 3000
+    adv_stride: int = SYNC_FRAMES  # the discriminator sees every n-th generated frame (it costs 2x G)
+    sync_from_step: int = 0
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    grid_share: float = 0.5
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 500
+    validate_every: int = 2000
+    validate_clips: int = 4
+    max_minutes: float = 120.0  # one chunk; resume for more
+    expert: str | None = None  # fp16 SyncNet expert (the training one); None: no sync loss
+    init: str | None = None  # fp16 StyleSync weights to start from (a fine-tune); None: the seeded init
+
+
+@dataclass
+class PersonalizeConfig:
+    epochs: float = 5.0  # passes over the template's frames (in samples of five frames)
+    batch: int = 4  # template samples per step; as many general ones join them (1:1)
+    lr: float = 1e-4
+    lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
+    hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
+    seed: int = 0
+
+
+# `lipstream evaluate` over the training cache's held-out clips (training/evaluate.py)
+EVAL_SPLIT = "test"
+EVAL_IDENTITY = "grid_s1"  # comma-separated identities, or "held-out"
+EVAL_MAX_CLIPS = 10
+
+
+@dataclass(frozen=True)
+class VideoEvalOptions:
+    template: str | Path | None = None  # prepared as the avatar instead of the clip
+    weights: str | None = None  # rt weights (default: the shipped ones)
+    engine: str = "auto"  # the render's engine
+    max_seconds: float = 60.0  # of the clip scored
+    template_seconds: float = 120.0  # of the template prepared
+    reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
+    show_progress: bool = True
