@@ -3,12 +3,14 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install debian-packages
+AGENTS_VENV ?= .venv-agents
+
+.PHONY: run test install debian-packages agents-venv
 
 run: install
 	$(BIN)/lipstream serve
 
-test: install debian-packages
+test: install debian-packages agents-venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -26,8 +28,16 @@ debian-packages:
 	else echo "tests that need them will be skipped: install Debian's $(DEBIAN_PACKAGES) (apt-get install)"; fi
 
 # torch goes first, pinned, so that pip takes the CPU wheel; then the package and its test tools.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml agents/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[export,test]'
+	$(BIN)/python -m pip install --quiet -e '.[export,test]' -e ./agents
+	touch $@
+
+# A voice agent's environment, apart: Pipecat pins protobuf >= 5, the server's mediapipe < 5. The tests
+# run a real Pipecat pipeline in it against a server in theirs (tests/test_agents.py).
+agents-venv: $(AGENTS_VENV)/.installed
+$(AGENTS_VENV)/.installed: agents/pyproject.toml
+	$(PYTHON) -m venv $(AGENTS_VENV)
+	$(AGENTS_VENV)/bin/python -m pip install --quiet -e './agents[pipecat]'
 	touch $@

@@ -267,6 +267,11 @@ class StreamingMelWindows:
             count += 1
         return self._take(count)
 
+    @property
+    def samples_in(self) -> int:
+        """Input samples received so far."""
+        return self._mel.samples_in
+
     def flush(self) -> WindowBatch:
         """Ends the stream; returns the windows of all remaining whole video frames."""
         self._append(self._mel.flush())

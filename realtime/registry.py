@@ -185,10 +185,12 @@ class ServerState:
                 if not live.peers and now - live.last_active > self.settings.abandoned_after:
                     await self.close(session_id)
 
-    def spawn(self, live: LiveSession, coroutine: object, name: str) -> None:
+    def spawn(self, live: LiveSession, coroutine: object, name: str) -> asyncio.Task:
+        """A task of the session's: closing the session cancels it."""
         task = spawn(coroutine, f"{name}-{live.session.id}")
         live.tasks.add(task)
         task.add_done_callback(live.tasks.discard)
+        return task
 
 
 STATE = web.AppKey("state", ServerState)

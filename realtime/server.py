@@ -1,6 +1,7 @@
 """`lipstream serve`: the aiohttp application (built by `create_app`, state in typed app keys), split by
 job: the session registry and admission (registry.py), signalling (signaling.py), audio ingest
-(ingest.py), and here the app's wiring, the small read-only routes and the route table.
+(ingest.py), the frames WebSocket for agents' pipelines (frames.py), and here the app's wiring, the
+small read-only routes and the route table.
 
 The routes are declared once, in ROUTES (method, path, handler, name, summary, public): the router,
 the token check and /openapi.json are built from that table. In short: POST /offer (aiortc's
@@ -23,6 +24,7 @@ from lipstream.web_client import ROOT as WEB_CLIENT
 
 from .agent import start_agent
 from .clock import Clock, MonotonicClock
+from .frames import frame_socket
 from .ingest import audio_socket, push_audio, speak
 from .log import spawn
 from .openapi import openapi_document
@@ -154,6 +156,9 @@ ROUTES = (
     Route("POST", "/sessions/{session}/interrupt", interrupt, "interrupt", "Drop queued audio and pending frames"),
     Route("POST", "/sessions/{session}/speak", speak, "speak", "Speak text into a session through the TTS provider"),
     Route("GET", "/sessions/{session}/ws", audio_socket, "audio-socket", "WebSocket audio: PCM, 'end', 'interrupt'"),
+    Route(
+        "GET", "/sessions/{session}/frames", frame_socket, "frames", "WebSocket of the composed frames with their audio"
+    ),
     Route("POST", "/sessions/{session}/publish", publish, "publish", "Publish the stream once into a Janus room"),
     Route("DELETE", "/sessions/{session}", end_session, "session-end", "End a session"),
     Route("GET", "/sessions/{session}/events", events, "events", "Playback events (server-sent events)"),

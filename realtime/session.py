@@ -58,6 +58,9 @@ class OutputFrame:
     image: np.ndarray  # [H, W, 3] uint8 RGB
     audio: np.ndarray  # [1920] float32, 48 kHz
     kind: str  # "speech" (generated), "blend" (passing to or from the template), "idle" (the template)
+    # Its audio is an utterance's (pauses included), not filler silence: what a client that plays only
+    # speech must play. Not the same as kind != "idle": a frame whose inference overran shows the template.
+    from_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,8 +173,12 @@ class AvatarSession:
         self._queue(windows)
 
     def end_of_input(self) -> None:
-        """The current utterance is complete; its last frames are released (their window is padded)."""
+        """The current utterance is complete; its last frames are released (their window is padded). A
+        last part-frame of audio is completed with silence, so that every sample sent is played."""
         if not self._ended:
+            short = -self._mel.samples_in % self.mel_cfg.samples_per_frame
+            if short:
+                self.push_audio(np.zeros(short, np.float32), np.zeros(short * self._ratio, np.float32))
             self._queue(self._mel.flush())
             self._ended = True
 
@@ -275,7 +282,7 @@ class AvatarSession:
         if self._out.full():  # nobody is reading fast enough: drop the oldest frame, keep the newest
             self._out.get_nowait()
             self.metrics.output_dropped.inc()
-        self._out.put_nowait(OutputFrame(self._number, image, plan.audio, kind))
+        self._out.put_nowait(OutputFrame(self._number, image, plan.audio, kind, plan.from_input))
         self._number += 1
 
     # -- playback events --------------------------------------------------------------------------
