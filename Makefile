@@ -34,10 +34,11 @@ $(VENV)/.installed: pyproject.toml agents/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[export,test]' -e ./agents
 	touch $@
 
-# A voice agent's environment, apart: Pipecat pins protobuf >= 5, the server's mediapipe < 5. The tests
-# run a real Pipecat pipeline in it against a server in theirs (tests/test_agents.py).
+# A voice agent's environment, apart: Pipecat and LiveKit Agents pin protobuf >= 5, the server's mediapipe
+# < 5. The tests run a real Pipecat pipeline and LiveKit's avatar runner in it against a server in
+# theirs (tests/test_agents.py).
 agents-venv: $(AGENTS_VENV)/.installed
 $(AGENTS_VENV)/.installed: agents/pyproject.toml
 	$(PYTHON) -m venv $(AGENTS_VENV)
-	$(AGENTS_VENV)/bin/python -m pip install --quiet -e './agents[pipecat]'
+	$(AGENTS_VENV)/bin/python -m pip install --quiet -e './agents[pipecat,livekit]'
 	touch $@

@@ -99,24 +99,21 @@ def test_frames_socket_refuses_a_bad_format_and_an_unknown_session(runtime: Runt
     assert "(404)" in unknown
 
 
-@pytest.mark.skipif(
+needs_agents_environment = pytest.mark.skipif(
     not AGENTS_PYTHON.is_file(),
-    reason=f"no agents' environment at {AGENTS_PYTHON} (make test builds it: pipecat-ai and agents/)",
+    reason=f"no agents' environment at {AGENTS_PYTHON} (make test builds it: pipecat-ai, livekit-agents, agents/)",
 )
-@pytest.mark.parametrize("interrupt_after", [None, 2.0])
-def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
-    runtime: Runtime, shared_data: Path, interrupt_after: float | None
-) -> None:
-    """pipecat's own test helper runs a pipeline with LipstreamAvatar after a stand-in TTS (a 7.3-s
-    recording as 24 kHz TTSAudioRawFrames); the server runs in this process."""
-    speech = shared_data / "speech" / "espeak_en.wav"
+
+
+def run_agent(runtime: Runtime, script: str, speech: Path, interrupt_after: float | None) -> dict:
+    """Runs tests/agents/SCRIPT with the agents' Python against a server in this process; its JSON."""
 
     async def scenario() -> dict:
         async with serving(runtime) as base:
             extra = ["--interrupt-after", str(interrupt_after)] if interrupt_after else []
             child = await asyncio.create_subprocess_exec(
                 str(AGENTS_PYTHON),
-                str(REPO / "tests" / "agents" / "pipecat_pipeline.py"),
+                str(REPO / "tests" / "agents" / script),
                 *("--server", base, "--speech", str(speech), *extra),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -125,15 +122,47 @@ def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
             assert child.returncode == 0, err.decode()[-3000:]
             return json.loads(out.decode().strip().splitlines()[-1])
 
-    result = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@needs_agents_environment
+@pytest.mark.parametrize("interrupt_after", [None, 2.0])
+def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
+    runtime: Runtime, shared_data: Path, interrupt_after: float | None
+) -> None:
+    """pipecat's own test helper runs a pipeline with LipstreamAvatar after a stand-in TTS (a 7.3-s
+    recording as 24 kHz TTSAudioRawFrames)."""
+    result = run_agent(runtime, "pipecat_pipeline.py", shared_data / "speech" / "espeak_en.wav", interrupt_after)
     assert result["errors"] == []
     assert result["audio_rates"] == [48_000] and result["sizes"] == [[512, 512]]
     if interrupt_after is None:
         # every sample comes back, re-timed to whole frames; 25 pictures a second meanwhile
-        assert result["sent_seconds"] <= result["audio_seconds"] <= result["sent_seconds"] + 0.2
+        assert result["sent_seconds"] <= result["audio_seconds"] <= result["sent_seconds"] + 0.04
         assert result["images"] >= 25 * (result["sent_seconds"] + 1.5)
         assert result["other_frames_down"] == ["TTSStartedFrame", "TTSStoppedFrame"]
     else:
         assert interrupt_after - 0.5 < result["audio_seconds"] < interrupt_after + 0.5, "the rest was dropped"
         assert "InterruptionFrame" in result["other_frames_down"]
     assert result["largest_change_speaking"] > 10 and result["largest_change_idle"] == 0
+
+
+@needs_agents_environment
+@pytest.mark.parametrize("interrupt_after", [None, 2.0])
+def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback(
+    runtime: Runtime, shared_data: Path, interrupt_after: float | None
+) -> None:
+    """livekit-agents' AvatarRunner, in-process, with its QueueAudioOutput and LipstreamVideoGenerator:
+    the frames reach its AVSynchronizer, and playback finished is reported with the position played
+    (interrupted after clear_buffer)."""
+    result = run_agent(runtime, "livekit_runner.py", shared_data / "speech" / "espeak_en.wav", interrupt_after)
+    assert result["options"] == [512, 512, 25, 48_000]
+    assert result["sizes"] == [[512, 512]] and result["audio_rates"] == [48_000]
+    assert result["playback_started"] == 1
+    (finished,) = result["playback_finished"]
+    if interrupt_after is None:
+        assert result["sent_seconds"] <= result["audio_seconds"] <= result["sent_seconds"] + 0.04
+        assert finished == {"position": pytest.approx(result["audio_seconds"]), "interrupted": False}
+        assert result["video_frames"] >= 25 * (result["sent_seconds"] + 1.5)
+    else:
+        assert finished["interrupted"] is True
+        assert interrupt_after - 0.5 < finished["position"] <= result["audio_seconds"] < interrupt_after + 0.5

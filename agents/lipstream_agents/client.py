@@ -30,6 +30,7 @@ FROM_INPUT = 1  # flag: the audio is an utterance's
 MAGIC = b"LSF1"
 KINDS = ("idle", "blend", "speech")
 PLAYBACK_RATE = 48_000  # the audio that comes back with the frames: the input's full band
+FPS = 25
 
 
 class LipstreamError(Exception):
