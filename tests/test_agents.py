@@ -166,3 +166,18 @@ def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback
     else:
         assert finished["interrupted"] is True
         assert interrupt_after - 0.5 < finished["position"] <= result["audio_seconds"] < interrupt_after + 0.5
+
+
+@needs_agents_environment
+@pytest.mark.skipif(
+    not os.environ.get("LIVEKIT_URL"),
+    reason="no LiveKit server: set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET (none installs here)",
+)
+def test_the_avatar_worker_in_a_livekit_room(runtime: Runtime, shared_data: Path) -> None:
+    """End to end through a LiveKit server: an agent streams speech to the worker over lk.audio_stream,
+    sees the avatar's video, and is told by RPC when the speech has played."""
+    result = run_agent(runtime, "livekit_room.py", shared_data / "speech" / "espeak_en.wav", None)
+    assert result["video_frames"] >= 25 * result["sent_seconds"]
+    (finished,) = result["playback_finished"]
+    assert finished["interrupted"] is False
+    assert finished["position"] == pytest.approx(result["sent_seconds"], abs=0.05)
