@@ -105,6 +105,16 @@ needs_agents_environment = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def tts_speech(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 s of the recording as a 16-bit WAV (made for the test, never committed)."""
+    from lipstream.avatars.prepare import write_wav
+
+    path = tmp_path_factory.mktemp("agents") / "speech.wav"
+    write_wav(path, speech[8_000:56_000], 16_000)
+    return path
+
+
 def run_agent(runtime: Runtime, script: str, speech: Path, interrupt_after: float | None) -> dict:
     """Runs tests/agents/SCRIPT with the agents' Python against a server in this process; its JSON."""
 
@@ -126,13 +136,13 @@ def run_agent(runtime: Runtime, script: str, speech: Path, interrupt_after: floa
 
 
 @needs_agents_environment
-@pytest.mark.parametrize("interrupt_after", [None, 2.0])
+@pytest.mark.parametrize("interrupt_after", [None, 1.5])
 def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
-    runtime: Runtime, shared_data: Path, interrupt_after: float | None
+    runtime: Runtime, tts_speech: Path, interrupt_after: float | None
 ) -> None:
-    """pipecat's own test helper runs a pipeline with LipstreamAvatar after a stand-in TTS (a 7.3-s
+    """pipecat's own test helper runs a pipeline with LipstreamAvatar after a stand-in TTS (3 s of a
     recording as 24 kHz TTSAudioRawFrames)."""
-    result = run_agent(runtime, "pipecat_pipeline.py", shared_data / "speech" / "espeak_en.wav", interrupt_after)
+    result = run_agent(runtime, "pipecat_pipeline.py", tts_speech, interrupt_after)
     assert result["errors"] == []
     assert result["audio_rates"] == [48_000] and result["sizes"] == [[512, 512]]
     if interrupt_after is None:
@@ -147,14 +157,14 @@ def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
 
 
 @needs_agents_environment
-@pytest.mark.parametrize("interrupt_after", [None, 2.0])
+@pytest.mark.parametrize("interrupt_after", [None, 1.5])
 def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback(
-    runtime: Runtime, shared_data: Path, interrupt_after: float | None
+    runtime: Runtime, tts_speech: Path, interrupt_after: float | None
 ) -> None:
     """livekit-agents' AvatarRunner, in-process, with its QueueAudioOutput and LipstreamVideoGenerator:
     the frames reach its AVSynchronizer, and playback finished is reported with the position played
     (interrupted after clear_buffer)."""
-    result = run_agent(runtime, "livekit_runner.py", shared_data / "speech" / "espeak_en.wav", interrupt_after)
+    result = run_agent(runtime, "livekit_runner.py", tts_speech, interrupt_after)
     assert result["options"] == [512, 512, 25, 48_000]
     assert result["sizes"] == [[512, 512]] and result["audio_rates"] == [48_000]
     assert result["playback_started"] == 1
@@ -173,10 +183,10 @@ def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback
     not os.environ.get("LIVEKIT_URL"),
     reason="no LiveKit server: set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET (none installs here)",
 )
-def test_the_avatar_worker_in_a_livekit_room(runtime: Runtime, shared_data: Path) -> None:
+def test_the_avatar_worker_in_a_livekit_room(runtime: Runtime, tts_speech: Path) -> None:
     """End to end through a LiveKit server: an agent streams speech to the worker over lk.audio_stream,
     sees the avatar's video, and is told by RPC when the speech has played."""
-    result = run_agent(runtime, "livekit_room.py", shared_data / "speech" / "espeak_en.wav", None)
+    result = run_agent(runtime, "livekit_room.py", tts_speech, None)
     assert result["video_frames"] >= 25 * result["sent_seconds"]
     (finished,) = result["playback_finished"]
     assert finished["interrupted"] is False

@@ -9,26 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import wave
 
-import numpy as np
 from lipstream_agents.livekit import LipstreamVideoGenerator
 from livekit import rtc
 from livekit.agents.voice.avatar import AvatarRunner, QueueAudioOutput
-
-TTS_RATE = 24_000
+from speech import TTS_RATE, tts_pieces
 
 
 def tts_chunks(path: str) -> tuple[list[rtc.AudioFrame], float]:
-    """The recording as a TTS would give it to the agent session: 24 kHz s16 mono, 20 ms frames."""
-    with wave.open(path) as wav:
-        rate, samples = wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), np.int16)
-    seconds = len(samples) / rate
-    times = np.arange(round(seconds * TTS_RATE)) / TTS_RATE
-    audio = np.interp(times, np.arange(len(samples)) / rate, samples.astype(np.float64)).astype(np.int16)
-    step = TTS_RATE // 50
-    chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
-    return [rtc.AudioFrame(c.tobytes(), TTS_RATE, 1, len(c)) for c in chunks], seconds
+    """The recording as a TTS gives it to the agent session."""
+    pieces, seconds = tts_pieces(path)
+    return [rtc.AudioFrame(piece.tobytes(), TTS_RATE, 1, len(piece)) for piece in pieces], seconds
 
 
 async def scenario(server: str, speech: str, interrupt_after: float | None) -> dict:

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import wave
 
 import numpy as np
 from lipstream_agents.pipecat import LipstreamAvatar
@@ -21,20 +20,12 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
 )
 from pipecat.tests.utils import SleepFrame, run_test
-
-TTS_RATE = 24_000
+from speech import TTS_RATE, tts_pieces
 
 
 def tts_frames(path: str) -> tuple[list[TTSAudioRawFrame], float]:
-    """The recording as a TTS service would send it: 24 kHz s16 mono in 20 ms frames."""
-    with wave.open(path) as wav:
-        rate, samples = wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), np.int16)
-    seconds = len(samples) / rate
-    times = np.arange(round(seconds * TTS_RATE)) / TTS_RATE
-    audio = np.interp(times, np.arange(len(samples)) / rate, samples.astype(np.float64)).astype(np.int16)
-    step = TTS_RATE // 50
-    frames = [TTSAudioRawFrame(audio[i : i + step].tobytes(), TTS_RATE, 1) for i in range(0, len(audio), step)]
-    return frames, seconds
+    pieces, seconds = tts_pieces(path)
+    return [TTSAudioRawFrame(piece.tobytes(), TTS_RATE, 1) for piece in pieces], seconds
 
 
 def picture_change(images: list[OutputImageRawFrame]) -> list[float]:
