@@ -5,9 +5,7 @@ the avatar's video; playback finished comes back by RPC (lk.playback_finished). 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import secrets
 
@@ -15,6 +13,7 @@ from lipstream_agents.livekit import run_avatar_worker
 from livekit import api, rtc
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit_runner import tts_chunks
+from stand_in import run
 
 
 def token(identity: str, room: str) -> str:
@@ -23,7 +22,8 @@ def token(identity: str, room: str) -> str:
     return access.with_identity(identity).with_grants(grants).to_jwt()
 
 
-async def scenario(server: str, speech: str) -> dict:
+async def scenario(server: str, speech: str, interrupt_after: float | None) -> dict:
+    assert interrupt_after is None, "not in a room test"
     url, name = os.environ["LIVEKIT_URL"], f"lipstream-{secrets.token_hex(4)}"
     avatar_room, agent_room = rtc.Room(), rtc.Room()
     await avatar_room.connect(url, token("avatar", name))
@@ -63,13 +63,5 @@ async def scenario(server: str, speech: str) -> dict:
     return {"sent_seconds": seconds, "video_frames": video_frames, "playback_finished": finished}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--speech", required=True, help="16-bit mono WAV")
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(scenario(args.server, args.speech))))
-
-
 if __name__ == "__main__":
-    main()
+    run(scenario)

@@ -6,14 +6,12 @@ Prints the result as one JSON object."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 
 from lipstream_agents.livekit import LipstreamVideoGenerator
 from livekit import rtc
 from livekit.agents.voice.avatar import AvatarRunner, QueueAudioOutput
-from speech import TTS_RATE, tts_pieces
+from stand_in import TTS_RATE, run, tts_pieces
 
 
 def tts_chunks(path: str) -> tuple[list[rtc.AudioFrame], float]:
@@ -73,14 +71,5 @@ async def scenario(server: str, speech: str, interrupt_after: float | None) -> d
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--speech", required=True, help="16-bit mono WAV")
-    parser.add_argument("--interrupt-after", type=float)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(scenario(args.server, args.speech, args.interrupt_after))))
-
-
 if __name__ == "__main__":
-    main()
+    run(scenario)

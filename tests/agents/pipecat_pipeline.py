@@ -4,10 +4,7 @@ sends a recording as 24 kHz TTSAudioRawFrames. Prints what came out of the pipel
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import itertools
-import json
 
 import numpy as np
 from lipstream_agents.pipecat import LipstreamAvatar
@@ -20,7 +17,7 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
 )
 from pipecat.tests.utils import SleepFrame, run_test
-from speech import TTS_RATE, tts_pieces
+from stand_in import TTS_RATE, run, tts_pieces
 
 
 def tts_frames(path: str) -> tuple[list[TTSAudioRawFrame], float]:
@@ -63,14 +60,5 @@ async def scenario(server: str, speech: str, interrupt_after: float | None) -> d
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--speech", required=True, help="16-bit mono WAV")
-    parser.add_argument("--interrupt-after", type=float)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(scenario(args.server, args.speech, args.interrupt_after))))
-
-
 if __name__ == "__main__":
-    main()
+    run(scenario)
