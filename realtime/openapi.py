@@ -109,6 +109,18 @@ OPERATIONS: dict[str, dict] = {
         "responses": {"101": {"description": "switching protocols"}} | _errors(400, 404),
         "parameters": [_SESSION, *_PCM_QUERY],
     },
+    "frames": {
+        "description": "WebSocket of the session's composed frames, for clients that are not WebRTC peers (a voice "
+        "agent's pipeline). Each frame is one binary message: an 18-byte header (struct `<4sIBBBxHHH`: `LSF1`, "
+        "frame number, kind 0 idle / 1 blend / 2 speech, format 0 RGB / 1 JPEG, flags (1: utterance audio), pad, "
+        "width, height, audio samples), the picture, then the frame's 40 ms of s16le mono audio at 48 kHz. "
+        "Playback events arrive as JSON text messages. The client library is `lipstream-agents`.",
+        "responses": {"101": {"description": "switching protocols"}} | _errors(400, 404),
+        "parameters": [
+            _SESSION,
+            {"name": "format", "in": "query", "schema": {"enum": ["jpeg", "rgb"], "default": "jpeg"}},
+        ],
+    },
     "session-end": {"responses": _ENDED | _errors(404), "parameters": [_SESSION]},
     "publish": {
         "description": "Publishes the session's stream once into a Janus VideoRoom of its own (`serve --janus URL`); "

@@ -62,6 +62,7 @@ def test_tokens_guard_every_route_that_opens_drives_watches_or_ends_a_session(ru
                 ("POST", f"/sessions/{session}/audio?rate=16000"),
                 ("POST", f"/sessions/{session}/interrupt"),
                 ("GET", f"/sessions/{session}/ws?rate=16000"),
+                ("GET", f"/sessions/{session}/frames"),
                 ("GET", f"/sessions/{session}/events"),
                 ("DELETE", f"/sessions/{session}"),
             ]
