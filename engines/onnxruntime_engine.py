@@ -10,7 +10,7 @@ import numpy as np
 from .base import Engine, EngineError, TensorSpec
 
 # Measured with `lipstream bench engine` on the 2-core CPU: 2 intra-op threads is fastest per call at
-# every batch size; one inference worker per engine owns them (see the architecture notes).
+# every batch size; one inference worker per engine owns them (realtime/scheduler.py: one batch per tick).
 DEFAULT_THREADS = 2
 
 

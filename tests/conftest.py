@@ -17,6 +17,38 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
+# `pytest --cpu-durations=N`: the N tests that used the most CPU (this process and the children it has
+# waited for), beside pytest's --durations (wall clock). On a busy 2-core machine the run's length follows
+# its CPU time, so this list says what to shorten or mark slow.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N", help="list the N most CPU-hungry tests")
+
+
+_CPU_SECONDS: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    start = _cpu_now()
+    yield
+    _CPU_SECONDS[item.nodeid] = _cpu_now() - start
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    count = config.getoption("--cpu-durations")
+    if count is None:
+        return
+    ranked = sorted(_CPU_SECONDS.items(), key=lambda item: -item[1])
+    terminalreporter.write_sep("=", f"most CPU time (all tests: {sum(_CPU_SECONDS.values()):.0f} s)")
+    for nodeid, seconds in ranked[: count or None]:
+        terminalreporter.write_line(f"{seconds:7.2f}s cpu  {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data beside the checkout (or $LIPSTREAM_SHARED/data). CI must have it: there a missing

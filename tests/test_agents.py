@@ -115,67 +115,67 @@ def tts_speech(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> 
     return path
 
 
-def run_agent(runtime: Runtime, script: str, speech: Path, interrupt_after: float | None) -> dict:
-    """Runs tests/agents/SCRIPT with the agents' Python against a server in this process; its JSON."""
+def run_agent(runtime: Runtime, script: str, speech: Path, runs: tuple[str, ...]) -> list[dict]:
+    """Runs tests/agents/SCRIPT with the agents' Python against a server in this process, once per run
+    ("whole", or the seconds after which it interrupts); their JSON results."""
 
-    async def scenario() -> dict:
+    async def scenario() -> list[dict]:
         async with serving(runtime) as base:
-            extra = ["--interrupt-after", str(interrupt_after)] if interrupt_after else []
             child = await asyncio.create_subprocess_exec(
                 str(AGENTS_PYTHON),
                 str(REPO / "tests" / "agents" / script),
-                *("--server", base, "--speech", str(speech), *extra),
+                *("--server", base, "--speech", str(speech)),
+                *(option for run in runs for option in ("--run", run)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            out, err = await asyncio.wait_for(child.communicate(), 120)
+            out, err = await asyncio.wait_for(child.communicate(), 120 * len(runs))
             assert child.returncode == 0, err.decode()[-3000:]
             return json.loads(out.decode().strip().splitlines()[-1])
 
     return asyncio.run(scenario())
 
 
+INTERRUPT_AFTER = 1.5
+
+
 @needs_agents_environment
-@pytest.mark.parametrize("interrupt_after", [None, 1.5])
-def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(
-    runtime: Runtime, tts_speech: Path, interrupt_after: float | None
-) -> None:
+def test_a_pipecat_pipeline_gets_the_avatars_frames_and_retimed_audio(runtime: Runtime, tts_speech: Path) -> None:
     """pipecat's own test helper runs a pipeline with LipstreamAvatar after a stand-in TTS (3 s of a
-    recording as 24 kHz TTSAudioRawFrames)."""
-    result = run_agent(runtime, "pipecat_pipeline.py", tts_speech, interrupt_after)
-    assert result["errors"] == []
-    assert result["audio_rates"] == [48_000] and result["sizes"] == [[512, 512]]
-    if interrupt_after is None:
-        # every sample comes back, re-timed to whole frames; 25 pictures a second meanwhile
-        assert result["sent_seconds"] <= result["audio_seconds"] <= result["sent_seconds"] + 0.04
-        assert result["images"] >= 25 * (result["sent_seconds"] + 1.5)
-        assert result["other_frames_down"] == ["TTSStartedFrame", "TTSStoppedFrame"]
-    else:
-        assert interrupt_after - 0.5 < result["audio_seconds"] < interrupt_after + 0.5, "the rest was dropped"
-        assert "InterruptionFrame" in result["other_frames_down"]
-    assert result["largest_change_speaking"] > 10 and result["largest_change_idle"] == 0
+    recording as 24 kHz TTSAudioRawFrames): whole, then interrupted."""
+    whole, interrupted = run_agent(runtime, "pipecat_pipeline.py", tts_speech, ("whole", str(INTERRUPT_AFTER)))
+    for result in (whole, interrupted):
+        assert result["errors"] == []
+        assert result["audio_rates"] == [48_000] and result["sizes"] == [[512, 512]]
+        assert result["largest_change_speaking"] > 10 and result["largest_change_idle"] == 0
+    # every sample comes back, re-timed to whole frames; 25 pictures a second meanwhile
+    assert whole["sent_seconds"] <= whole["audio_seconds"] <= whole["sent_seconds"] + 0.04
+    assert whole["images"] >= 25 * (whole["sent_seconds"] + 1.5)
+    assert whole["other_frames_down"] == ["TTSStartedFrame", "TTSStoppedFrame"]
+    assert INTERRUPT_AFTER - 0.5 < interrupted["audio_seconds"] < INTERRUPT_AFTER + 0.5, "the rest was dropped"
+    assert "InterruptionFrame" in interrupted["other_frames_down"]
 
 
 @needs_agents_environment
-@pytest.mark.parametrize("interrupt_after", [None, 1.5])
 def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback(
-    runtime: Runtime, tts_speech: Path, interrupt_after: float | None
+    runtime: Runtime, tts_speech: Path
 ) -> None:
     """livekit-agents' AvatarRunner, in-process, with its QueueAudioOutput and LipstreamVideoGenerator:
     the frames reach its AVSynchronizer, and playback finished is reported with the position played
     (interrupted after clear_buffer)."""
-    result = run_agent(runtime, "livekit_runner.py", tts_speech, interrupt_after)
-    assert result["options"] == [512, 512, 25, 48_000]
-    assert result["sizes"] == [[512, 512]] and result["audio_rates"] == [48_000]
-    assert result["playback_started"] == 1
-    (finished,) = result["playback_finished"]
-    if interrupt_after is None:
-        assert result["sent_seconds"] <= result["audio_seconds"] <= result["sent_seconds"] + 0.04
-        assert finished == {"position": pytest.approx(result["audio_seconds"]), "interrupted": False}
-        assert result["video_frames"] >= 25 * (result["sent_seconds"] + 1.5)
-    else:
-        assert finished["interrupted"] is True
-        assert interrupt_after - 0.5 < finished["position"] <= result["audio_seconds"] < interrupt_after + 0.5
+    whole, interrupted = run_agent(runtime, "livekit_runner.py", tts_speech, ("whole", str(INTERRUPT_AFTER)))
+    for result in (whole, interrupted):
+        assert result["options"] == [512, 512, 25, 48_000]
+        assert result["sizes"] == [[512, 512]] and result["audio_rates"] == [48_000]
+        assert result["playback_started"] == 1
+    (finished,) = whole["playback_finished"]
+    assert whole["sent_seconds"] <= whole["audio_seconds"] <= whole["sent_seconds"] + 0.04
+    assert finished == {"position": pytest.approx(whole["audio_seconds"]), "interrupted": False}
+    assert whole["video_frames"] >= 25 * (whole["sent_seconds"] + 1.5)
+    (finished,) = interrupted["playback_finished"]
+    assert finished["interrupted"] is True
+    assert INTERRUPT_AFTER - 0.5 < finished["position"] <= interrupted["audio_seconds"] + 1e-9  # summed floats
+    assert interrupted["audio_seconds"] < INTERRUPT_AFTER + 0.5
 
 
 @needs_agents_environment
@@ -186,7 +186,7 @@ def test_livekits_avatar_runner_plays_the_generators_frames_and_reports_playback
 def test_the_avatar_worker_in_a_livekit_room(runtime: Runtime, tts_speech: Path) -> None:
     """End to end through a LiveKit server: an agent streams speech to the worker over lk.audio_stream,
     sees the avatar's video, and is told by RPC when the speech has played."""
-    result = run_agent(runtime, "livekit_room.py", tts_speech, None)
+    (result,) = run_agent(runtime, "livekit_room.py", tts_speech, ("whole",))
     assert result["video_frames"] >= 25 * result["sent_seconds"]
     (finished,) = result["playback_finished"]
     assert finished["interrupted"] is False

@@ -53,6 +53,7 @@ def test_settings_describe_the_export(exported: ExportResult) -> None:
     assert settings["graphs"]["frame"]["outputs"]["region"] == ["batch", 3, 64, 128]
 
 
+@pytest.mark.slow  # a second whole export (14 s); the run's shared cache reuses its folder every time
 def test_exporting_again_reuses_the_folder_unless_a_graph_changed(exported: ExportResult) -> None:
     again = export_onnx("rt", out=exported.folder, fp16=True)
     assert again.reused and again.settings["created"] == exported.settings["created"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -338,10 +339,9 @@ def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_
     source = grid_sources(shared_data / "grid_s1")[-1].path
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     config = module.PersonalizeConfig(epochs=1, batch=2, lr=1e-3, hold_out_seconds=0.4)
-    avatars = [
-        Avatar.load(prepare_avatar(source, name, root=tmp_path, max_seconds=3.2, show_progress=False).path)
-        for name in ("whole", "stopped")
-    ]
+    whole_path = prepare_avatar(source, "whole", root=tmp_path, max_seconds=3.2, show_progress=False).path
+    shutil.copytree(whole_path, tmp_path / "stopped")  # the same avatar twice, prepared once
+    avatars = [Avatar.load(whole_path), Avatar.load(tmp_path / "stopped")]
     whole = module.personalize(avatars[0], None, expert, config, log=False)
 
     original = module.Personalizer.train_step

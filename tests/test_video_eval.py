@@ -11,9 +11,9 @@ from lipstream.benchmarks.video_eval import VideoEvalOptions, evaluate_video
 
 
 def test_a_clip_is_scored_against_its_own_footage(
-    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_data: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(cache))  # the run's: its graphs are exported already
     clip = shared_data / "talking" / "may_5s.mp4"
     options = VideoEvalOptions(engine="onnxruntime", max_seconds=3.0, show_progress=False)
     report = evaluate_video(clip, tmp_path / "out", options)

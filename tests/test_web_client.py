@@ -286,28 +286,37 @@ def test_a_sample_streams_and_interrupt_goes_idle(browser: Browser, server: str,
     page.close()
 
 
-def test_errors_are_shown_plainly(playwright: Playwright, speech_then_silence: Path, tmp_path: Path) -> None:
+def test_microphone_errors_are_shown_plainly(playwright: Playwright, server: str) -> None:
     # A fake microphone but no fake permission prompt: the request is denied. No device at all: not found.
     denied = playwright.chromium.launch(
         executable_path=str(CHROMIUM), args=[*QUIET_CHROMIUM, "--use-fake-device-for-media-stream"]
     )
     no_device = playwright.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_CHROMIUM)
-    process, base = start_server(tmp_path / "cache", speech_then_silence.parent, max_sessions=1)
     try:
         for browser, message in ((denied, "Microphone permission was denied"), (no_device, "No microphone")):
             page = browser.new_page()
-            page.goto(base)
+            page.goto(server)
             page.wait_for_function("document.getElementById('avatar-select').options.length > 0")
             page.click("#connect")
             page.wait_for_selector("#error:not([hidden])")
             assert message in page.text_content("#error")
+            assert not page.is_disabled("#connect"), "the page can try again"
         page.screenshot(path=str(ARTIFACTS / "web_client_no_microphone.png"))
-        page = denied.new_page()
+    finally:
+        denied.close()
+        no_device.close()
+
+
+def test_a_busy_or_vanished_server_is_shown_plainly(
+    browser: Browser, speech_then_silence: Path, server_cache: Path
+) -> None:
+    process, base = start_server(server_cache, speech_then_silence.parent, max_sessions=1)
+    try:
+        # Server busy: one sample session takes the only seat, the next is told to retry.
+        first, page = browser.new_page(), browser.new_page()
+        connect(first, base, "sample:speech_then_silence.wav")
         page.goto(base)
         page.wait_for_function("document.getElementById('avatar-select').options.length > 0")
-        # Server busy: one sample session takes the only seat, the next is told to retry.
-        first = denied.new_page()
-        connect(first, base, "sample:speech_then_silence.wav")
         page.select_option("#input-select", "sample:speech_then_silence.wav")
         page.click("#connect")
         page.wait_for_function("document.getElementById('error').textContent.includes('busy')")
@@ -321,8 +330,6 @@ def test_errors_are_shown_plainly(playwright: Playwright, speech_then_silence: P
         assert not first.is_disabled("#connect"), "the page can reconnect without reloading"
     finally:
         stop(process)
-        denied.close()
-        no_device.close()
 
 
 def test_page_basics_for_keyboard_and_screen_readers(browser: Browser, server: str) -> None:

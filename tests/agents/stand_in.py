@@ -1,6 +1,6 @@
 """What the agents' scripts share: the recording their stand-in TTS says (24 kHz s16 mono, a common TTS
-rate, in 20 ms pieces), and their command line (a server, the recording, when to interrupt; one JSON
-object printed)."""
+rate, in 20 ms pieces), and their command line (a server, the recording, the runs: whole or interrupted; one JSON
+list printed)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,17 @@ def tts_pieces(path: str) -> tuple[list[np.ndarray], float]:
 
 
 def run(scenario: Callable[[str, str, float | None], Awaitable[dict]]) -> None:
+    """Runs the scenario once per --run (in one interpreter: the agents' imports take seconds), each on a
+    session of its own, and prints their results as one JSON list."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True)
     parser.add_argument("--speech", required=True, help="16-bit mono WAV")
-    parser.add_argument("--interrupt-after", type=float, help="seconds after the speech starts")
+    parser.add_argument(
+        "--run", action="append", required=True, help="'whole', or the seconds after which to interrupt the speech"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(scenario(args.server, args.speech, args.interrupt_after))))
+
+    async def runs() -> list[dict]:
+        return [await scenario(args.server, args.speech, None if run == "whole" else float(run)) for run in args.run]
+
+    print(json.dumps(asyncio.run(runs())))
