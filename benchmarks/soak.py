@@ -159,6 +159,14 @@ def plot_soak(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+OFFSET_NOTE = (
+    "A/V offset: per burst, the first frame whose mouth differs from the template minus the first loud "
+    "audio. The blend into the generated mouth starts up to 4 frames before the speech it leads to (so that "
+    "it is complete at the onset), so about -100 ms is the design, not a lag of the sound; lip sync over "
+    "time is judged by the drift, the change of that offset from the first minute to the last."
+)
+
+
 def soak_markdown(payload: dict, plot_name: str) -> str:
     run, settings, machine = payload["run"], payload["settings"], payload["machine"]
     sessions = run["per_session"] or [run]
@@ -200,6 +208,8 @@ def soak_markdown(payload: dict, plot_name: str) -> str:
         f"end: resident memory {start['rss_mib']:.0f} -> {warm['rss_mib']:.0f} -> {end['rss_mib']:.0f} MiB, "
         f"threads {start['threads']} -> {warm['threads']} -> {end['threads']}; "
         f"{payload['server_cpu_cores']:.2f} cores on average; exit code after SIGINT {payload['server_exit_code']}.",
+        "",
+        OFFSET_NOTE,
         "",
         f"![soak plots]({plot_name})",
         "",
