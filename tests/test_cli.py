@@ -62,7 +62,6 @@ def test_models_text_names_params_and_gflops(capsys: pytest.CaptureFixture[str])
         ["bench", "engine", "--engines", "onnxruntime,cuda"],
         ["models", "--latency", "-1"],
         ["models", "--profile", "fast"],
-        ["prepare", "v.mp4", "--name", "x", "--max-seconds", "0"],
     ],
 )
 def test_counts_are_checked_when_parsed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,6 +114,9 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Ca
     stderr = capsys.readouterr().err
     assert stderr.startswith("lipstream prepare: error:") and "the file is empty" in stderr
     assert "Traceback" not in stderr
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["prepare", str(tmp_path / "empty.mp4"), "--name", "x", "--max-seconds", "0"])
+    assert stop.value.code == 2 and "expected a number above 0, got '0'" in capsys.readouterr().err
 
 
 def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:

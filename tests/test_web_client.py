@@ -336,6 +336,8 @@ def test_a_busy_or_vanished_server_is_shown_plainly(
         )
         first.screenshot(path=str(ARTIFACTS / "web_client_server_gone.png"))
         assert not first.is_disabled("#connect"), "the page can reconnect without reloading"
+        for each in (first, page):
+            each.close()
     finally:
         stop(process)
 
