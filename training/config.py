@@ -55,6 +55,24 @@ class GeneratorTrainConfig:
 
 
 @dataclass
+class UpsamplerTrainConfig:
+    seed: int = 0
+    steps: int = 20_000
+    batch: int = 8
+    lr: float = 1e-3
+    width: int = 32
+    depth: int = 3
+    lambda_l1: float = 1.0
+    lambda_ms_ssim: float = 1.0
+    lambda_laplacian: float = 1.0
+    max_crop_scale: float = 1.0  # clips whose crops enlarge the face more than this teach only blur
+    weights: str | None = None  # the frozen rt generator that makes its inputs (default: the shipped one)
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 500
+    max_minutes: float = 120.0  # one chunk; resume for more
+
+
+@dataclass
 class PersonalizeConfig:
     epochs: float = 5.0  # passes over the template's frames (in samples of five frames)
     batch: int = 4  # template samples per step; as many general ones join them (1:1)

@@ -71,8 +71,10 @@ def talking_sources(root: Path) -> list[ClipSource]:
     return sources
 
 
-def default_root(profile: str) -> Path:
-    return cache_dir() / "dataset" / profile
+def default_root(profile: str, crop_size: int | None = None) -> Path:
+    """<cache>/dataset/<profile>, or <profile>-<size> for crops of another size than the profile's."""
+    name = profile if crop_size in (None, get_profile(profile).face_size) else f"{profile}-{crop_size}"
+    return cache_dir() / "dataset" / name
 
 
 def _stamp(path: Path) -> dict:
@@ -80,10 +82,13 @@ def _stamp(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def build_clip(source: ClipSource, out: Path, profile: str, max_seconds: float = 120.0) -> dict:
-    """Processes one clip into `out` (atomically). Returns its meta."""
+def build_clip(
+    source: ClipSource, out: Path, profile: str, max_seconds: float = 120.0, crop_size: int | None = None
+) -> dict:
+    """Processes one clip into `out` (atomically). Returns its meta. `crop_size` overrides the profile's
+    crop (the region upsampler trains on 256-px crops of the same alignment)."""
     cfg = get_profile(profile)
-    size = cfg.face_size
+    size = crop_size or cfg.face_size
     info = probe(source.path)
     max_frames = round(max_seconds * FPS)
     landmarks, detected = track_face(info, max_frames, show=False)
@@ -110,6 +115,9 @@ def build_clip(source: ClipSource, out: Path, profile: str, max_seconds: float =
             "identity": source.identity,
             "split": source.split,
             "profile": cfg.name,
+            "crop_size": size,
+            # crop pixels per source pixel, median over the frames: above 1 the crop is an enlargement
+            "crop_scale": round(float(np.median(np.hypot(transforms[:, 0, 0], transforms[:, 1, 0]))), 3),
             "frames": count,
             "interpolated_frames": int((~detected).sum()),
             "has_audio": info.has_audio,
@@ -129,15 +137,19 @@ def build_dataset(
     profile: str = "rt",
     show_progress: bool = True,
     max_seconds: float = 120.0,
+    crop_size: int | None = None,
 ) -> dict:
     """Builds (or extends) the cache at `root`; returns the index. Clips that fail are listed, not fatal."""
     root.mkdir(parents=True, exist_ok=True)
     index_path = root / INDEX
-    index = (
-        json.loads(index_path.read_text()) if index_path.is_file() else {"profile": profile, "clips": {}, "failed": {}}
-    )
-    if index.get("profile") != profile:
-        raise ValueError(f"{root} holds a {index.get('profile')} cache; use another folder for {profile}")
+    size = crop_size or get_profile(profile).face_size
+    fresh = {"profile": profile, "crop_size": size, "clips": {}, "failed": {}}
+    index = json.loads(index_path.read_text()) if index_path.is_file() else fresh
+    held = (index.get("profile"), index.get("crop_size", get_profile(index.get("profile", profile)).face_size))
+    if held != (profile, size):
+        raise ValueError(
+            f"{root} holds a {held[0]} cache of {held[1]}-px crops; use another folder for {profile} at {size}"
+        )
     sources = list(sources)
     progress = Progress("dataset", len(sources), unit="clips", enabled=show_progress)
     for source in sources:
@@ -151,7 +163,7 @@ def build_dataset(
             progress.step()
             continue
         try:
-            index["clips"][source.clip_id] = build_clip(source, out, profile, max_seconds)
+            index["clips"][source.clip_id] = build_clip(source, out, profile, max_seconds, size)
             index["failed"].pop(source.clip_id, None)
         except SourceError as err:
             index["failed"][source.clip_id] = str(err)

@@ -14,6 +14,7 @@ from lipstream.training.config import (
     EVAL_SPLIT,
     GeneratorTrainConfig,
     SyncTrainConfig,
+    UpsamplerTrainConfig,
     VideoEvalOptions,
 )
 
@@ -35,6 +36,7 @@ from .args import (
 SYNCNET = defaults(SyncTrainConfig)
 GENERATOR = defaults(GeneratorTrainConfig)
 VIDEO_EVAL = defaults(VideoEvalOptions)
+UPSAMPLER = defaults(UpsamplerTrainConfig)
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -55,8 +57,8 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         print("lipstream dataset build: error: give --grid and/or --talking folders", file=sys.stderr)
         return 2
     sources = sources[: args.limit] if args.limit else sources
-    root = Path(args.out) if args.out else default_root(args.profile)
-    index = build_dataset(sources, root, args.profile, show_progress=not args.quiet)
+    root = Path(args.out) if args.out else default_root(args.profile, args.crop_size)
+    index = build_dataset(sources, root, args.profile, show_progress=not args.quiet, crop_size=args.crop_size)
     splits: dict[str, int] = {}
     for meta in index["clips"].values():
         splits[meta["split"]] = splits.get(meta["split"], 0) + meta["frames"]
@@ -113,9 +115,32 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_upsampler(args: argparse.Namespace) -> int:
+    from lipstream.training.dataset import default_root
+    from lipstream.training.upsampler_train import UpsamplerTrainer
+
+    out = Path(args.out) if args.out else cache_dir() / "train" / f"upsampler-seed{args.seed}"
+    cache = Path(args.cache) if args.cache else default_root("rt", 256)
+    config = UpsamplerTrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        width=args.width,
+        lambda_laplacian=args.lambda_laplacian,
+        max_minutes=args.max_minutes,
+        weights=args.weights,
+    )
+    result = UpsamplerTrainer(cache, out, config, resume=args.resume).run()
+    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    return 0
+
+
 def cmd_train_export(args: argparse.Namespace) -> int:
     if args.model == "syncnet":
         from lipstream.training.syncnet_train import export_expert as export
+    elif args.model == "upsampler":
+        from lipstream.training.upsampler_train import export_upsampler as export
     else:
         from lipstream.training.generator_train import export_generator as export
     if not Path(args.checkpoint).is_file():
@@ -168,7 +193,8 @@ def _add_job_options(job: argparse.ArgumentParser, config: dict, model: str) -> 
     job.add_argument("--out", help=f"checkpoint folder (default: <cache>/train/{model}-seed<N>)")
     job.add_argument("--seed", type=non_negative_int, default=config["seed"])
     job.add_argument("--steps", type=positive_int, default=config["steps"], help="(%(default)s)")
-    job.add_argument("--validate-every", type=positive_int, default=config["validate_every"], help="(%(default)s)")
+    if "validate_every" in config:
+        job.add_argument("--validate-every", type=positive_int, default=config["validate_every"], help="(%(default)s)")
     job.add_argument(
         "--max-minutes", type=positive_float, default=config["max_minutes"], help="length of one chunk (%(default)s)"
     )
@@ -183,7 +209,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--grid", help="GRID speaker folder (video/, align/, splits.json)")
     build.add_argument("--talking", help="folder of talking-head clips (held-out identities go to 'test')")
     add_profile(build)
-    build.add_argument("--out", help="cache folder (default: <cache>/dataset/<profile>)")
+    build.add_argument(
+        "--crop-size", type=positive_int, help="crop side in pixels (default: the profile's; 256 for the upsampler)"
+    )
+    build.add_argument("--out", help="cache folder (default: <cache>/dataset/<profile>[-<crop size>])")
     build.add_argument("--limit", type=non_negative_int, default=0, help="only the first N clips (0: all)")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_dataset_build)
@@ -246,8 +275,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     generator.add_argument("--init", help="fp16 weights to start from, e.g. models/weights/rt.pt (a fine-tune)")
     generator.set_defaults(func=cmd_train_generator)
 
+    u = UPSAMPLER
+    upsampler = train_sub.add_parser("upsampler", help="the hd path's region upsampler (on 256-px crops)")
+    _add_job_options(upsampler, u, "upsampler")
+    upsampler.add_argument("--batch", type=positive_int, default=u["batch"], help="(%(default)s)")
+    upsampler.add_argument("--lr", type=positive_float, default=u["lr"], help="(%(default)s)")
+    upsampler.add_argument("--width", type=positive_int, default=u["width"], help="channels (%(default)s)")
+    upsampler.add_argument(
+        "--lambda-laplacian", type=non_negative_float, default=u["lambda_laplacian"], help="edge loss (%(default)s)"
+    )
+    upsampler.add_argument("--weights", help="the frozen rt weights that make its inputs (default: the shipped ones)")
+    upsampler.set_defaults(func=cmd_train_upsampler)
+
     weights = train_sub.add_parser("export", help="a checkpoint's networks alone, in fp16 (small enough to commit)")
-    weights.add_argument("model", choices=("syncnet", "generator"))
+    weights.add_argument("model", choices=("syncnet", "generator", "upsampler"))
     weights.add_argument("checkpoint", help="checkpoint.pt of a training run")
     weights.add_argument("-o", "--output", required=True, help="the fp16 weights file to write")
     weights.set_defaults(func=cmd_train_export)
