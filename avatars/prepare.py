@@ -43,6 +43,9 @@ from .masks import crop_landmarks, lower_face_mask, paste_mask
 from .options import (
     DEFAULT_IDLE_LOOP,
     DEFAULT_MASK,
+    HD_MAX_CROP_SCALE,
+    HD_MODES,
+    HD_SCALE,
     IDLE_LOOPS,
     MASK_KINDS,
     MAX_SECONDS,
@@ -116,6 +119,27 @@ def check_face_size(transforms: np.ndarray, landmarks: np.ndarray, profile: str,
         )
 
 
+def choose_hd(mode: str, profile: str, transforms: np.ndarray) -> dict:
+    """Whether the avatar takes the hd path, and why (the manifest's "hd" entry)."""
+    from lipstream.models.weights import default_upsampler
+
+    scale = float(np.median(np.hypot(transforms[:, 0, 0], transforms[:, 1, 0]))) * HD_SCALE
+    entry = {"mode": mode, "crop_scale": round(scale, 3)}
+    if mode == "off":
+        return entry | {"enabled": False, "why": "turned off (--hd off)"}
+    if profile != "rt" or default_upsampler() is None:
+        if mode == "on":
+            raise ValueError(
+                "the hd path needs the rt profile and the region upsampler's weights (models/weights/upsampler.pt); "
+                "prepare with --hd auto or off"
+            )
+        return entry | {"enabled": False, "why": f"no region upsampler for the {profile} profile"}
+    if mode == "auto" and scale > HD_MAX_CROP_SCALE:
+        why = f"the face is too small: its {HD_SCALE}x crop would enlarge it {scale:.2f}x (at most {HD_MAX_CROP_SCALE})"
+        return entry | {"enabled": False, "why": why}
+    return entry | {"enabled": True, "why": "asked for (--hd on)" if mode == "on" else "the face is large enough"}
+
+
 def track_face(info: SourceInfo, max_frames: int, show: bool) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1. Returns (landmarks [N, 478, 2], detected [N] bool)."""
     progress = Progress("landmarks", max_frames if info.kind == "video" else 1, enabled=show)
@@ -147,11 +171,16 @@ def prepare_avatar(
     show_progress: bool = True,
     reference_percentile: float = REFERENCE_PERCENTILE,
     idle_loop: str = DEFAULT_IDLE_LOOP,
+    hd: str = "auto",
 ) -> PrepareResult:
     """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache).
     reference_percentile: the reference frame's mouth opening, as a percentile of the clip's.
     idle_loop: "quiet" plays the template's stillest QUIET_SECONDS back and forth (whatever the avatar
-    shows, speaking or not); "all" plays every frame (evaluation, where frame k must be frame k)."""
+    shows, speaking or not); "all" plays every frame (evaluation, where frame k must be frame k).
+    hd: "auto" turns the hd path (the generated mouth upsampled 2x, models/upsampler.py) on for faces large
+    enough to show it, "on" and "off" as said."""
+    if hd not in HD_MODES:
+        raise ValueError(f"unknown hd mode {hd!r}; choose one of: {', '.join(HD_MODES)}")
     if idle_loop not in IDLE_LOOPS:
         raise ValueError(f"unknown idle loop {idle_loop!r}; choose one of: {', '.join(IDLE_LOOPS)}")
     if not 0 <= reference_percentile <= 100:
@@ -174,6 +203,7 @@ def prepare_avatar(
     transforms = smooth_transforms(raw, smoothing)
     check_face_size(transforms, landmarks, cfg.name, size)
     reference_index = choose_reference(landmarks, reference_percentile)
+    hd_choice = choose_hd(hd, cfg.name, transforms)
 
     root = Path(root) if root is not None else avatars_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -236,6 +266,7 @@ def prepare_avatar(
                 "smoothing_sigma_frames": smoothing,
                 "crop_jitter": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
                 "idle_loop": loop_rule,
+                "hd": hd_choice,
             },
         )
         manifest.write(partial)

@@ -135,6 +135,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             show_progress=o.show_progress,
             reference_percentile=o.reference_percentile,
             idle_loop="all",  # rendered frame k must show template frame k
+            hd=o.hd,
         ).path
         avatar = Avatar.load(avatar_path)
         if template is None:
@@ -152,6 +153,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
     report["weights"] = weights or "profile default"
+    report["hd"] = avatar.manifest.extra.get("hd")
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
 

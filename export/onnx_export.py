@@ -174,15 +174,33 @@ def export_onnx(
 
 
 def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
-    import onnx
-
     cfg = model.cfg
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    args = example_args(graph, model)
     if graph == "frame":
         dynamic = (*({0: batch} for _ in range(5)), tuple({0: batch} for _ in range(cfg.num_layers)))
     else:
         dynamic = ({0: batch}, {0: batch}, {0: batch})
+    export_module(
+        graph_module(graph, model),
+        example_args(graph, model),
+        path,
+        input_names(graph, cfg),
+        output_names(graph, cfg),
+        dynamic,
+    )
+
+
+def export_module(
+    module: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: tuple,
+) -> None:
+    """One module to one checked ONNX file (dynamo exporter, OPSET, weights inside the file)."""
+    import onnx
+
     # The exporter narrates its steps on stdout and warns about optional packages (torchvision) we do
     # not use; neither helps a user, so both are kept out of the output.
     exporter_log = logging.getLogger("torch.onnx")
@@ -191,11 +209,11 @@ def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph_module(graph, model),
+            module,
             args,
             str(path),
-            input_names=input_names(graph, cfg),
-            output_names=output_names(graph, cfg),
+            input_names=inputs,
+            output_names=outputs,
             dynamic_shapes=dynamic,
             opset_version=OPSET,
             external_data=False,

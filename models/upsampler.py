@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALE = 2
+from lipstream.avatars.options import HD_SCALE
+
+SCALE = HD_SCALE
 
 
 class RegionUpsampler(nn.Module):

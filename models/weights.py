@@ -38,6 +38,12 @@ def default_weights(profile: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def default_upsampler() -> Path | None:
+    """The shipped region upsampler of the hd path (models/upsampler.py), if there is one."""
+    path = WEIGHTS_DIR / "upsampler.pt"
+    return path if path.is_file() else None
+
+
 def load_stylesync(profile: str, weights: str | Path | None = None) -> tuple[StyleSync, str]:
     """Returns (model in eval mode, model id "<profile>-<trained|init>-<checksum[:16]>")."""
     cfg = get_profile(profile)

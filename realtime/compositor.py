@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from threading import Lock
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from lipstream.avatars.align import match_colour, paste_back, region_to_crop
+from lipstream.avatars.align import match_colour, paste_back, region_to_crop, warp_to_crop
 from lipstream.avatars.avatar import Avatar
+from lipstream.avatars.options import HD_SCALE
+
+if TYPE_CHECKING:
+    from .upsampling import Upsampler
 
 FRAME_CACHE_BYTES = 512 * 1024 * 1024
 
@@ -33,6 +38,25 @@ class AvatarAssets:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = Lock()  # compositing runs on worker threads
+        self.upsampler: Upsampler | None = None  # the hd path, when the avatar asks for it
+        self.hd_features: np.ndarray | None = None
+
+    @property
+    def hd(self) -> bool:
+        """Whether the avatar was prepared for the hd path (its face is large enough to show detail)."""
+        return bool(self.avatar.manifest.extra.get("hd", {}).get("enabled"))
+
+    def attach_upsampler(self, upsampler: Upsampler) -> None:
+        """Turns on the hd path: the reference face's features for the region upsampler, computed once."""
+        index = self.avatar.manifest.reference_frame
+        size = self.avatar.manifest.crop_size * HD_SCALE
+        crop = warp_to_crop(self.template(index), self.hd_transform(index), size)
+        self.hd_features = upsampler.reference_features(crop[size // 2 :])
+        self.upsampler = upsampler
+
+    def hd_transform(self, index: int) -> np.ndarray:
+        """Frame -> crop at 2x: the crop's own transform, scaled."""
+        return self.transforms[index] * HD_SCALE
 
     @property
     def model_id(self) -> str:
@@ -51,10 +75,17 @@ class AvatarAssets:
     def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
         """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to
         it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]"""
+        frame = self.template(index)
         crop = np.asarray(self.crops[index])
         weight = self.paste_masks[index].astype(np.float32) / 255.0
+        transform = self.transforms[index]
+        if region.shape[2] != crop.shape[1]:  # an upsampled region: the crop at its size
+            size = region.shape[2]
+            transform = transform * (size / crop.shape[1])
+            crop = warp_to_crop(frame, transform, size)
+            weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
         canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
-        return paste_back(self.template(index), canvas, self.transforms[index], weight * blend, crop)
+        return paste_back(frame, canvas, transform, weight * blend, crop)
 
     def _image(self, kind: str, index: int) -> np.ndarray:
         key = (kind, index)

@@ -3,6 +3,7 @@ factory for the shared scheduler. Built once by `serve` and `render`."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from lipstream.avatars import Avatar
 from lipstream.avatars.default import default_avatar
 from lipstream.avatars.errors import AvatarCacheError
 from lipstream.avatars.manifest import MANIFEST, Manifest
-from lipstream.engines.base import Engine
+from lipstream.engines.base import Engine, EngineError
 from lipstream.engines.select import check_model, open_engine
-from lipstream.export.onnx_export import export_onnx
+from lipstream.export.onnx_export import ExportError, export_onnx
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import avatars_dir, check_name
 
@@ -22,6 +23,9 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler
+from .upsampling import Upsampler
+
+logger = logging.getLogger("lipstream.realtime")
 
 
 @dataclass
@@ -32,6 +36,22 @@ class Runtime:
     loaded: dict[str, AvatarAssets] = field(default_factory=dict)
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
+    upsampler: Upsampler | None = None  # the hd path's, made when the first hd avatar is loaded
+
+    def __post_init__(self) -> None:
+        self.with_hd(self.assets)
+
+    def with_hd(self, assets: AvatarAssets) -> AvatarAssets:
+        """`assets` with the hd path attached where its avatar asks for it and the upsampler can run."""
+        if not assets.hd or assets.upsampler is not None:
+            return assets
+        try:
+            self.upsampler = self.upsampler or Upsampler()
+        except (ExportError, EngineError) as err:
+            logger.warning("avatar %s: the hd path is off: %s", assets.avatar.name, err)
+            return assets
+        assets.attach_upsampler(self.upsampler)
+        return assets
 
     def scheduler(self, clock: Clock) -> FrameScheduler:
         return FrameScheduler(self.engine, clock, self.metrics, style_smoothing=self.style_smoothing)
@@ -62,7 +82,7 @@ class Runtime:
                     f"serve it with: lipstream serve --avatar {name}"
                 )
             avatar = Avatar.load(folder, model_id=self.engine.model_id)
-            self.loaded[name] = AvatarAssets(avatar)
+            self.loaded[name] = self.with_hd(AvatarAssets(avatar))
         return self.loaded[name]
 
 

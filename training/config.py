@@ -96,4 +96,5 @@ class VideoEvalOptions:
     max_seconds: float = 60.0  # of the clip scored
     template_seconds: float = 120.0  # of the template prepared
     reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
+    hd: str = "auto"  # the hd path (prepare's --hd)
     show_progress: bool = True

@@ -82,6 +82,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         reference_percentile=args.reference_percentile,
         idle_loop=args.idle_loop,
+        hd=args.hd,
     )
     m = result.manifest
     jitter = m.extra["crop_jitter"]
@@ -92,6 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"  crop-centre jitter, raw -> smoothed: {jitter['raw']['speed']:.2f} -> {jitter['smoothed']['speed']:.2f} "
         f"px/frame (mean movement), {jitter['raw']['shake']:.2f} -> {jitter['smoothed']['shake']:.2f} px/frame^2 "
         "(shake)\n"
+        f"  hd path {'on' if m.extra['hd']['enabled'] else 'off'}: {m.extra['hd']['why']}\n"
         f"  {result.frames_per_second:.1f} frames/s ({result.seconds:.1f} s)"
     )
     if args.sheet:
@@ -238,6 +240,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=o.DEFAULT_IDLE_LOOP,
         help=f"frames the avatar plays: the template's stillest {o.QUIET_SECONDS:g} s back and forth (quiet), "
         "or all (default %(default)s)",
+    )
+    prepare.add_argument(
+        "--hd",
+        choices=o.HD_MODES,
+        default="auto",
+        help="the hd path, the generated mouth upsampled 2x for large faces: auto (by the face's size), on or off",
     )
     prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")

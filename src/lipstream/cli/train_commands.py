@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from lipstream.avatars.options import HD_MODES
 from lipstream.paths import cache_dir
 from lipstream.training.config import (
     EVAL_IDENTITY,
@@ -159,7 +160,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print("lipstream evaluate: error: --template goes with a single --video clip", file=sys.stderr)
             return 2
         options = VideoEvalOptions(
-            args.template, args.weights, args.engine, args.max_seconds, args.template_seconds, args.reference_percentile
+            args.template,
+            args.weights,
+            args.engine,
+            args.max_seconds,
+            args.template_seconds,
+            args.reference_percentile,
+            args.hd,
         )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
@@ -322,6 +329,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=VIDEO_EVAL["reference_percentile"],
         metavar="P",
         help="with --video: " + REFERENCE_HELP,
+    )
+    evaluate.add_argument(
+        "--hd", choices=HD_MODES, default=VIDEO_EVAL["hd"], help="with --video: the avatar's hd path (prepare's --hd)"
     )
     evaluate.add_argument("--cache", help="dataset cache (default: <cache>/dataset/rt)")
     evaluate.add_argument("--out", default="evaluation", help="folder for the JSON, MP4 and PNG")

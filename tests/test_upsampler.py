@@ -1,0 +1,110 @@
+"""The hd path's region upsampler: its network, its training cache of 256-px crops, its training job and
+its ONNX graphs, on a real talking-head clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lipstream.models.upsampler import RegionUpsampler, load_upsampler
+from lipstream.training.dataset import build_dataset, talking_sources
+
+CLIP = "talking_hdtf_RD_Radio10_short"  # 512x512, the face about 250 px wide
+
+
+@pytest.fixture(scope="module")
+def cache(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dataset-256")
+    sources = [s for s in talking_sources(shared_data / "talking") if s.clip_id == CLIP]
+    build_dataset(sources, root, show_progress=False, crop_size=256)
+    return root
+
+
+def test_a_fresh_upsampler_is_the_bilinear_enlargement_and_learns_detail_on_top() -> None:
+    torch.manual_seed(0)
+    net = RegionUpsampler(width=8, depth=1)
+    region = torch.rand(2, 3, 64, 128) * 2 - 1
+    reference = net.encode_reference(torch.rand(2, 3, 128, 256) * 2 - 1)
+    assert reference.shape == (2, 8, 64, 128)
+    out = net(region, reference)
+    bilinear = F.interpolate(region, scale_factor=2, mode="bilinear", align_corners=False)
+    assert out.shape == (2, 3, 128, 256) and torch.equal(out, bilinear)
+    target = torch.rand(2, 3, 128, 256) * 2 - 1
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = None
+    for _ in range(20):
+        loss = (net(region, net.encode_reference(target)) - target).abs().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.9 * first, "the reference path lets it learn what the enlargement misses"
+
+
+def test_the_cache_at_256_px_records_the_crop_and_how_much_the_face_was_scaled(cache: Path) -> None:
+    index = json.loads((cache / "index.json").read_text())
+    meta = index["clips"][CLIP]
+    assert index["crop_size"] == meta["crop_size"] == 256
+    assert 0.5 < meta["crop_scale"] < 1.0, "a 250-px face fills a 256-px crop without enlargement"
+    crops = np.load(cache / CLIP / "crops.npy", mmap_mode="r")
+    assert crops.shape == (meta["frames"], 256, 256, 3)
+    with pytest.raises(ValueError, match="256-px crops; use another folder for rt at 128"):
+        build_dataset([], cache, show_progress=False)
+
+
+def test_upsampler_training_steps_checkpoints_resumes_and_exports(cache: Path, tmp_path: Path) -> None:
+    from lipstream.training.config import UpsamplerTrainConfig
+    from lipstream.training.upsampler_train import UpsamplerTrainer, export_upsampler
+
+    config = UpsamplerTrainConfig(steps=2, batch=2, width=8, depth=1, sample_every=2)
+    trainer = UpsamplerTrainer(cache, tmp_path / "run", config)
+    before = trainer.net.to_rgb.weight.clone()
+    assert trainer.run(log=False)["step"] == 2
+    entry = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"l1", "ms_ssim", "laplacian", "l1_bilinear", "sharpness_ratio", "sharpness_ratio_bilinear"} <= set(entry)
+    assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
+    assert not torch.equal(before, trainer.net.to_rgb.weight), "the detail head moved off zero"
+
+    resumed = UpsamplerTrainer(cache, tmp_path / "run", UpsamplerTrainConfig(steps=3, batch=2, width=8, depth=1), True)
+    assert resumed.step == 2 and resumed.run(log=False)["step"] == 3
+    weights = export_upsampler(tmp_path / "run" / "checkpoint.pt", tmp_path / "upsampler.pt")
+    saved = torch.load(weights, weights_only=True)
+    assert saved["config"] == {"width": 8, "depth": 1}
+    assert all(t.dtype == torch.float16 for t in saved["state"].values())
+    assert load_upsampler(weights).width == 8
+
+
+def test_small_faces_are_left_out_of_upsampler_training(cache: Path, tmp_path: Path) -> None:
+    from lipstream.training.config import UpsamplerTrainConfig
+    from lipstream.training.upsampler_train import UpsamplerTrainer
+
+    config = UpsamplerTrainConfig(steps=1, batch=2, width=8, depth=1, max_crop_scale=0.3)
+    with pytest.raises(ValueError, match="none of the 1 training clips"):
+        UpsamplerTrainer(cache, tmp_path / "run", config).run(log=False)
+
+
+def test_the_onnx_graphs_give_what_the_network_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipstream.realtime.upsampling import Upsampler
+
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    net = RegionUpsampler(width=8, depth=2)
+    torch.nn.init.normal_(net.to_rgb.weight, std=0.05)  # a detail head that does something
+    torch.save({"config": net.config(), "state": net.state_dict()}, tmp_path / "up.pt")
+    upsampler = Upsampler(tmp_path / "up.pt", cuda=False)
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)
+    features = upsampler.reference_features(face)
+    with torch.no_grad():
+        expected_features = net.encode_reference(torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1)
+        assert np.abs(features - expected_features[0].numpy()).max() < 1e-4
+        regions = rng.uniform(-1, 1, (3, 3, 64, 128)).astype(np.float32)
+        out = upsampler.run(regions, np.stack([features] * 3))
+        expected = net(torch.from_numpy(regions), torch.from_numpy(np.stack([features] * 3))).numpy()
+    assert out.shape == (3, 3, 128, 256) and np.abs(out - expected).max() < 1e-4
+    assert Upsampler(tmp_path / "up.pt", cuda=False).id == upsampler.id, "the second one reuses the export"
