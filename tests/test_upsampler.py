@@ -61,16 +61,19 @@ def test_upsampler_training_steps_checkpoints_resumes_and_exports(cache: Path, t
     from lipstream.training.config import UpsamplerTrainConfig
     from lipstream.training.upsampler_train import UpsamplerTrainer, export_upsampler
 
-    config = UpsamplerTrainConfig(steps=2, batch=2, width=8, depth=1, sample_every=2)
+    config = UpsamplerTrainConfig(steps=2, batch=2, width=8, depth=1, sample_every=2, lambda_adv=0.1, disc_width=8)
     trainer = UpsamplerTrainer(cache, tmp_path / "run", config)
     before = trainer.net.to_rgb.weight.clone()
     assert trainer.run(log=False)["step"] == 2
     entry = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
     assert {"l1", "ms_ssim", "laplacian", "l1_bilinear", "sharpness_ratio", "sharpness_ratio_bilinear"} <= set(entry)
+    assert {"g_adv", "d", "r1"} <= set(entry), "the lips' discriminator trained, with R1 at step 0"
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     assert not torch.equal(before, trainer.net.to_rgb.weight), "the detail head moved off zero"
 
-    resumed = UpsamplerTrainer(cache, tmp_path / "run", UpsamplerTrainConfig(steps=3, batch=2, width=8, depth=1), True)
+    again = UpsamplerTrainConfig(steps=3, batch=2, width=8, depth=1, lambda_adv=0.1, disc_width=8)
+    resumed = UpsamplerTrainer(cache, tmp_path / "run", again, resume=True)
+    assert torch.equal(resumed.disc.to_logit.weight, trainer.disc.to_logit.weight), "the discriminator resumes too"
     assert resumed.step == 2 and resumed.run(log=False)["step"] == 3
     weights = export_upsampler(tmp_path / "run" / "checkpoint.pt", tmp_path / "upsampler.pt")
     saved = torch.load(weights, weights_only=True)

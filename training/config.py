@@ -65,6 +65,12 @@ class UpsamplerTrainConfig:
     lambda_l1: float = 1.0
     lambda_ms_ssim: float = 1.0
     lambda_laplacian: float = 1.0
+    lambda_adv: float = 0.0  # the lips' patch discriminator; 0: none
+    adv_from_step: int = 0
+    disc_width: int = 32
+    r1_gamma: float = 1.0
+    real_share: float = 0.8  # inputs that are the real region scaled down, not the generator's
+    blur_share: float = 0.7  # inputs blurred further
     max_crop_scale: float = 1.0  # clips whose crops enlarge the face more than this teach only blur
     weights: str | None = None  # the frozen rt generator that makes its inputs (default: the shipped one)
     checkpoint_minutes: float = 5.0

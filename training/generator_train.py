@@ -176,26 +176,8 @@ class GeneratorTrainer:
     def _discriminator_step(
         self, disc: torch.nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor, real: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """One step of a discriminator (logits alone, or logits and features), lazy R1 on the real input."""
         c = self.config
-
-        def logits(image: torch.Tensor) -> torch.Tensor:
-            out = disc(image)
-            return out[0] if isinstance(out, tuple) else out
-
-        disc.requires_grad_(True)
-        d_loss = F.softplus(logits(fake)).mean() + F.softplus(-logits(real)).mean()
-        out = {"d": d_loss.detach()}
-        if self.step % c.r1_every == 0:
-            real = real.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(logits(real).sum(), real, create_graph=True)
-            r1 = grad.pow(2).sum(dim=(1, 2, 3)).mean()
-            d_loss = d_loss + c.r1_gamma / 2 * r1 * c.r1_every
-            out["r1"] = r1.detach()
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt.step()
-        return out
+        return discriminator_step(disc, opt, fake, real, self.step % c.r1_every == 0, c.r1_gamma * c.r1_every)
 
     @torch.no_grad()
     def write_samples(self, batch: dict[str, torch.Tensor], path: Path) -> None:
@@ -275,6 +257,36 @@ class GeneratorTrainer:
         self.save()
         plot_curves(history, self.out / "loss_curves.png")
         return entry
+
+
+def discriminator_step(
+    disc: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    with_r1: bool,
+    r1_weight: float,
+) -> dict[str, torch.Tensor]:
+    """One step of a discriminator (logits alone, or logits and features): the non-saturating loss, and
+    with `with_r1` the R1 penalty on the real input times `r1_weight` (gamma times the interval: lazy R1)."""
+
+    def logits(image: torch.Tensor) -> torch.Tensor:
+        out = disc(image)
+        return out[0] if isinstance(out, tuple) else out
+
+    disc.requires_grad_(True)
+    d_loss = F.softplus(logits(fake)).mean() + F.softplus(-logits(real)).mean()
+    out = {"d": d_loss.detach()}
+    if with_r1:
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(logits(real).sum(), real, create_graph=True)
+        r1 = grad.pow(2).sum(dim=(1, 2, 3)).mean()
+        d_loss = d_loss + r1_weight / 2 * r1
+        out["r1"] = r1.detach()
+    opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt.step()
+    return out
 
 
 def plot_curves(history: Path, path: Path) -> None:

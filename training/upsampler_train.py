@@ -4,16 +4,21 @@ Data: a training cache of 256-px crops (`lipstream dataset build --crop-size 256
 128-px crops; clips whose face is too small for 256 px are left out by the build). A sample is a frame
 and a reference frame at least 1 s away in the same clip, every person equally likely.
 
-Each step the frozen `rt` model renders the sample's mouth region at 128 px from the 128-px crops (the
-frame's masked face, the reference and the frame's audio, as at run time), and the upsampler learns to
-turn it, with the reference at 256 px, into the real lower face at 256 px. In a share of samples the
-input is the real region scaled down instead (the upsampler must also keep detail that is there), and
-in a share it is blurred further (on faces it never saw, the generator's mouth is blurrier than on its
-training faces).
+The upsampler learns to turn a 128-px lower face, with the reference at 256 px, into the real lower
+face at 256 px. Its input is mostly (`real_share`) the real region scaled down, then often blurred
+(`blur_share`, sigma 0.3-1.5 px): input and target then show the same mouth, so what it learns is
+detail that fits the structure it is given (on faces it never saw, the generator's mouth is blurrier
+than a scaled-down real one). The rest of the time the frozen `rt` model renders the region at 128 px
+from the frame's masked face, the reference and the frame's audio, as at run time, so that the
+upsampler also sees the generator's own colours and artefacts; there the target's mouth may differ
+from the generated one, which teaches caution, hence the small share.
 
 Loss: L1 + (1 - MS-SSIM) + L1 of the Laplacians (edges where the real face has them), on the whole
-region. Logged beside it: the same L1 for the bilinear enlargement of the same input, and the mouth's
-sharpness (variance of the Laplacian in the lips' box) as a ratio to the real one, for both.
+region; with `lambda_adv`, from `adv_from_step`, a patch discriminator on the lips' box
+(models/discriminator.py's MouthDiscriminator, non-saturating loss, lazy R1): the losses above
+prefer a blur wherever the input leaves the detail uncertain, the discriminator does not.
+Logged beside it: the same L1 for the bilinear enlargement of the same input, and the mouth's sharpness
+(variance of the Laplacian in the lips' box) as a ratio to the real one, for both.
 Resumable like the other jobs: checkpoint every few minutes and on Ctrl-C, `--resume` continues.
 """
 
@@ -32,12 +37,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
-from lipstream.models.discriminator import MOUTH_BOX
+from lipstream.models.discriminator import MOUTH_BOX, MouthDiscriminator
 from lipstream.models.upsampler import SCALE, RegionUpsampler
 from lipstream.models.weights import load_stylesync
 
 from .config import UpsamplerTrainConfig
-from .generator_train import plot_curves
+from .generator_train import discriminator_step, plot_curves
 from .loaders import Clip, by_identity, load_clips, to_unit
 from .losses import ms_ssim
 from .stopping import StopRequest
@@ -72,13 +77,22 @@ class UpsamplerSamples(Dataset):
     """A frame and a reference >= 1 s away: both at the cache's crop size and at half of it, the frame's
     mel window and the lower-face mask at the small size."""
 
-    def __init__(self, clips: list[Clip], length: int, seed: int = 0, mel_cfg: MelConfig | None = None) -> None:
+    def __init__(
+        self,
+        clips: list[Clip],
+        length: int,
+        seed: int = 0,
+        mel_cfg: MelConfig | None = None,
+        real_share: float = 0.8,
+        blur_share: float = 0.7,
+    ) -> None:
         if not clips:
             raise ValueError(
                 "no clips with audio in this cache; build one of 256-px crops first: "
                 "lipstream dataset build --talking DIR --crop-size 256"
             )
         self.people, self.length, self.seed = by_identity(clips), length, seed
+        self.real_share, self.blur_share = real_share, blur_share
         self.mel_cfg = mel_cfg or MelConfig()
         self.size = clips[0].crops.shape[1]
         self.mask = torch.from_numpy(ushape_mask(self.size // SCALE))[None]
@@ -110,8 +124,8 @@ class UpsamplerSamples(Dataset):
             "reference_small": unit(shrink(ref, small)),
             "mel": torch.from_numpy(window)[None],  # [1, 80, 16]
             "mask": self.mask,
-            "blur": torch.tensor(rng.uniform(0.3, 1.2) if rng.random() < 0.5 else 0.0, dtype=torch.float32),
-            "real_input": torch.tensor(rng.random() < 0.25),
+            "blur": torch.tensor(rng.uniform(0.3, 1.5) if rng.random() < self.blur_share else 0.0, dtype=torch.float32),
+            "real_input": torch.tensor(rng.random() < self.real_share),
         }
 
 
@@ -151,6 +165,9 @@ class UpsamplerTrainer:
         self.generator, self.generator_id = load_stylesync("rt", config.weights)
         self.net = RegionUpsampler(config.width, config.depth)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, betas=(0.9, 0.99))
+        self.disc = MouthDiscriminator(config.disc_width) if config.lambda_adv > 0 else None
+        if self.disc is not None:
+            self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=config.lr, betas=(0.5, 0.99))
         self.step = 0
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / CHECKPOINT).is_file():
@@ -158,9 +175,14 @@ class UpsamplerTrainer:
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
             self.step = state["step"]
+            if self.disc is not None and "disc" in state:  # else a fresh one joins a run trained without
+                self.disc.load_state_dict(state["disc"])
+                self.d_opt.load_state_dict(state["d_opt"])
 
     def save(self) -> None:
         state = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
+        if self.disc is not None:
+            state |= {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
         state |= {"config": asdict(self.config), "generator_id": self.generator_id}
         torch.save(state, self.out / (CHECKPOINT + ".tmp"))
         (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
@@ -187,14 +209,23 @@ class UpsamplerTrainer:
         structure = 1 - ms_ssim(out, target).mean()
         edges = (laplacian(out) - laplacian(target)).abs().mean()
         total = c.lambda_l1 * l1 + c.lambda_ms_ssim * structure + c.lambda_laplacian * edges
+        extra: dict[str, torch.Tensor] = {}
+        adversarial = self.disc is not None and self.step >= c.adv_from_step
+        if adversarial:
+            self.disc.requires_grad_(False)
+            extra["g_adv"] = F.softplus(-self.disc(mouth_box(out, size))[0]).mean()
+            total = total + c.lambda_adv * extra["g_adv"]
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
+        if adversarial:
+            fake, real = mouth_box(out.detach(), size), mouth_box(target, size)
+            extra |= discriminator_step(self.disc, self.d_opt, fake, real, self.step % 16 == 0, c.r1_gamma * 16)
         self.step += 1
         with torch.no_grad():
             bilinear = F.interpolate(region, scale_factor=SCALE, mode="bilinear", align_corners=False)
             real_sharpness = sharpness(target, size).clamp(min=1e-8)
-            return {
+            return {k: v.item() for k, v in extra.items()} | {
                 "total": total.item(),
                 "l1": l1.item(),
                 "ms_ssim": 1 - structure.item(),
@@ -220,8 +251,8 @@ class UpsamplerTrainer:
     def run(self, log: bool = True) -> dict:
         c = self.config
         clips = sharp_clips(self.cache, c.max_crop_scale)
-        data = UpsamplerSamples(clips, c.steps * c.batch, seed=c.seed)
-        fixed = next(iter(DataLoader(UpsamplerSamples(clips, 4, seed=c.seed + 1), batch_size=4)))
+        data = UpsamplerSamples(clips, c.steps * c.batch, c.seed, real_share=c.real_share, blur_share=c.blur_share)
+        fixed = next(iter(DataLoader(UpsamplerSamples(clips, 4, c.seed + 1, real_share=0.0), batch_size=4)))
         loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
         history = self.out / "log.jsonl"
         started = last_checkpoint = time.monotonic()
@@ -230,7 +261,8 @@ class UpsamplerTrainer:
 
         def flush() -> dict:
             line = {"step": self.step, "seconds": round(time.monotonic() - started, 1)}
-            line |= {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            keys = sorted({k for w in window for k in w})
+            line |= {k: float(np.mean([w[k] for w in window if k in w])) for k in keys}
             window.clear()
             with history.open("a") as handle:
                 handle.write(json.dumps(line) + "\n")

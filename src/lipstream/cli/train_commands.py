@@ -129,6 +129,8 @@ def cmd_train_upsampler(args: argparse.Namespace) -> int:
         lr=args.lr,
         width=args.width,
         lambda_laplacian=args.lambda_laplacian,
+        lambda_adv=args.lambda_adv,
+        adv_from_step=args.adv_from_step,
         max_minutes=args.max_minutes,
         weights=args.weights,
     )
@@ -290,6 +292,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     upsampler.add_argument("--width", type=positive_int, default=u["width"], help="channels (%(default)s)")
     upsampler.add_argument(
         "--lambda-laplacian", type=non_negative_float, default=u["lambda_laplacian"], help="edge loss (%(default)s)"
+    )
+    upsampler.add_argument(
+        "--lambda-adv", type=non_negative_float, default=u["lambda_adv"], help="lips' discriminator (%(default)s)"
+    )
+    upsampler.add_argument(
+        "--adv-from-step", type=non_negative_int, default=u["adv_from_step"], help="it joins here (%(default)s)"
     )
     upsampler.add_argument("--weights", help="the frozen rt weights that make its inputs (default: the shipped ones)")
     upsampler.set_defaults(func=cmd_train_upsampler)
