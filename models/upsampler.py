@@ -62,9 +62,19 @@ class RegionUpsampler(nn.Module):
         return {"width": self.width, "depth": self.depth}
 
 
+class UpsamplerWeightsError(RuntimeError):
+    """A file that does not hold region upsampler weights."""
+
+
 def load_upsampler(path: str | Path, map_location: str = "cpu") -> RegionUpsampler:
     """An upsampler from a file of `{"config": ..., "state": ...}` (fp16 or fp32), in eval mode."""
-    saved = torch.load(path, map_location=map_location, weights_only=True)
-    net = RegionUpsampler(**saved["config"])
-    net.load_state_dict({k: v.float() for k, v in saved["state"].items()})
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+        net = RegionUpsampler(**saved["config"])
+        net.load_state_dict({k: v.float() for k, v in saved["state"].items()})
+    except Exception as err:  # a missing, truncated or foreign file: torch raises many kinds
+        raise UpsamplerWeightsError(
+            f"{path} does not hold region upsampler weights ({type(err).__name__}: {err}); "
+            "write them with `lipstream train export upsampler`"
+        ) from err
     return net.eval().requires_grad_(False)

@@ -16,6 +16,7 @@ from lipstream.avatars.manifest import MANIFEST, Manifest
 from lipstream.engines.base import Engine, EngineError
 from lipstream.engines.select import check_model, open_engine
 from lipstream.export.onnx_export import ExportError, export_onnx
+from lipstream.models.upsampler import UpsamplerWeightsError
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import avatars_dir, check_name
 
@@ -36,7 +37,7 @@ class Runtime:
     loaded: dict[str, AvatarAssets] = field(default_factory=dict)
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
-    upsampler: Upsampler | None = None  # the hd path's, made when the first hd avatar is loaded
+    upsamplers: dict[str, Upsampler] = field(default_factory=dict)  # the hd path's, by weights, made on first use
 
     def __post_init__(self) -> None:
         self.with_hd(self.assets)
@@ -45,12 +46,15 @@ class Runtime:
         """`assets` with the hd path attached where its avatar asks for it and the upsampler can run."""
         if not assets.hd or assets.upsampler is not None:
             return assets
+        own = assets.avatar.manifest.extra["hd"].get("weights")  # a personalised upsampler
+        weights = assets.avatar.path / own if own else None
         try:
-            self.upsampler = self.upsampler or Upsampler()
-        except (ExportError, EngineError) as err:
+            if str(weights) not in self.upsamplers:
+                self.upsamplers[str(weights)] = Upsampler(weights)
+        except (ExportError, EngineError, UpsamplerWeightsError) as err:
             logger.warning("avatar %s: the hd path is off: %s", assets.avatar.name, err)
             return assets
-        assets.attach_upsampler(self.upsampler)
+        assets.attach_upsampler(self.upsamplers[str(weights)])
         return assets
 
     def scheduler(self, clock: Clock) -> FrameScheduler:

@@ -111,3 +111,91 @@ def test_the_onnx_graphs_give_what_the_network_gives(tmp_path: Path, monkeypatch
         expected = net(torch.from_numpy(regions), torch.from_numpy(np.stack([features] * 3))).numpy()
     assert out.shape == (3, 3, 128, 256) and np.abs(out - expected).max() < 1e-4
     assert Upsampler(tmp_path / "up.pt", cuda=False).id == upsampler.id, "the second one reuses the export"
+
+
+needs_weights = pytest.mark.skipif(
+    __import__("lipstream.models.weights", fromlist=["default_upsampler"]).default_upsampler() is None,
+    reason="no shipped upsampler weights (models/weights/upsampler.pt)",
+)
+
+
+@pytest.fixture(scope="module")
+def hd_avatar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lipstream.avatars.prepare import prepare_avatar
+
+    root = tmp_path_factory.mktemp("avatars")
+    clip = shared_data / "talking" / "hdtf_RD_Radio10_short.mp4"
+    return prepare_avatar(clip, "radio", root=root, max_seconds=1.2, show_progress=False).path
+
+
+@needs_weights
+def test_prepare_turns_the_hd_path_on_for_large_faces_only(hd_avatar: Path, shared_data: Path, tmp_path: Path) -> None:
+    from lipstream.avatars.manifest import Manifest
+    from lipstream.avatars.prepare import prepare_avatar
+
+    hd = Manifest.read(hd_avatar).extra["hd"]
+    assert hd["enabled"] and hd["mode"] == "auto" and hd["crop_scale"] < 0.9, hd
+    grid = sorted((shared_data / "grid_s1" / "video").glob("*.mp4"))[0]
+    small = prepare_avatar(grid, "grid", root=tmp_path, max_seconds=0.4, show_progress=False).manifest.extra["hd"]
+    assert not small["enabled"] and "too small" in small["why"], small
+    forced = prepare_avatar(grid, "grid", root=tmp_path, max_seconds=0.4, show_progress=False, hd="on")
+    assert forced.manifest.extra["hd"]["enabled"]
+    clip = shared_data / "talking" / "hdtf_RD_Radio10_short.mp4"
+    off = prepare_avatar(clip, "off", root=tmp_path, max_seconds=0.4, show_progress=False, hd="off")
+    assert not off.manifest.extra["hd"]["enabled"]
+    with pytest.raises(ValueError, match="unknown hd mode 'big'"):
+        prepare_avatar(clip, "bad", root=tmp_path, hd="big")
+
+
+@needs_weights
+def test_an_hd_avatar_speaks_through_the_upsampler_and_idles_as_its_template(
+    hd_avatar: Path, speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from lipstream.realtime.render import rendered_frames
+    from lipstream.realtime.runtime import build_runtime
+
+    monkeypatch.setenv("LIPSTREAM_CACHE", str(tmp_path))
+    runtime = build_runtime(str(hd_avatar), engine="onnxruntime")
+    assets = runtime.assets
+    assert assets.upsampler is not None and assets.hd_features.shape[1:] == (64, 128)
+    samples = np.concatenate([speech[8000:24000], np.zeros(16000, np.float32)])
+
+    async def collect() -> list:
+        return [frame async for frame in rendered_frames(runtime, samples)]
+
+    frames = asyncio.run(collect())
+    assert len(frames) == 50
+    kinds = [f.kind for f in frames]
+    assert kinds[-1] == "idle" and "speech" in kinds
+    templates = [assets.template(i) for i in range(assets.avatar.frame_count)]
+    for frame in frames:
+        assert frame.image.shape == templates[0].shape
+        if frame.kind == "idle":
+            assert any(np.array_equal(frame.image, t) for t in templates), "idle is the template itself"
+    spoken = next(f for f in frames if f.kind == "speech")
+    nearest = min(templates, key=lambda t: np.abs(spoken.image.astype(int) - t).mean())
+    changed = np.abs(spoken.image.astype(int) - nearest).max(axis=2) > 8
+    rows, cols = np.nonzero(changed)
+    lips = np.median(np.asarray(assets.avatar.array("landmarks.npy"))[:, [13, 14]].mean(axis=1), axis=0)
+    assert changed.sum() > 100 and abs(np.median(cols) - lips[0]) < 40 and abs(np.median(rows) - lips[1]) < 40
+
+
+@needs_weights
+def test_personalising_the_upsampler_writes_weights_the_runtime_takes(hd_avatar: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lipstream.avatars import Avatar
+    from lipstream.training.config import UpsamplerTrainConfig
+    from lipstream.training.upsampler_train import personalize_upsampler
+
+    folder = tmp_path / "radio"
+    shutil.copytree(hd_avatar, folder)
+    avatar = Avatar.load(folder)
+    entry = personalize_upsampler(avatar, 20, UpsamplerTrainConfig(steps=3, batch=2))
+    assert entry["weights"] == "personal/upsampler.pt" and entry["personalized"]["steps"] == 3
+    assert not (folder / "personal" / "upsampler-run").exists(), "the run's checkpoint is cleared away"
+    personal = load_upsampler(folder / entry["weights"])
+    shipped = load_upsampler(__import__("lipstream.models.weights", fromlist=["x"]).default_upsampler())
+    assert not torch.equal(personal.to_rgb.weight, shipped.to_rgb.weight)

@@ -73,6 +73,7 @@ class UpsamplerTrainConfig:
     blur_share: float = 0.7  # inputs blurred further
     max_crop_scale: float = 1.0  # clips whose crops enlarge the face more than this teach only blur
     weights: str | None = None  # the frozen rt generator that makes its inputs (default: the shipped one)
+    init: str | None = None  # upsampler weights to start from (a fine-tune); None: a fresh network
     checkpoint_minutes: float = 5.0
     sample_every: int = 500
     max_minutes: float = 120.0  # one chunk; resume for more
@@ -86,6 +87,8 @@ class PersonalizeConfig:
     lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
     hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
     seed: int = 0
+    hd_steps: int = 400  # the region upsampler's fine-tune on the face at 2x, for hd avatars (0: none)
+    hd_lr: float = 3e-4
 
 
 # `lipstream evaluate` over the training cache's held-out clips (training/evaluate.py)

@@ -258,8 +258,16 @@ def personalize(
     held_out = score_held_out(avatar, template.frames, trainer.model.eval(), load_stylesync(profile, weights)[0])
     if held_out is not None:
         summary["held_out"] = held_out
+    extra = {"personalized": summary}
+    hd = avatar.manifest.extra.get("hd", {})
+    if hd.get("enabled") and config.hd_steps > 0:
+        from .config import UpsamplerTrainConfig
+        from .upsampler_train import personalize_upsampler
+
+        hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
+        extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
-    refreshed = refresh_features(avatar.path, path, {"personalized": summary})
+    refreshed = refresh_features(avatar.path, path, extra)
     summary["model_id"] = refreshed.model_id
     summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
     return summary

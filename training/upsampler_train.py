@@ -25,8 +25,9 @@ Resumable like the other jobs: checkpoint every few minutes and on Ctrl-C, `--re
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
@@ -35,11 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lipstream.avatars.align import warp_to_crop
+from lipstream.avatars.avatar import Avatar
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
 from lipstream.models.discriminator import MOUTH_BOX, MouthDiscriminator
-from lipstream.models.upsampler import SCALE, RegionUpsampler
+from lipstream.models.upsampler import SCALE, RegionUpsampler, load_upsampler
 from lipstream.models.weights import load_stylesync
+from lipstream.progress import Progress
 
 from .config import UpsamplerTrainConfig
 from .generator_train import discriminator_step, plot_curves
@@ -159,11 +163,15 @@ def sharp_clips(cache: Path, max_crop_scale: float) -> list[Clip]:
 
 
 class UpsamplerTrainer:
-    def __init__(self, cache: Path, out: Path, config: UpsamplerTrainConfig, resume: bool = False) -> None:
+    """The upsampler, its optimiser and one training step; `run` is the resumable loop, over the cache's
+    sharp clips or over given samples (a personal fine-tune)."""
+
+    def __init__(self, cache: Path | None, out: Path, config: UpsamplerTrainConfig, resume: bool = False) -> None:
         self.cache, self.out, self.config = cache, out, config
         torch.manual_seed(config.seed)
         self.generator, self.generator_id = load_stylesync("rt", config.weights)
-        self.net = RegionUpsampler(config.width, config.depth)
+        self.net = RegionUpsampler(config.width, config.depth) if config.init is None else load_upsampler(config.init)
+        self.net.requires_grad_(True)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, betas=(0.9, 0.99))
         self.disc = MouthDiscriminator(config.disc_width) if config.lambda_adv > 0 else None
         if self.disc is not None:
@@ -193,9 +201,10 @@ class UpsamplerTrainer:
         where the sample says. [B, 3, S/4, S/2]"""
         small = batch["target_small"]
         rows = small.shape[-2] // 2
-        generated = self.generator(batch["mel"], small, batch["reference_small"], batch["mask"]).clamp(-1, 1)
-        real = small[..., -rows:, :]
-        region = torch.where(batch["real_input"][:, None, None, None], real, generated)
+        region = real = small[..., -rows:, :]
+        if not batch["real_input"].all():
+            generated = self.generator(batch["mel"], small, batch["reference_small"], batch["mask"]).clamp(-1, 1)
+            region = torch.where(batch["real_input"][:, None, None, None], real, generated)
         return gaussian_blur(region, batch["blur"])
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -248,11 +257,14 @@ class UpsamplerTrainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
-    def run(self, log: bool = True) -> dict:
+    def run(self, log: bool = True, clips: list[Clip] | None = None, progress: Progress | None = None) -> dict:
+        """Trains to `config.steps` (or the chunk's minutes, or Ctrl-C), on `clips` or the cache's."""
         c = self.config
-        clips = sharp_clips(self.cache, c.max_crop_scale)
+        clips = clips if clips is not None else sharp_clips(self.cache, c.max_crop_scale)
         data = UpsamplerSamples(clips, c.steps * c.batch, c.seed, real_share=c.real_share, blur_share=c.blur_share)
-        fixed = next(iter(DataLoader(UpsamplerSamples(clips, 4, c.seed + 1, real_share=0.0), batch_size=4)))
+        # the samples shown are the generator's where it makes any of the inputs
+        fixed_data = UpsamplerSamples(clips, 4, c.seed + 1, real_share=0.0 if c.real_share < 1 else 1.0)
+        fixed = next(iter(DataLoader(fixed_data, batch_size=4)))
         loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
         history = self.out / "log.jsonl"
         started = last_checkpoint = time.monotonic()
@@ -274,6 +286,8 @@ class UpsamplerTrainer:
         with StopRequest() as stop:
             for batch in loader:
                 window.append(self.train_step(batch))
+                if progress is not None:
+                    progress.step()
                 if self.step % 25 == 0:
                     entry = flush()
                 if self.step % c.sample_every == 0:
@@ -302,3 +316,61 @@ def export_upsampler(checkpoint: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(saved, destination)
     return destination
+
+
+def template_clip_hd(avatar: Avatar, frames: int) -> Clip:
+    """The avatar's first `frames` template frames as a clip of crops at the hd path's size (2x the avatar's
+    crop, the same alignment), with the template's own mel. Held in memory (0.2 MB a frame)."""
+    from .personalize import template_clip
+
+    clip = template_clip(avatar)
+    size = avatar.manifest.crop_size * SCALE
+    transforms = np.asarray(avatar.array("transforms.npy"))
+    crops = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        frame = cv2.cvtColor(cv2.imread(str(avatar.frame_path(i))), cv2.COLOR_BGR2RGB)
+        crops[i] = warp_to_crop(frame, transforms[i] * SCALE, size)
+    hd = Clip(avatar.path, clip.meta | {"frames": frames, "crop_size": size})
+    hd.__dict__["crops"] = crops
+    hd.__dict__["mel"] = clip.mel
+    return hd
+
+
+def personalize_upsampler(
+    avatar: Avatar, template_frames: int, config: UpsamplerTrainConfig, show_progress: bool = False
+) -> dict:
+    """Fine-tunes the upsampler (config.init, default the shipped one) on the avatar's own face at 2x: real
+    lower faces scaled down and blurred, so that it learns this person's lips, teeth and skin. Writes
+    personal/upsampler.pt; returns the hd entry's additions for the manifest."""
+    from lipstream.models.weights import default_upsampler
+
+    from .personalize import PERSONAL_DIR
+
+    init = config.init or default_upsampler()
+    if init is None:
+        raise ValueError("no upsampler weights to start from; train them first (lipstream train upsampler)")
+    config = replace(config, init=str(init), real_share=1.0)
+    started = time.monotonic()
+    clip = template_clip_hd(avatar, template_frames)
+    folder = avatar.path / PERSONAL_DIR
+    run = folder / "upsampler-run"
+    progress = Progress("personalize hd", config.steps, unit="steps", enabled=show_progress)
+    trainer = UpsamplerTrainer(None, run, config)
+    entry = trainer.run(log=False, clips=[clip], progress=progress)
+    progress.close()
+    path = export_upsampler(run / CHECKPOINT, folder / "upsampler.pt")
+    shutil.rmtree(run)
+    return {
+        "weights": f"{PERSONAL_DIR}/{path.name}",
+        "personalized": {
+            "init": str(init),
+            "steps": entry["step"],
+            "batch": config.batch,
+            "lr": config.lr,
+            "template_frames": template_frames,
+            "l1": entry.get("l1"),
+            "l1_bilinear": entry.get("l1_bilinear"),
+            "sharpness_ratio": entry.get("sharpness_ratio"),
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    }

@@ -182,7 +182,12 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         return 2
     avatar = Avatar.load(folder)
     config = PersonalizeConfig(
-        epochs=args.epochs, batch=args.batch, lr=args.lr, lambda_p=args.lambda_p, hold_out_seconds=args.hold_out
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        lambda_p=args.lambda_p,
+        hold_out_seconds=args.hold_out,
+        hd_steps=args.hd_steps,
     )
     expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     cache = replay_cache(args.replay, Path(args.cache) if args.cache else None, avatar.manifest.profile)
@@ -286,6 +291,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch", type=positive_int, default=p["batch"], help="template samples per step, as many general"
     )
     personal.add_argument("--lr", type=positive_float, default=p["lr"])
+    personal.add_argument(
+        "--hd-steps",
+        type=non_negative_int,
+        default=p["hd_steps"],
+        help="hd avatars: steps of the region upsampler's fine-tune on the face (%(default)s; 0: none)",
+    )
     personal.add_argument("--lambda-p", type=non_negative_float, default=p["lambda_p"], help="L2 penalty on dW and dP")
     personal.add_argument(
         "--hold-out",
