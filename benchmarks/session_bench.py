@@ -269,12 +269,18 @@ def _start_server(sessions: int, extra: tuple[str, ...] = ()) -> tuple[subproces
 
 
 def run_session_bench(
-    sessions: int = 2, seconds: float = 60.0, speech_path: str | None = None, out_dir: Path = Path("benchmarks/results")
+    sessions: int = 2,
+    seconds: float = 60.0,
+    speech_path: str | None = None,
+    out_dir: Path = Path("benchmarks/results"),
+    avatar: str | None = None,
 ) -> dict:
-    avatar = load_avatar(None)  # the server's default avatar: its template frame tells speech from silence
-    assets = AvatarAssets(avatar)
+    """avatar: the server's (default: the embedded one); its first template frame tells speech from silence,
+    so a photo avatar (one frame) gives the cleanest audio -> mouth figure."""
+    shown = load_avatar(avatar)
+    assets = AvatarAssets(shown)
     speech = load_speech(speech_path)
-    server, base = _start_server(sessions)
+    server, base = _start_server(sessions, ("--avatar", avatar) if avatar else ())
     try:
         measured = asyncio.run(_run(assets, base, sessions, seconds, speech))
     finally:
@@ -289,7 +295,8 @@ def run_session_bench(
             "seconds": seconds,
             "engine": "onnxruntime",
             "server": "lipstream serve, own process",
-            "avatar": avatar.name,
+            "avatar": shown.name,
+            "hd": bool(shown.manifest.extra.get("hd", {}).get("enabled")),
             "burst_every_s": BURST_EVERY,
             "burst_s": BURST_LENGTH,
         },

@@ -125,7 +125,7 @@ def hd_avatar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     root = tmp_path_factory.mktemp("avatars")
     clip = shared_data / "talking" / "hdtf_RD_Radio10_short.mp4"
-    return prepare_avatar(clip, "radio", root=root, max_seconds=1.2, show_progress=False).path
+    return prepare_avatar(clip, "radio", root=root, max_seconds=2.1, show_progress=False).path  # 52 frames
 
 
 @needs_weights

@@ -142,6 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     session.add_argument("--sessions", type=positive_int, help="sessions at once")
     session.add_argument("--seconds", type=positive_float, help="measured")
+    session.add_argument("--avatar", help="avatar name or folder the server shows (default: the embedded one)")
     speech(session, "16-bit WAV with speech for the bursts (default: the avatar's audio)")
     out_folder(session)
 
