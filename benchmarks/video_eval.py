@@ -1,6 +1,7 @@
-"""`lipstream evaluate --video CLIP [--template VIDEO]`: score the real-time pipeline on any video.
+"""`lipstream evaluate --video CLIP [--template VIDEO | --avatar NAME]`: score the pipeline on any video.
 
-The clip (or the template, when one is given) is prepared as an avatar; the clip's own audio drives
+The clip (or the template, when one is given) is prepared as an avatar, or a prepared avatar is taken
+as it is (`--avatar`: a personalised one runs on its own model); the clip's own audio drives
 `lipstream render`'s pipeline (session, scheduler, engine, compositor); the frames that come out are
 scored against the clip's real frames. Three systems:
 - `model`: what the server shows;
@@ -126,19 +127,26 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
     max_frames = round(o.max_seconds * FPS)
     mel_cfg = MelConfig()
     with tempfile.TemporaryDirectory(prefix="lipstream-eval-") as scratch:
-        avatar_path = prepare_avatar(
-            template or clip,
-            "evaluated",
-            root=scratch,
-            max_seconds=o.template_seconds if template else o.max_seconds,
-            weights=weights,
-            show_progress=o.show_progress,
-            reference_percentile=o.reference_percentile,
-            idle_loop="all",  # rendered frame k must show template frame k
-            hd=o.hd,
-        ).path
+        if o.avatar is not None:
+            from lipstream.realtime.runtime import avatar_folder
+
+            avatar_path = avatar_folder(o.avatar)
+            if avatar_path is None:
+                raise ValueError("evaluate --avatar needs a prepared avatar from a video, not the embedded photo")
+        else:
+            avatar_path = prepare_avatar(
+                template or clip,
+                "evaluated",
+                root=scratch,
+                max_seconds=o.template_seconds if template else o.max_seconds,
+                weights=weights,
+                show_progress=o.show_progress,
+                reference_percentile=o.reference_percentile,
+                idle_loop="all",  # rendered frame k must show template frame k
+                hd=o.hd,
+            ).path
         avatar = Avatar.load(avatar_path)
-        if template is None:
+        if template is None and o.avatar is None:
             truth_landmarks = np.asarray(avatar.array("landmarks.npy"))
             truth_transforms = np.asarray(avatar.array("transforms.npy"))
         else:
@@ -152,6 +160,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
         count = min(count, len(rendered), num_video_frames(len(samples)))
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
+    report["avatar"] = {"name": avatar.name, "model_id": avatar.manifest.model_id} if o.avatar else None
     report["weights"] = weights or "profile default"
     report["hd"] = avatar.manifest.extra.get("hd")
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -95,9 +95,19 @@ class Metrics:
             stage="",
         )
         self._gauges: dict[str, prometheus_client.Gauge] = {}
+        self._totals: dict[str, tuple[float, float]] = {}
 
     def stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.observe(seconds, stage=stage)
+        self.add_total(stage, seconds)
+
+    def add_total(self, name: str, seconds: float, count: float = 1.0) -> None:
+        """Running (seconds, count) of a cost, for averages over a window (admission's TickModel)."""
+        total, calls = self._totals.get(name, (0.0, 0.0))
+        self._totals[name] = (total + seconds, calls + count)
+
+    def totals(self) -> dict[str, tuple[float, float]]:
+        return dict(self._totals)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:

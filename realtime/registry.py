@@ -21,7 +21,7 @@ from .capacity import CapacityMonitor
 from .clock import Clock
 from .janus import Publication
 from .log import spawn
-from .runtime import Runtime
+from .runtime import Runtime, time_tick
 from .scheduler import FrameScheduler
 from .security import error_response
 from .session import AvatarSession
@@ -66,7 +66,8 @@ class ServerState:
         # What the pipeline adds between audio in and mouth out, before the network: the mel window's
         # look-ahead, the jitter buffer, and one tick for inference and compositing.
         self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
-        self.capacity = CapacityMonitor(clock=clock)
+        tick_model = time_tick(runtime, settings.max_sessions + 1) if settings.measured_admission else None
+        self.capacity = CapacityMonitor(clock=clock, tick_model=tick_model)
         runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))
         runtime.metrics.gauge(
             "lipstream_idle_cores",
@@ -86,7 +87,8 @@ class ServerState:
     async def measure(self, every: float = 1.0) -> None:
         """Samples the machine's load for admission (see capacity.py)."""
         while True:
-            self.capacity.sample(self.runtime.metrics.frames_dropped.value, len(self.live))
+            metrics = self.runtime.metrics
+            self.capacity.sample(metrics.frames_dropped.value, len(self.live), metrics.totals())
             await asyncio.sleep(every)
 
     def refusal(self) -> str | None:

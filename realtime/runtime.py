@@ -4,9 +4,13 @@ factory for the shared scheduler. Built once by `serve` and `render`."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from lipstream.avatars import Avatar
@@ -20,6 +24,7 @@ from lipstream.models.upsampler import UpsamplerWeightsError
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import avatars_dir, check_name
 
+from .capacity import TickModel
 from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
@@ -118,6 +123,48 @@ def warm_up(engine: Engine) -> None:
     """First calls of a runtime allocate and tune; do them now, not in the first real tick."""
     for batch in (1, 2):
         engine.run({s.name: np.zeros((batch, *s.shape), np.float32) for s in engine.inputs})
+
+
+def _median_seconds(call: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def time_tick(runtime: Runtime, max_batch: int, runs: int = 3) -> TickModel:
+    """Times this host's tick for admission (capacity.TickModel): the engine at batch sizes 1..max_batch,
+    compositing a generated frame onto the default avatar (through the upsampler where it has the hd
+    path), and VP8-encoding one of its frames, as aiortc does for a viewer."""
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    engine, assets = runtime.engine, runtime.assets
+    inference = {}
+    for batch in range(1, min(max_batch, engine.max_batch) + 1):
+        feed = {spec.name: np.zeros((batch, *spec.shape), np.float32) for spec in engine.inputs}
+        inference[batch] = _median_seconds(lambda feed=feed: engine.run(feed), runs)
+    region = np.zeros(next(spec.shape for spec in engine.outputs if spec.name == "region"), np.float32)
+
+    def composite() -> None:
+        generated = region
+        if assets.upsampler is not None:
+            generated = assets.upsampler.run(region[None], assets.hd_features[None])[0]
+        assets.composite(0, generated)
+
+    composite_seconds = _median_seconds(composite, runs + 2)
+    encoder, image = Vp8Encoder(), assets.template(0)
+    frames = []
+    for number in range(runs + 3):
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]), format="rgb24"
+        )
+        frame.pts, frame.time_base = number * 3600, Fraction(1, 90_000)
+        frames.append(frame)
+    encoder.encode(frames[0])  # the key frame costs more than the steady state
+    encode_seconds = float(np.median([_median_seconds(lambda f=f: encoder.encode(f), 1) for f in frames[1:]]))
+    return TickModel(inference, composite_seconds, encode_seconds, getattr(engine, "threads", 1))
 
 
 def build_runtime(

@@ -134,7 +134,10 @@ class FrameScheduler:
                 self._styles.pop(plan.session.id, None)
         composite_started = time.perf_counter()
         images = await asyncio.to_thread(self._composite, plans, regions)
-        self.metrics.stage("composite", time.perf_counter() - composite_started)
+        composite_seconds = time.perf_counter() - composite_started
+        self.metrics.stage("composite", composite_seconds)
+        if speech:  # what a generated frame costs to composite (idle ones cost next to nothing)
+            self.metrics.add_total("composite_frame", composite_seconds, len(speech))
         for plan, image in zip(plans, images, strict=True):
             plan.session.deliver(plan, image)
             (self.metrics.frames_generated if plan.mel is not None else self.metrics.frames_idle).inc()

@@ -12,7 +12,7 @@ import pytest
 from test_hardening import _call
 from test_server import serving
 
-from lipstream.realtime.capacity import CapacityMonitor
+from lipstream.realtime.capacity import CapacityMonitor, TickModel
 from lipstream.realtime.clock import FakeClock
 from lipstream.realtime.runtime import Runtime
 
@@ -82,3 +82,44 @@ def test_the_server_refuses_sessions_while_it_drops_frames(runtime: Runtime) -> 
             assert "lipstream_idle_cores" in text
 
     asyncio.run(scenario())
+
+
+def test_the_tick_model_refuses_what_would_not_fit_when_every_session_speaks() -> None:
+    # 8 ms inference at batch 1, 6 ms more per frame of the batch; 3 ms to composite, 4 ms to encode a frame
+    model = TickModel({1: 0.008, 2: 0.014, 3: 0.020}, composite=0.003, encode=0.004, threads=2)
+    assert model.inference_at(5) == pytest.approx(0.032), "beyond the timed batches: the last slope"
+    assert model.tick_seconds(2) == pytest.approx(0.020)
+    assert model.cores(2) == pytest.approx(25 * (2 * 0.014 + 0.007 * 2))
+    assert model.refusal(2, available_cores=1.8) is None
+    tight = model.refusal(3, available_cores=1.8)  # 3 sessions: 1.525 cores, with the margin more than 1.8
+    assert "3 sessions speaking at once would need 1.52 CPU cores here and this server can use 1.80" in tight
+    slow = model.refusal(4, available_cores=8.0)  # a 26 ms inference + 12 ms compositing: over 40 / 1.25
+    assert "a frame would take 38 ms here (inference 26 ms for the batch" in slow
+    assert model.refusal(3, available_cores=None) is None, "no CPU reading: the tick's time alone decides"
+
+
+def test_the_monitor_projects_its_sessions_all_speaking_with_what_it_measured_live() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        model = TickModel({1: 0.004, 2: 0.006}, composite=0.002, encode=0.002, threads=1)
+        monitor = CapacityMonitor(window=1.0, first_session_cores=0.0, clock=clock, tick_model=model)
+        monitor.sample(0, 1, {"composite_frame": (0.0, 0.0), "encode_send": (0.0, 0.0)})
+        await clock.advance(0.5)
+        monitor.sample(0, 1, {"composite_frame": (0.0, 0.0), "encode_send": (0.0, 0.0)})
+        assert monitor.refusal() is None, "2 sessions: 8 ms of the 40"
+        # The one session then speaks, and its frames cost 20 ms each to composite (an hd avatar, say).
+        await clock.advance(0.5)
+        monitor.sample(0, 1, {"composite_frame": (0.5, 25.0), "encode_send": (0.05, 25.0)})
+        load = monitor.load()
+        assert load.composite_per_frame == pytest.approx(0.02) and load.encode_per_frame == pytest.approx(0.002)
+        assert "with 2 sessions speaking at once a frame would take 46 ms" in monitor.refusal()
+
+    asyncio.run(scenario())
+
+
+def test_the_server_times_its_tick_at_start(runtime: Runtime) -> None:
+    from lipstream.realtime.runtime import time_tick
+
+    model = time_tick(runtime, 3, runs=2)
+    assert sorted(model.inference) == [1, 2, 3] and all(0 < t < 1 for t in model.inference.values())
+    assert 0 < model.composite < 0.5 and 0 < model.encode < 0.5 and model.threads == runtime.engine.threads

@@ -106,4 +106,5 @@ class VideoEvalOptions:
     template_seconds: float = 120.0  # of the template prepared
     reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
     hd: str = "auto"  # the hd path (prepare's --hd)
+    avatar: str | None = None  # a prepared (e.g. personalised) avatar to score instead of preparing one
     show_progress: bool = True

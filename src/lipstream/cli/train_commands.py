@@ -161,6 +161,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.template and len(args.video) > 1:
             print("lipstream evaluate: error: --template goes with a single --video clip", file=sys.stderr)
             return 2
+        if args.template and args.avatar:
+            print("lipstream evaluate: error: give --template or --avatar, not both", file=sys.stderr)
+            return 2
         options = VideoEvalOptions(
             args.template,
             args.weights,
@@ -169,6 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.template_seconds,
             args.reference_percentile,
             args.hd,
+            args.avatar,
         )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
@@ -337,6 +341,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=VIDEO_EVAL["reference_percentile"],
         metavar="P",
         help="with --video: " + REFERENCE_HELP,
+    )
+    evaluate.add_argument(
+        "--avatar",
+        help="with --video: a prepared avatar (personalised or not) as the template, instead of preparing one",
     )
     evaluate.add_argument(
         "--hd", choices=HD_MODES, default=VIDEO_EVAL["hd"], help="with --video: the avatar's hd path (prepare's --hd)"
