@@ -360,22 +360,31 @@ def _encode(
 
 
 @torch.inference_mode()
-def refresh_features(folder: Path, weights: Path, extra: dict) -> Manifest:
+def refresh_features(folder: Path, weights: Path, extra: dict, face_encoder_changed: bool = True) -> Manifest:
     """Re-encodes a prepared avatar's features with other weights of its profile (its
     personalised model), in place: the manifest gets their model id, `weights` (relative to the
-    folder), `extra`, and new checksums. Returns the manifest."""
+    folder), `extra`, and new checksums. Returns the manifest. Where the face encoder is the one that
+    made the cached maps (`face_encoder_changed=False`: personalisation keeps it frozen), only dW is
+    recomputed, from the cached f_f."""
     manifest = Manifest.read(folder)
     model, model_id = load_stylesync(manifest.profile, weights)
     count = manifest.frame_count
-    crops = np.load(folder / "crops.npy", mmap_mode="r")
-    masks = np.load(folder / "masks.npy", mmap_mode="r")
-    maps = [np.load(folder / f"features/maps_{i:02d}.npy", mmap_mode="r+") for i in range(model.cfg.num_layers)]
     f_f = np.load(folder / "features/f_f.npy", mmap_mode="r+")
     delta_w = np.load(folder / "features/delta_w.npy", mmap_mode="r+")
-    reference = to_tensor(np.asarray(crops[manifest.reference_frame])[None])
-    for start in range(0, count, BATCH):
-        _encode(model, slice(start, min(start + BATCH, count)), reference, crops, masks, (maps, f_f, delta_w))
-    for written in (*maps, f_f, delta_w):
+    if face_encoder_changed:
+        crops = np.load(folder / "crops.npy", mmap_mode="r")
+        masks = np.load(folder / "masks.npy", mmap_mode="r")
+        maps = [np.load(folder / f"features/maps_{i:02d}.npy", mmap_mode="r+") for i in range(model.cfg.num_layers)]
+        reference = to_tensor(np.asarray(crops[manifest.reference_frame])[None])
+        for start in range(0, count, BATCH):
+            _encode(model, slice(start, min(start + BATCH, count)), reference, crops, masks, (maps, f_f, delta_w))
+        for written in maps:
+            written.flush()
+    else:
+        for start in range(0, count, 256):
+            part = slice(start, min(start + 256, count))
+            delta_w[part] = model.delta_w(torch.from_numpy(np.array(f_f[part]))).numpy()
+    for written in (f_f, delta_w):
         written.flush()
     files = {
         str(p.relative_to(folder)): sha256_file(p)

@@ -271,6 +271,7 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     steps = round(2 * template / 5 / 2)
     general_id = avatar.manifest.model_id
     assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
+    maps_before = np.array(avatar.array("features/maps_09.npy"))
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=1.0)
 
@@ -293,6 +294,11 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     assert personal.manifest.extra["personalized"]["steps"] == steps
     assert personal.manifest.extra["personalized"]["held_out"] == json.loads(json.dumps(held_out))
     assert np.abs(personal.array("features/delta_w.npy")).mean() > 0
+    model = load_stylesync("rt", weights)[0]
+    with torch.no_grad():  # dW is recomputed from the cached f_f; the frozen encoder's maps are kept
+        expected = model.delta_w(torch.from_numpy(np.array(personal.array("features/f_f.npy")))).numpy()
+    assert np.allclose(personal.array("features/delta_w.npy"), expected, atol=1e-5)
+    assert np.array_equal(personal.array("features/maps_09.npy"), maps_before)
     with pytest.raises(Exception, match="stale"):
         load_avatar(str(avatar.path), model_id=general_id)
 

@@ -267,7 +267,7 @@ def personalize(
         hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
         extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
-    refreshed = refresh_features(avatar.path, path, extra)
+    refreshed = refresh_features(avatar.path, path, extra, face_encoder_changed=False)  # E_face stays frozen
     summary["model_id"] = refreshed.model_id
     summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
     return summary
