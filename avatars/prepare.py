@@ -130,7 +130,8 @@ def choose_hd(mode: str, profile: str, transforms: np.ndarray) -> dict:
     if profile != "rt" or default_upsampler() is None:
         if mode == "on":
             raise ValueError(
-                "the hd path needs the rt profile and the region upsampler's weights (models/weights/upsampler.pt); "
+                "the hd path needs the rt profile and the region upsampler's weights (models/weights/upsampler.pt, "
+                "or the file $LIPSTREAM_UPSAMPLER names; `lipstream train upsampler` makes them); "
                 "prepare with --hd auto or off"
             )
         return entry | {"enabled": False, "why": f"no region upsampler for the {profile} profile"}

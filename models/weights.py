@@ -9,6 +9,7 @@ says "init" so nothing mistakes it for a trained model.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -39,8 +40,10 @@ def default_weights(profile: str) -> Path | None:
 
 
 def default_upsampler() -> Path | None:
-    """The shipped region upsampler of the hd path (models/upsampler.py), if there is one."""
-    path = WEIGHTS_DIR / "upsampler.pt"
+    """The hd path's region upsampler (models/upsampler.py): the file $LIPSTREAM_UPSAMPLER names (one that
+    `lipstream train export upsampler` wrote), else the shipped one, if either exists."""
+    given = os.environ.get("LIPSTREAM_UPSAMPLER")
+    path = Path(given) if given else WEIGHTS_DIR / "upsampler.pt"
     return path if path.is_file() else None
 
 

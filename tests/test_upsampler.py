@@ -4,6 +4,7 @@ its ONNX graphs, on a real talking-head clip."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,22 @@ def test_the_onnx_graphs_give_what_the_network_gives(tmp_path: Path, monkeypatch
     assert Upsampler(tmp_path / "up.pt", cuda=False).id == upsampler.id, "the second one reuses the export"
 
 
-needs_weights = pytest.mark.skipif(
-    __import__("lipstream.models.weights", fromlist=["default_upsampler"]).default_upsampler() is None,
-    reason="no shipped upsampler weights (models/weights/upsampler.pt)",
-)
+@pytest.fixture(scope="module")
+def upsampler_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Upsampler weights for the hd path's tests, wherever $LIPSTREAM_UPSAMPLER points: a small network
+    whose detail head is not zero, so that its output differs from the bilinear enlargement."""
+    torch.manual_seed(2)
+    net = RegionUpsampler(width=8, depth=1)
+    torch.nn.init.normal_(net.to_rgb.weight, std=0.05)
+    path = tmp_path_factory.mktemp("upsampler") / "upsampler.pt"
+    torch.save({"config": net.config(), "state": {k: v.half() for k, v in net.state_dict().items()}}, path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIPSTREAM_UPSAMPLER", str(path))
+        yield path
 
 
 @pytest.fixture(scope="module")
-def hd_avatar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hd_avatar(upsampler_weights: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lipstream.avatars.prepare import prepare_avatar
 
     root = tmp_path_factory.mktemp("avatars")
@@ -128,8 +137,9 @@ def hd_avatar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return prepare_avatar(clip, "radio", root=root, max_seconds=2.1, show_progress=False).path  # 52 frames
 
 
-@needs_weights
-def test_prepare_turns_the_hd_path_on_for_large_faces_only(hd_avatar: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_prepare_turns_the_hd_path_on_for_large_faces_only(
+    hd_avatar: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lipstream.avatars.manifest import Manifest
     from lipstream.avatars.prepare import prepare_avatar
 
@@ -145,9 +155,13 @@ def test_prepare_turns_the_hd_path_on_for_large_faces_only(hd_avatar: Path, shar
     assert not off.manifest.extra["hd"]["enabled"]
     with pytest.raises(ValueError, match="unknown hd mode 'big'"):
         prepare_avatar(clip, "bad", root=tmp_path, hd="big")
+    monkeypatch.setenv("LIPSTREAM_UPSAMPLER", str(tmp_path / "missing.pt"))  # no upsampler weights at all
+    without = prepare_avatar(clip, "plain", root=tmp_path, max_seconds=0.4, show_progress=False).manifest.extra["hd"]
+    assert not without["enabled"] and "no region upsampler" in without["why"]
+    with pytest.raises(ValueError, match="needs the rt profile and the region upsampler's weights"):
+        prepare_avatar(clip, "forced", root=tmp_path, max_seconds=0.4, show_progress=False, hd="on")
 
 
-@needs_weights
 def test_an_hd_avatar_speaks_through_the_upsampler_and_idles_as_its_template(
     hd_avatar: Path, speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,8 +196,9 @@ def test_an_hd_avatar_speaks_through_the_upsampler_and_idles_as_its_template(
     assert changed.sum() > 100 and abs(np.median(cols) - lips[0]) < 40 and abs(np.median(rows) - lips[1]) < 40
 
 
-@needs_weights
-def test_personalising_the_upsampler_writes_weights_the_runtime_takes(hd_avatar: Path, tmp_path: Path) -> None:
+def test_personalising_the_upsampler_writes_weights_the_runtime_takes(
+    hd_avatar: Path, upsampler_weights: Path, tmp_path: Path
+) -> None:
     import shutil
 
     from lipstream.avatars import Avatar
@@ -197,5 +212,5 @@ def test_personalising_the_upsampler_writes_weights_the_runtime_takes(hd_avatar:
     assert entry["weights"] == "personal/upsampler.pt" and entry["personalized"]["steps"] == 3
     assert not (folder / "personal" / "upsampler-run").exists(), "the run's checkpoint is cleared away"
     personal = load_upsampler(folder / entry["weights"])
-    shipped = load_upsampler(__import__("lipstream.models.weights", fromlist=["x"]).default_upsampler())
-    assert not torch.equal(personal.to_rgb.weight, shipped.to_rgb.weight)
+    assert personal.width == 8, "it starts from the upsampler in use"
+    assert not torch.equal(personal.to_rgb.weight, load_upsampler(upsampler_weights).to_rgb.weight)

@@ -191,7 +191,7 @@ class UpsamplerTrainer:
         state = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
         if self.disc is not None:
             state |= {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
-        state |= {"config": asdict(self.config), "generator_id": self.generator_id}
+        state |= {"config": asdict(self.config), "net_config": self.net.config(), "generator_id": self.generator_id}
         torch.save(state, self.out / (CHECKPOINT + ".tmp"))
         (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
 
@@ -308,9 +308,9 @@ class UpsamplerTrainer:
 def export_upsampler(checkpoint: Path, destination: Path) -> Path:
     """The upsampler alone, fp16, with its sizes (what `models/weights/upsampler.pt` holds)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = state["config"]
+    sizes = state.get("net_config") or {k: state["config"][k] for k in ("width", "depth")}  # the network's own
     saved = {
-        "config": {"width": config["width"], "depth": config["depth"]},
+        "config": sizes,
         "state": {k: v.half() for k, v in state["net"].items()},
     }
     destination.parent.mkdir(parents=True, exist_ok=True)
