@@ -162,15 +162,20 @@ def export_onnx(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "checksums": {p.name: _sha256(p) for p in sorted(partial.glob("*.onnx"))},
         }
-        (partial / SETTINGS).write_text(json.dumps(settings, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        partial.rename(folder)
+        publish(partial, folder, settings)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return ExportResult(folder, settings, reused=False)
+
+
+def publish(partial: Path, folder: Path, settings: dict) -> None:
+    """Writes settings.json into a finished export folder and puts it in the place of `folder`."""
+    (partial / SETTINGS).write_text(json.dumps(settings, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(folder)
 
 
 def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:

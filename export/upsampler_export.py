@@ -7,7 +7,6 @@ run per frame). The folder is keyed by the upsampler's checksum, like the StyleS
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from lipstream.paths import cache_dir
 from .onnx_export import (
     MAX_BATCH,
     OPSET,
-    SETTINGS,
     ExportError,
     _require_export_tools,
     _sha256,
     export_module,
     load_settings,
+    publish,
 )
 
 REGION = (64, 128)  # rows, columns of the rt generator's region
@@ -112,11 +111,7 @@ def export_upsampler_onnx(weights: str | Path | None = None, force: bool = False
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "checksums": {p.name: _sha256(p) for p in sorted(partial.glob("*.onnx"))},
         }
-        (partial / SETTINGS).write_text(json.dumps(settings, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        partial.rename(folder)
+        publish(partial, folder, settings)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

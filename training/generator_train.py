@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from lipstream.models.discriminator import Discriminator, MouthDiscriminator, mo
 from lipstream.models.stylesync import StyleSync
 from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import INIT_SEED
+from lipstream.progress import Progress
 
 from .config import SYNC_FRAMES, GeneratorTrainConfig
 from .evaluate import MouthLandmarks, render_clip, score
@@ -220,43 +221,66 @@ class GeneratorTrainer:
         val_clips = load_clips(self.cache, "val", {"grid_s1"})[: c.validate_clips]
         fixed = next(iter(DataLoader(GeneratorSamples(val_clips or load_clips(self.cache, "train"), 4), batch_size=4)))
         mouths = MouthLandmarks() if val_clips else None
-        history = self.out / "log.jsonl"
-        started = last_checkpoint = time.monotonic()
-        window: list[dict[str, float]] = []
-        entry: dict = {"step": self.step}
         self.model.train()
 
-        def flush() -> dict:
-            keys = {k for w in window for k in w}
-            line = {"step": self.step, "seconds": round(time.monotonic() - started, 1)}
-            line |= {k: float(np.mean([w[k] for w in window if k in w])) for k in sorted(keys)}
-            window.clear()
-            if self.step % c.validate_every == 0 and val_clips:
-                line |= self.validate(val_clips, mouths)
-            with history.open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-            if log:
-                print(json.dumps(line), flush=True)
-            return line
+        def validation() -> dict:
+            return self.validate(val_clips, mouths) if self.step % c.validate_every == 0 and val_clips else {}
 
-        with StopRequest() as stop:
-            for batch in self.batches():
-                window.append(self.train_step(batch))
-                if self.step % 25 == 0 or self.step % c.validate_every == 0:
-                    entry = flush()
-                if self.step % c.sample_every == 0:
-                    self.write_samples(fixed, self.out / "samples" / f"step-{self.step:07d}.png")
-                if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
-                    self.save()
-                    plot_curves(history, self.out / "loss_curves.png")
-                    last_checkpoint = time.monotonic()
-                if stop.requested or self.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
-                    break
-        if window:
-            entry = flush()
-        self.save()
-        plot_curves(history, self.out / "loss_curves.png")
-        return entry
+        return train_chunk(self, self.batches(), fixed, log, validation, lambda: self.step % c.validate_every == 0)
+
+
+def train_chunk(
+    trainer: object,
+    batches: Iterable[dict[str, torch.Tensor]],
+    fixed: dict[str, torch.Tensor],
+    log: bool = True,
+    extra: Callable[[], dict] = dict,
+    flush_now: Callable[[], bool] = lambda: False,
+    progress: Progress | None = None,
+) -> dict:
+    """The resumable loop of a training job: `trainer.train_step` per batch, a line of mean losses in
+    out/log.jsonl every 25 steps (or when `flush_now()`, with `extra()` joined), samples every
+    `sample_every` steps, a checkpoint every `checkpoint_minutes`, until `steps`, the chunk's
+    `max_minutes` or Ctrl-C; then the last line, a checkpoint and the loss curves. Returns the last line.
+    `trainer` has config, out, step, train_step(batch), write_samples(batch, path) and save()."""
+    c = trainer.config
+    history = trainer.out / "log.jsonl"
+    started = last_checkpoint = time.monotonic()
+    window: list[dict[str, float]] = []
+    entry: dict = {"step": trainer.step}
+
+    def flush() -> dict:
+        line = {"step": trainer.step, "seconds": round(time.monotonic() - started, 1)}
+        keys = sorted({k for w in window for k in w})
+        line |= {k: float(np.mean([w[k] for w in window if k in w])) for k in keys}
+        window.clear()
+        line |= extra()
+        with history.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if log:
+            print(json.dumps(line), flush=True)
+        return line
+
+    with StopRequest() as stop:
+        for batch in batches:
+            window.append(trainer.train_step(batch))
+            if progress is not None:
+                progress.step()
+            if trainer.step % 25 == 0 or flush_now():
+                entry = flush()
+            if trainer.step % c.sample_every == 0:
+                trainer.write_samples(fixed, trainer.out / "samples" / f"step-{trainer.step:07d}.png")
+            if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
+                trainer.save()
+                plot_curves(history, trainer.out / "loss_curves.png")
+                last_checkpoint = time.monotonic()
+            if stop.requested or trainer.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
+                break
+    if window:
+        entry = flush()
+    trainer.save()
+    plot_curves(history, trainer.out / "loss_curves.png")
+    return entry
 
 
 def discriminator_step(

@@ -24,7 +24,6 @@ Resumable like the other jobs: checkpoint every few minutes and on Ctrl-C, `--re
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -46,10 +45,9 @@ from lipstream.models.weights import load_stylesync
 from lipstream.progress import Progress
 
 from .config import UpsamplerTrainConfig
-from .generator_train import discriminator_step, plot_curves
+from .generator_train import discriminator_step, train_chunk
 from .loaders import Clip, by_identity, load_clips, to_unit
 from .losses import ms_ssim
-from .stopping import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
@@ -266,43 +264,8 @@ class UpsamplerTrainer:
         fixed_data = UpsamplerSamples(clips, 4, c.seed + 1, real_share=0.0 if c.real_share < 1 else 1.0)
         fixed = next(iter(DataLoader(fixed_data, batch_size=4)))
         loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
-        history = self.out / "log.jsonl"
-        started = last_checkpoint = time.monotonic()
-        window: list[dict[str, float]] = []
-        entry: dict = {"step": self.step}
-
-        def flush() -> dict:
-            line = {"step": self.step, "seconds": round(time.monotonic() - started, 1)}
-            keys = sorted({k for w in window for k in w})
-            line |= {k: float(np.mean([w[k] for w in window if k in w])) for k in keys}
-            window.clear()
-            with history.open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-            if log:
-                print(json.dumps(line), flush=True)
-            return line
-
         self.net.train()
-        with StopRequest() as stop:
-            for batch in loader:
-                window.append(self.train_step(batch))
-                if progress is not None:
-                    progress.step()
-                if self.step % 25 == 0:
-                    entry = flush()
-                if self.step % c.sample_every == 0:
-                    self.write_samples(fixed, self.out / "samples" / f"step-{self.step:07d}.png")
-                if time.monotonic() - last_checkpoint > 60 * c.checkpoint_minutes:
-                    self.save()
-                    plot_curves(history, self.out / "loss_curves.png")
-                    last_checkpoint = time.monotonic()
-                if stop.requested or self.step >= c.steps or time.monotonic() - started > 60 * c.max_minutes:
-                    break
-        if window:
-            entry = flush()
-        self.save()
-        plot_curves(history, self.out / "loss_curves.png")
-        return entry
+        return train_chunk(self, loader, fixed, log, progress=progress)
 
 
 def export_upsampler(checkpoint: Path, destination: Path) -> Path:
