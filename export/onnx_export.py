@@ -159,8 +159,6 @@ def export_onnx(
                 p: version(p)
                 for p in ("lipstream", "torch", "onnx", "onnxscript", "onnxruntime", "onnxconverter-common")
             },
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "checksums": {p.name: _sha256(p) for p in sorted(partial.glob("*.onnx"))},
         }
         publish(partial, folder, settings)
     except BaseException:
@@ -170,7 +168,10 @@ def export_onnx(
 
 
 def publish(partial: Path, folder: Path, settings: dict) -> None:
-    """Writes settings.json into a finished export folder and puts it in the place of `folder`."""
+    """Writes settings.json (with the time and every graph's sha256) into a finished export folder and
+    puts it in the place of `folder`."""
+    settings["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    settings["checksums"] = {p.name: _sha256(p) for p in sorted(partial.glob("*.onnx"))}
     (partial / SETTINGS).write_text(json.dumps(settings, indent=2))
     if folder.exists():
         shutil.rmtree(folder)

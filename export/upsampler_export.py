@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from .onnx_export import (
     OPSET,
     ExportError,
     _require_export_tools,
-    _sha256,
     export_module,
     load_settings,
     publish,
@@ -108,8 +106,6 @@ def export_upsampler_onnx(weights: str | Path | None = None, force: bool = False
             "upsampler_id": uid,
             "weights": str(path),
             "config": net.config(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "checksums": {p.name: _sha256(p) for p in sorted(partial.glob("*.onnx"))},
         }
         publish(partial, folder, settings)
     except BaseException:
