@@ -41,6 +41,9 @@ def _fall_back(plans: list[FramePlan]) -> list[np.ndarray]:
     return []
 
 
+UPSAMPLE_LOG = RateLimitedLog(logging.ERROR)
+
+
 def upsample(plans: list[FramePlan], regions: list[np.ndarray]) -> list[np.ndarray]:
     """The regions of hd avatars' frames made 2x larger, in one call per upsampler (the others as they are).
     `regions` go with the plans that have speech (mel), in order."""
@@ -53,7 +56,12 @@ def upsample(plans: list[FramePlan], regions: list[np.ndarray]) -> list[np.ndarr
     for members in groups.values():
         upsampler = speaking[members[0]].session.assets.upsampler
         features = np.stack([speaking[i].session.assets.hd_features for i in members])
-        for i, region in zip(members, upsampler.run(np.stack([regions[i] for i in members]), features), strict=True):
+        try:
+            larger = upsampler.run(np.stack([regions[i] for i in members]), features)
+        except Exception as err:  # ONNX Runtime raises its own kinds; these frames are composited at 1x instead
+            UPSAMPLE_LOG(f"the region upsampler failed for {len(members)} frames ({err}); they are shown at 1x", err)
+            continue
+        for i, region in zip(members, larger, strict=True):
             regions[i] = region
     return regions
 

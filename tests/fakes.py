@@ -16,6 +16,9 @@ class FakeAssets:
     """What AvatarSession and FrameScheduler use of AvatarAssets. Images are 2 x 2 pixels whose value
     says what was shown: 0 a template frame, else 1 + round(100 * blend) for a generated one."""
 
+    upsampler = None  # no hd path
+    hd_features = None
+
     def __init__(self, frames: int = 4) -> None:
         self.loop = np.arange(frames)
 

@@ -214,3 +214,21 @@ def test_personalising_the_upsampler_writes_weights_the_runtime_takes(
     personal = load_upsampler(folder / entry["weights"])
     assert personal.width == 8, "it starts from the upsampler in use"
     assert not torch.equal(personal.to_rgb.weight, load_upsampler(upsampler_weights).to_rgb.weight)
+
+
+def test_a_failing_upsampler_leaves_its_frames_at_1x_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from lipstream.realtime.scheduler import upsample
+
+    class Broken:
+        def run(self, regions: np.ndarray, features: np.ndarray) -> np.ndarray:
+            raise RuntimeError("the graph could not run")
+
+    hd = SimpleNamespace(upsampler=Broken(), hd_features=np.zeros((8, 64, 128), np.float32))
+    plain = SimpleNamespace(upsampler=None, hd_features=None)
+    plans = [SimpleNamespace(mel=np.zeros(1), session=SimpleNamespace(assets=a)) for a in (hd, plain)]
+    regions = [np.zeros((3, 64, 128), np.float32), np.ones((3, 64, 128), np.float32)]
+    out = upsample(plans, regions)
+    assert out[0] is regions[0] and out[1] is regions[1]
+    assert "the region upsampler failed for 1 frames (the graph could not run); they are shown at 1x" in caplog.text
