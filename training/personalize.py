@@ -261,11 +261,16 @@ def personalize(
     extra = {"personalized": summary}
     hd = avatar.manifest.extra.get("hd", {})
     if hd.get("enabled") and config.hd_steps > 0:
+        from lipstream.models.weights import default_upsampler
+
         from .config import UpsamplerTrainConfig
         from .upsampler_train import personalize_upsampler
 
-        hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
-        extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
+        if default_upsampler() is None:  # the avatar was prepared where there were upsampler weights
+            summary["hd"] = "the region upsampler was not fine-tuned: no upsampler weights here"
+        else:
+            hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
+            extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
     refreshed = refresh_features(avatar.path, path, extra, face_encoder_changed=False)  # E_face stays frozen
     summary["model_id"] = refreshed.model_id
