@@ -134,7 +134,8 @@ def choose_hd(mode: str, profile: str, transforms: np.ndarray) -> dict:
                 "or the file $LIPSTREAM_UPSAMPLER names; `lipstream train upsampler` makes them); "
                 "prepare with --hd auto or off"
             )
-        return entry | {"enabled": False, "why": f"no region upsampler for the {profile} profile"}
+        why = "no region upsampler weights here" if profile == "rt" else f"no region upsampler for {profile}"
+        return entry | {"enabled": False, "why": why}
     if mode == "auto" and scale > HD_MAX_CROP_SCALE:
         why = f"the face is too small: its {HD_SCALE}x crop would enlarge it {scale:.2f}x (at most {HD_MAX_CROP_SCALE})"
         return entry | {"enabled": False, "why": why}
