@@ -395,3 +395,28 @@ def test_the_lips_discriminator_sees_the_mouth_and_trains_with_feature_matching(
     resumed = GeneratorTrainer(cache, tmp_path / "run", config, resume=True)
     state = trainer.mouth_disc.state_dict()
     assert all(torch.equal(state[k], v) for k, v in resumed.mouth_disc.state_dict().items())
+
+
+def test_per_channel_personalisation_moves_only_the_channel_vectors(shared_data: Path, tmp_path: Path) -> None:
+    """--delta-p channels: the generator's shift is the layers' and style affines' biases alone (vectors a
+    batched graph could take per sample); every other generator parameter stays the general model's."""
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import prepare_avatar
+    from lipstream.models.weights import WEIGHTS_DIR, load_stylesync
+    from lipstream.training import personalize as module
+
+    source = grid_sources(shared_data / "grid_s1")[-1].path
+    expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
+    avatar = Avatar.load(prepare_avatar(source, "channels", root=tmp_path, max_seconds=2.4, show_progress=False).path)
+    config = module.PersonalizeConfig(epochs=1, batch=2, lr=1e-2, delta_p="channels")
+    summary = module.personalize(avatar, None, expert, config, log=False)
+    assert summary["delta_p"] == "channels" and summary["delta_p_values"] == 3919
+    general = load_stylesync("rt")[0].generator.state_dict()
+    personal = load_stylesync("rt", avatar.path / "personal" / "rt.pt")[0].generator.state_dict()
+    moved = {name for name in general if not torch.equal(general[name], personal[name])}
+    assert moved and all(module.is_channel_vector(name) for name in moved), moved
+    assert module.is_channel_vector("convs.3.conv.modulation.affine.bias")
+    assert module.is_channel_vector("to_rgbs.0.bias")
+    assert not module.is_channel_vector("convs.3.conv.conv.weight") and not module.is_channel_vector("const")
+    with pytest.raises(module.PersonalizeError, match="unknown delta_p 'rank'"):
+        module.personalize(avatar, None, expert, module.PersonalizeConfig(delta_p="rank"), log=False)

@@ -79,6 +79,9 @@ class UpsamplerTrainConfig:
     max_minutes: float = 120.0  # one chunk; resume for more
 
 
+DELTA_P_MODES = ("full", "channels")
+
+
 @dataclass
 class PersonalizeConfig:
     epochs: float = 5.0  # passes over the template's frames (in samples of five frames)
@@ -87,6 +90,7 @@ class PersonalizeConfig:
     lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
     hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
     seed: int = 0
+    delta_p: str = "full"  # the generator's shift dP: "full" (every parameter) or "channels" (see personalize.py)
     hd_steps: int = 400  # the region upsampler's fine-tune on the face at 2x, for hd avatars (0: none)
     hd_lr: float = 3e-4
 
