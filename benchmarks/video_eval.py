@@ -106,13 +106,14 @@ class Measured:
         self.lips.append(np.ascontiguousarray(frame[box]))
 
 
-def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | None) -> list:
+def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | None) -> tuple[list, bool]:
+    """The rendered frames, and whether they took the hd path (the avatar asks, and an upsampler ran)."""
     runtime = build_runtime(str(avatar_path), engine=engine, weights=weights)
 
     async def collect() -> list:
         return [frame async for frame in rendered_frames(runtime, samples)]
 
-    return asyncio.run(collect())
+    return asyncio.run(collect()), runtime.assets.upsampler is not None
 
 
 def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions | None = None) -> dict:
@@ -156,13 +157,13 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             truth_transforms = smooth_transforms(frame_to_crop(truth_landmarks, CROP), 2.0)
         count = len(truth_landmarks)
         samples = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
-        rendered = _render(avatar_path, samples, o.engine, weights)
+        rendered, hd_used = _render(avatar_path, samples, o.engine, weights)
         count = min(count, len(rendered), num_video_frames(len(samples)))
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
     report["avatar"] = {"name": avatar.name, "model_id": avatar.manifest.model_id} if o.avatar else None
     report["weights"] = weights or "profile default"
-    report["hd"] = avatar.manifest.extra.get("hd")
+    report["hd"] = (avatar.manifest.extra.get("hd") or {}) | {"used": hd_used}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
 
