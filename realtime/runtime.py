@@ -155,15 +155,17 @@ def time_tick(runtime: Runtime, max_batch: int, runs: int = 3) -> TickModel:
 
     composite_seconds = _median_seconds(composite, runs + 2)
     encoder, image = Vp8Encoder(), assets.template(0)
-    frames = []
-    for number in range(runs + 3):
-        frame = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]), format="rgb24"
-        )
-        frame.pts, frame.time_base = number * 3600, Fraction(1, 90_000)
-        frames.append(frame)
-    encoder.encode(frames[0])  # the key frame costs more than the steady state
-    encode_seconds = float(np.median([_median_seconds(lambda f=f: encoder.encode(f), 1) for f in frames[1:]]))
+    even = av.VideoFrame.from_ndarray(  # yuv420p needs even sides
+        np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]), format="rgb24"
+    )
+    numbers = iter(range(runs + 3))
+
+    def encode() -> None:
+        even.pts, even.time_base = next(numbers) * 3600, Fraction(1, 90_000)
+        encoder.encode(even)
+
+    encode()  # the key frame costs more than the steady state
+    encode_seconds = _median_seconds(encode, runs + 2)
     return TickModel(inference, composite_seconds, encode_seconds, getattr(engine, "threads", 1))
 
 

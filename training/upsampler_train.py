@@ -167,7 +167,9 @@ class UpsamplerTrainer:
     def __init__(self, cache: Path | None, out: Path, config: UpsamplerTrainConfig, resume: bool = False) -> None:
         self.cache, self.out, self.config = cache, out, config
         torch.manual_seed(config.seed)
-        self.generator, self.generator_id = load_stylesync("rt", config.weights)
+        # the frozen generator makes inputs only where real_share < 1 (not in a personal fine-tune)
+        uses_generator = config.real_share < 1
+        self.generator, self.generator_id = load_stylesync("rt", config.weights) if uses_generator else (None, None)
         self.net = RegionUpsampler(config.width, config.depth) if config.init is None else load_upsampler(config.init)
         self.net.requires_grad_(True)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, betas=(0.9, 0.99))
