@@ -11,6 +11,8 @@ Layout (all written by `lipstream prepare`):
     features/maps_LL.npy     [N, C, h, w] float16 face-encoder map of style layer LL (Eq. 1 applied)
     features/f_f.npy         [N, face_dim] float32 face feature
     features/delta_w.npy     [N, L, w_dim] float32 personal style offsets (zeros until personalised)
+    features/delta_p.npy     [P] float32 personal per-channel generator shift (`personalize --delta-p
+                             channels`; absent: none, the general model)
     idle_loop.npy            [M] int32 frame order of the idle loop (ping-pong: no jump at the loop point)
     audio.wav                the template's audio, 16 kHz mono 16-bit
 """
@@ -28,6 +30,7 @@ import numpy as np
 from .errors import AvatarCacheError
 from .manifest import MANIFEST, Manifest
 
+CHANNEL_SHIFT = "features/delta_p.npy"
 FORMAT_VERSION = 2  # 2: no silent renderings (idle shows the template frames themselves)
 
 
@@ -65,6 +68,16 @@ class Avatar:
 
     def array(self, relative: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.path / relative, mmap_mode="r" if mmap else None)
+
+    def channel_shift(self) -> np.ndarray:
+        """The avatar's per-channel generator shift (the frame graph's `delta_p`): its own after
+        `personalize --delta-p channels`, zeros otherwise. [P] float32"""
+        from lipstream.models.config import get_profile
+        from lipstream.models.generator import channel_shift_size
+
+        if CHANNEL_SHIFT in self.manifest.files:
+            return np.load(self.path / CHANNEL_SHIFT).astype(np.float32)
+        return np.zeros(channel_shift_size(get_profile(self.manifest.profile)), np.float32)
 
     def feature_maps(self) -> list[np.ndarray]:
         """The L cached face maps, each [N, C, h, w] float16 (memory-mapped)."""

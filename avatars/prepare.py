@@ -22,6 +22,8 @@ import torch
 
 from lipstream import __version__
 from lipstream.dsp import FPS, MelConfig, to_s16
+from lipstream.models.config import get_profile
+from lipstream.models.personalization import ChannelParamsError, ChannelPersonalization
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import avatars_dir, check_name
 from lipstream.progress import Progress
@@ -35,7 +37,7 @@ from .align import (
     smooth_transforms,
     warp_to_crop,
 )
-from .avatar import FORMAT_VERSION, sha256_file
+from .avatar import CHANNEL_SHIFT, FORMAT_VERSION, sha256_file
 from .errors import SourceError
 from .landmarks import FaceTracker
 from .manifest import MANIFEST, Audio, Manifest, Source
@@ -388,13 +390,39 @@ def refresh_features(folder: Path, weights: Path, extra: dict, face_encoder_chan
             delta_w[part] = model.delta_w(torch.from_numpy(np.array(f_f[part]))).numpy()
     for written in (f_f, delta_w):
         written.flush()
+    return rewrite_manifest(folder, manifest, model_id=model_id, weights=str(weights.relative_to(folder)), extra=extra)
+
+
+@torch.inference_mode()
+def apply_channel_personalization(folder: Path, params: ChannelPersonalization, extra: dict) -> Manifest:
+    """Gives a prepared avatar personal parameters that the general model serves (`personalize
+    --delta-p channels`), in place: dW of every frame from the personal head and the cached f_f, and the
+    per-channel shift as features/delta_p.npy. The model id stays the general one's, which the shift
+    must be relative to. Returns the manifest."""
+    manifest = Manifest.read(folder)
+    if params.base_model_id != manifest.model_id:
+        raise ChannelParamsError(
+            f"the personal parameters were trained on model {params.base_model_id}, the avatar at {folder} was "
+            f"prepared for {manifest.model_id}; personalise it again (lipstream personalize {folder.name})"
+        )
+    head = params.head(get_profile(manifest.profile))
+    f_f = np.load(folder / "features/f_f.npy", mmap_mode="r")
+    delta_w = np.load(folder / "features/delta_w.npy", mmap_mode="r+")
+    for start in range(0, manifest.frame_count, 256):
+        part = slice(start, min(start + 256, manifest.frame_count))
+        delta_w[part] = head(torch.from_numpy(np.array(f_f[part]))).numpy()
+    delta_w.flush()
+    np.save(folder / CHANNEL_SHIFT, params.delta_p.numpy().astype(np.float32))
+    return rewrite_manifest(folder, manifest, weights=None, extra=extra)
+
+
+def rewrite_manifest(folder: Path, manifest: Manifest, extra: dict, **changes: object) -> Manifest:
+    """The manifest with `changes`, `extra` merged in, and the checksums of the folder's files now."""
     files = {
         str(p.relative_to(folder)): sha256_file(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and p.suffix not in (".jsonl", ".png")
+        if p.is_file() and p.name != MANIFEST and p.suffix not in (".jsonl", ".png", ".tmp")
     }
-    manifest = manifest.replace(
-        model_id=model_id, weights=str(weights.relative_to(folder)), files=files, extra=manifest.extra | extra
-    )
+    manifest = manifest.replace(files=files, extra=manifest.extra | extra, **changes)
     manifest.write(folder)
     return manifest

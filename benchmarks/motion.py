@@ -56,6 +56,21 @@ def mouth_change(image: np.ndarray, idle: np.ndarray, box: tuple[slice, slice]) 
     return float(np.abs(luma_cells(image[box]) - luma_cells(idle[box])).mean())
 
 
+class IdleMouths:
+    """The lips of every template frame an avatar shows at rest, to tell idle from speech in received
+    video of a video avatar too: a frame's distance from rest is its distance from the nearest of them
+    (its own template frame, when idle), not from frame 0 alone. A photo has one."""
+
+    def __init__(self, assets: AvatarAssets) -> None:
+        self.box = mouth_box(assets)
+        shown = sorted({int(i) for i in assets.loop})
+        self.cells = np.stack([luma_cells(assets.template(i)[self.box]) for i in shown])  # [F, rows, cols]
+
+    def change(self, image: np.ndarray) -> float:
+        """Grey levels from the nearest resting mouth (see mouth_change)."""
+        return float(np.abs(self.cells - luma_cells(image[self.box])[None]).mean(axis=(1, 2)).min())
+
+
 def lips_steps(images: list[np.ndarray], box: tuple[slice, slice]) -> np.ndarray:
     """Frame-to-frame change over the lips, in luma cells (mean absolute difference). [N - 1]"""
     cells = [luma_cells(image[box]) for image in images]

@@ -34,7 +34,7 @@ from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.jitter import LowDelayAudioBuffer, MarkerVideoBuffer, install
 from lipstream.realtime.runtime import load_avatar
 
-from .motion import SPEAKING, mouth_box, mouth_change
+from .motion import SPEAKING, IdleMouths
 from .report import git_commit, machine_info, output_stem, write_json
 
 RATE, CHUNK = 16_000, 320
@@ -89,8 +89,7 @@ class Client:
         self.session_id = ""
         self.offered_at = self.connected_at = self.first_frame_at = float("nan")
         self.new_frame = asyncio.Event()
-        self._box = mouth_box(assets)
-        self._idle = assets.template(0)
+        self._rest = IdleMouths(assets)
         self._tasks: list[asyncio.Task] = []
         self.pc.addTrack(self.track)
         self.pc.addTransceiver("video", direction="recvonly")
@@ -116,7 +115,7 @@ class Client:
                 if np.isnan(self.first_frame_at):
                     self.first_frame_at = now
                 self.arrivals.append(now)
-                self.speaking.append(mouth_change(frame.to_ndarray(format="rgb24"), self._idle, self._box) > SPEAKING)
+                self.speaking.append(self._rest.change(frame.to_ndarray(format="rgb24")) > SPEAKING)
                 self.new_frame.set()
 
     async def connect(self, http: aiohttp.ClientSession, base: str) -> None:

@@ -28,5 +28,9 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         tensors = [torch.from_numpy(feed[n]).to(self.device) for n in self._input_names]
-        result = self.module(*tensors[:5], tuple(tensors[5:])) if self.graph == "frame" else self.module(*tensors)
+        if self.graph == "frame":  # the face maps go in as one tuple, after the other inputs
+            plain = len(tensors) - self.module.model.cfg.num_layers
+            result = self.module(*tensors[:plain], tuple(tensors[plain:]))
+        else:
+            result = self.module(*tensors)
         return {n: t.float().cpu().numpy() for n, t in zip(self._output_names, result, strict=True)}

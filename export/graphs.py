@@ -1,8 +1,9 @@
 """The two graphs that leave PyTorch, with their tensor names and shapes.
 
-- frame: mel window + cached face features + the previous frame's styles -> generated region and
-  this frame's styles (E_a + mapping + style smoothing + G), run per video frame by the real-time
-  server. Smoothing 0 renders without smoothing.
+- frame: mel window + cached face features + the previous frame's styles + the avatar's per-channel
+  generator shift -> generated region and this frame's styles (E_a + mapping + style smoothing + G),
+  run per video frame by the real-time server. Smoothing 0 renders without smoothing; a zero shift
+  is the general model, and personalised avatars (`personalize --delta-p channels`) share one batch.
 - face_encoder: masked target + reference -> the face features an avatar caches (E_face + dW head).
 """
 
@@ -12,11 +13,12 @@ import torch
 from torch import nn
 
 from lipstream.models.config import ProfileConfig
+from lipstream.models.generator import channel_shift_size
 from lipstream.models.stylesync import StyleSync
 
 GRAPHS = ("frame", "face_encoder")
 # Raised whenever a graph's inputs or outputs change, so that older export folders are rebuilt.
-INTERFACE_VERSION = 2
+INTERFACE_VERSION = 3
 
 
 def map_names(cfg: ProfileConfig) -> list[str]:
@@ -35,9 +37,10 @@ class FrameGraph(nn.Module):
         delta_w: torch.Tensor,
         ws_prev: torch.Tensor,
         smoothing: torch.Tensor,
+        delta_p: torch.Tensor,
         maps: tuple[torch.Tensor, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.render_smoothed(mel, f_f, delta_w, list(maps), ws_prev, smoothing)
+        return self.model.render_smoothed(mel, f_f, delta_w, list(maps), ws_prev, smoothing, delta_p)
 
 
 class FaceEncoderGraph(nn.Module):
@@ -52,7 +55,7 @@ class FaceEncoderGraph(nn.Module):
 
 def input_names(graph: str, cfg: ProfileConfig) -> list[str]:
     if graph == "frame":
-        return ["mel", "f_f", "delta_w", "ws_prev", "smoothing", *map_names(cfg)]
+        return ["mel", "f_f", "delta_w", "ws_prev", "smoothing", "delta_p", *map_names(cfg)]
     return ["target", "reference", "mask"]
 
 
@@ -67,6 +70,7 @@ def input_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
         return {"target": [3, size, size], "reference": [3, size, size], "mask": [1, size, size]}
     styles = [cfg.num_layers, cfg.w_dim]
     shapes = {"mel": [1, 80, 16], "f_f": [cfg.face_dim], "delta_w": styles, "ws_prev": styles, "smoothing": [1]}
+    shapes["delta_p"] = [channel_shift_size(cfg)]
     return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
 
 
@@ -92,4 +96,5 @@ def example_args(graph: str, model: StyleSync, batch: int = 2) -> tuple:
         face = model.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
     ws_prev = torch.randn_like(face.delta_w)
     smoothing = torch.full((batch, 1), 0.3)
-    return (inputs["mel"], face.f_f, face.delta_w, ws_prev, smoothing, tuple(face.maps))
+    delta_p = 0.05 * torch.randn(batch, channel_shift_size(model.cfg))
+    return (inputs["mel"], face.f_f, face.delta_w, ws_prev, smoothing, delta_p, tuple(face.maps))

@@ -183,7 +183,8 @@ def _export_graph(graph: str, model: torch.nn.Module, path: Path) -> None:
     cfg = model.cfg
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     if graph == "frame":
-        dynamic = (*({0: batch} for _ in range(5)), tuple({0: batch} for _ in range(cfg.num_layers)))
+        plain = len(input_names(graph, cfg)) - cfg.num_layers  # the face maps go in as one tuple
+        dynamic = (*({0: batch} for _ in range(plain)), tuple({0: batch} for _ in range(cfg.num_layers)))
     else:
         dynamic = ({0: batch}, {0: batch}, {0: batch})
     export_module(

@@ -48,6 +48,9 @@ def frame_feed(avatar: Avatar, windows: np.ndarray) -> dict[str, np.ndarray]:
     # Style smoothing exercised too: each frame blends in the styles of the one before it.
     feed["ws_prev"] = np.random.default_rng(0).standard_normal(feed["delta_w"].shape).astype(np.float32)
     feed["smoothing"] = np.full((count, 1), 0.3, np.float32)
+    # And a per-channel shift (a personalised avatar's), different for every sample of the batch.
+    shift = avatar.channel_shift()
+    feed["delta_p"] = shift + 0.05 * np.random.default_rng(1).standard_normal((count, len(shift)), np.float32)
     for name, maps in zip(map_names_for(avatar), avatar.feature_maps(), strict=True):
         feed[name] = np.asarray(maps[index], np.float32)
     return feed
@@ -77,7 +80,7 @@ def pre_demod_peak(model: StyleSync, feed: dict[str, np.ndarray]) -> float:
     try:
         with torch.inference_mode():
             t = {k: torch.from_numpy(v) for k, v in feed.items()}
-            model.render(t["mel"], t["f_f"], t["delta_w"], [t[n] for n in map_names(model.cfg)])
+            model.render(t["mel"], t["f_f"], t["delta_w"], [t[n] for n in map_names(model.cfg)], t["delta_p"])
     finally:
         for hook in hooks:
             hook.remove()

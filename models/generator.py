@@ -11,6 +11,28 @@ from torch import nn
 from .config import ProfileConfig
 from .layers import EqualConv2d, ModulatedConv2d, lrelu
 
+# A layer's per-sample channel shift: (style shift [B, in] added to its style affine's output,
+# bias shift [B, out] added to its output bias).
+ChannelShift = tuple[torch.Tensor, torch.Tensor]
+
+
+def channel_shift_layout(cfg: ProfileConfig) -> list[tuple[str, int]]:
+    """The generator parameters that a per-channel shift (a personalised avatar's dP, `delta_p`) moves,
+    in the order of the flat vector the frame graph takes: per layer, its style affine's bias and its
+    output bias; the style convs of a level, then its toRGB. (parameter name, size) pairs."""
+    layout = []
+    for level, out_ch in enumerate(cfg.channels):
+        in_ch = cfg.channels[max(level - 1, 0)]
+        for index, layer_in in ((2 * level, in_ch), (2 * level + 1, out_ch)):
+            layout += [(f"convs.{index}.conv.modulation.affine.bias", layer_in), (f"convs.{index}.bias", out_ch)]
+        layout += [(f"to_rgbs.{level}.conv.modulation.affine.bias", out_ch), (f"to_rgbs.{level}.bias", 3)]
+    return layout
+
+
+def channel_shift_size(cfg: ProfileConfig) -> int:
+    """Values in a per-channel shift (3919 for `rt`)."""
+    return sum(size for _, size in channel_shift_layout(cfg))
+
 
 class StyledConv(nn.Module):
     """One style-conv layer: modulated 3x3 conv, face-map injection in the noise slot, bias, lrelu.
@@ -26,9 +48,13 @@ class StyledConv(nn.Module):
         self.strength = EqualConv2d(noise_ch, out_ch, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, face_map: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, face_map: torch.Tensor, shift: ChannelShift | None = None
+    ) -> torch.Tensor:
         # x: [B, in, h, w]; w: [B, w_dim]; face_map: [B, noise_ch, h', w'] at this layer's output size.
-        return lrelu(self.conv(x, w) + self.strength(face_map) + self.bias)
+        style_shift, bias_shift = shift or (None, None)
+        out = self.conv(x, w, style_shift) + self.strength(face_map) + self.bias
+        return lrelu(out if bias_shift is None else out + bias_shift[:, :, None, None])
 
 
 class ToRGB(nn.Module):
@@ -39,8 +65,11 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_ch, 3, 1, w_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # [B, C, h, w] -> [B, 3, h, w]
-        return self.conv(x, w) + self.bias
+    def forward(self, x: torch.Tensor, w: torch.Tensor, shift: ChannelShift | None = None) -> torch.Tensor:
+        # [B, C, h, w] -> [B, 3, h, w]
+        style_shift, bias_shift = shift or (None, None)
+        out = self.conv(x, w, style_shift) + self.bias
+        return out if bias_shift is None else out + bias_shift[:, :, None, None]
 
 
 class Generator(nn.Module):
@@ -60,9 +89,12 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(ch[level], ch[level], cfg.w_dim, noise, up=False))
             self.to_rgbs.append(ToRGB(ch[level], cfg.w_dim))
 
-    def forward(self, ws: torch.Tensor, face_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, ws: torch.Tensor, face_maps: Sequence[torch.Tensor], shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # ws: [B, L, w_dim] one style per style-conv layer (W+).
         # face_maps: L tensors [B, noise_ch, rows_l, width_l] (Eq. 1 already applied by the encoder).
+        # shift: [B, channel_shift_size] each sample's per-channel parameter shift, or None (none).
         cfg = self.cfg
         batch = ws.shape[0]
         expected_ws = (cfg.num_layers, cfg.w_dim)
@@ -70,12 +102,24 @@ class Generator(nn.Module):
         assert len(face_maps) == cfg.num_layers, f"expected {cfg.num_layers} face maps, got {len(face_maps)}"
         for layer, (fmap, shape) in enumerate(zip(face_maps, cfg.face_map_shapes(), strict=True)):
             assert fmap.shape[1:] == shape, f"face map {layer}: {tuple(fmap.shape)}, expected [B, {shape}]"
+        shifts = self._split_shift(shift)
         x = self.const.expand(batch, -1, -1, -1)  # [B, C0, rows_0, width_0]
         rgb = None
         for level, to_rgb in enumerate(self.to_rgbs):
             a, b = 2 * level, 2 * level + 1
-            x = self.convs[a](x, ws[:, a], face_maps[a])
-            x = self.convs[b](x, ws[:, b], face_maps[b])  # [B, C_level, rows_level, width_level]
-            y = to_rgb(x, ws[:, b])
+            x = self.convs[a](x, ws[:, a], face_maps[a], shifts[3 * level])
+            x = self.convs[b](x, ws[:, b], face_maps[b], shifts[3 * level + 1])  # [B, C_level, rows, width]
+            y = to_rgb(x, ws[:, b], shifts[3 * level + 2])
             rgb = y if rgb is None else y + F.interpolate(rgb, scale_factor=2.0, mode="bilinear", align_corners=False)
         return rgb  # [B, 3, region_rows, face_size]
+
+    def _split_shift(self, shift: torch.Tensor | None) -> list[ChannelShift | None]:
+        """The flat per-channel shift cut into each layer's (style, bias) pair, in layer order
+        (two style convs, then the toRGB, per level)."""
+        count = 3 * self.cfg.levels
+        if shift is None:
+            return [None] * count
+        sizes = [size for _, size in channel_shift_layout(self.cfg)]
+        assert shift.shape[1:] == (sum(sizes),), f"shift {tuple(shift.shape)}: expected [B, {sum(sizes)}]"
+        parts = torch.split(shift, sizes, dim=1)
+        return [(parts[2 * i], parts[2 * i + 1]) for i in range(count)]

@@ -155,10 +155,13 @@ class Modulation(nn.Module):
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # StyleGAN2's "A": w -> style s
         self.demodulate = demodulate
 
-    def forward(self, w: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # w: [B, w_dim]; weight: [out, in, k, k] the convolution's scaled weight.
+    def forward(
+        self, w: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # w: [B, w_dim]; weight: [out, in, k, k] the convolution's scaled weight; shift: [B, in] added to
+        # the affine's output (a per-sample move of its bias), or None.
         # Returns s: [B, in] and demod: [B, out] (None without demodulation).
-        s = self.affine(w)
+        s = self.affine(w) if shift is None else self.affine(w) + shift
         s = s / s.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-4)
         s = normalize_2nd_moment(s)
         if not self.demodulate:
@@ -184,9 +187,9 @@ class ModulatedConv2d(nn.Module):
         self.conv = StyleInputConv(in_ch, out_ch, kernel, up)
         self.in_ch, self.out_ch = in_ch, out_ch
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # x: [B, in, H, W] features; w: [B, w_dim] this layer's style vector.
-        s, demod = self.modulation(w, self.conv.scaled_weight())  # [B, in], [B, out]
+    def forward(self, x: torch.Tensor, w: torch.Tensor, style_shift: torch.Tensor | None = None) -> torch.Tensor:
+        # x: [B, in, H, W] features; w: [B, w_dim] this layer's style vector; style_shift: [B, in] or None.
+        s, demod = self.modulation(w, self.conv.scaled_weight(), style_shift)  # [B, in], [B, out]
         out = self.conv(x * s[:, :, None, None])  # [B, out, H', W'] pre-demodulation
         return out if demod is None else out * demod[:, :, None, None]
 

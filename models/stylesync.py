@@ -45,11 +45,17 @@ class StyleSync(nn.Module):
         return FaceFeatures(maps=maps, f_f=f_f, delta_w=self.delta_w(f_f))
 
     def render(
-        self, mel: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor, maps: list[torch.Tensor]
+        self,
+        mel: torch.Tensor,
+        f_f: torch.Tensor,
+        delta_w: torch.Tensor,
+        maps: list[torch.Tensor],
+        delta_p: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # mel: [B, 1, 80, 16] window of each frame; f_f, delta_w, maps: cached FaceFeatures fields.
+        # mel: [B, 1, 80, 16] window of each frame; f_f, delta_w, maps: cached FaceFeatures fields;
+        # delta_p: [B, channel_shift_size] each sample's per-channel generator shift, or None.
         # Returns the generated region [B, 3, region_rows, face_size] in [-1, 1] (unclamped).
-        return self.generator(self.styles(mel, f_f, delta_w), maps)
+        return self.generator(self.styles(mel, f_f, delta_w), maps, delta_p)
 
     def styles(self, mel: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
         """E_a + mapping: the styles W+ of each frame. [B, L, w_dim]"""
@@ -63,11 +69,12 @@ class StyleSync(nn.Module):
         maps: list[torch.Tensor],
         ws_prev: torch.Tensor,
         smoothing: torch.Tensor,
+        delta_p: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`render` with the styles averaged over frames (see StyleSmoothing). ws_prev: the previous
         frame's smoothed styles [B, L, w_dim]; smoothing: [B, 1]. Returns (region, smoothed styles)."""
         ws = self.smoothing(self.styles(mel, f_f, delta_w), ws_prev, smoothing)
-        return self.generator(ws, maps), ws
+        return self.generator(ws, maps, delta_p), ws
 
     def forward(
         self, mel: torch.Tensor, target: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor

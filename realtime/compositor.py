@@ -33,6 +33,7 @@ class AvatarAssets:
         self.paste_masks = avatar.array("paste_masks.npy")
         self.f_f = np.asarray(avatar.array("features/f_f.npy"), np.float32)
         self.delta_w = np.asarray(avatar.array("features/delta_w.npy"), np.float32)
+        self.delta_p = avatar.channel_shift()  # per avatar, not per frame
         self.maps = avatar.feature_maps()
         self.frame_size = avatar.manifest.frame_size  # (width, height)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -64,7 +65,7 @@ class AvatarAssets:
 
     def features(self, index: int) -> dict[str, np.ndarray]:
         """The frame graph's face inputs for template frame `index` (no batch axis)."""
-        feed = {"f_f": self.f_f[index], "delta_w": self.delta_w[index]}
+        feed = {"f_f": self.f_f[index], "delta_w": self.delta_w[index], "delta_p": self.delta_p}
         for layer, maps in enumerate(self.maps):
             feed[f"maps_{layer:02d}"] = np.asarray(maps[index], np.float32)
         return feed

@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from lipstream.avatars import Avatar
-from lipstream.avatars.default import default_avatar
+from lipstream.avatars.default import BUILT_IN, DEFAULT_NAME, built_in_avatar
 from lipstream.avatars.errors import AvatarCacheError
 from lipstream.avatars.manifest import MANIFEST, Manifest
 from lipstream.engines.base import Engine, EngineError
@@ -66,8 +66,10 @@ class Runtime:
         return FrameScheduler(self.engine, clock, self.metrics, style_smoothing=self.style_smoothing)
 
     def avatar_names(self) -> list[str]:
-        """The default avatar, then every prepared avatar made for the engine's model."""
-        names = [self.assets.avatar.name]
+        """The avatar served by default, the built-in ones, then every prepared avatar made for the
+        engine's model (personalised ones included, where the general model serves them)."""
+        names = [self.assets.avatar.name, *(n for n in BUILT_IN if n != DEFAULT_NAME)]
+        built = {f"{n}-{self.profile}" for n in BUILT_IN}
         folder = avatars_dir()
         if folder.is_dir():
             for manifest in sorted(folder.glob(f"*/{MANIFEST}")):
@@ -75,14 +77,21 @@ class Runtime:
                     model_id = Manifest.read(manifest.parent).model_id
                 except (OSError, ValueError):
                     continue  # not usable: Avatar.load says why to whoever picks it
-                if model_id == self.engine.model_id and manifest.parent.name not in names:
-                    names.append(manifest.parent.name)
+                name = manifest.parent.name
+                if model_id == self.engine.model_id and name not in names and name not in built:
+                    names.append(name)
         return names
+
+    @property
+    def profile(self) -> str:
+        return self.assets.avatar.manifest.profile
 
     def assets_for(self, name: str | None) -> AvatarAssets:
         """The assets of an avatar by name, loaded and verified on first use (blocking: call off the loop)."""
         if name is None or name == self.assets.avatar.name:
             return self.assets
+        if name not in self.loaded and name in BUILT_IN:
+            self.loaded[name] = self.with_hd(AvatarAssets(built_in_avatar(name, self.profile)))
         if name not in self.loaded:
             folder = avatars_dir() / check_name(name)
             if own_weights(str(folder)) is not None:
@@ -96,8 +105,8 @@ class Runtime:
 
 
 def avatar_folder(name: str | None) -> Path | None:
-    """An avatar's folder by name (in the avatar folder) or path; None for the embedded default."""
-    if name is None or name == "default":
+    """An avatar's folder by name (in the avatar folder) or path; None for the built-in ones."""
+    if name is None or name in BUILT_IN:
         return None
     path = Path(name)
     return path if path.is_dir() else avatars_dir() / check_name(name)
@@ -114,9 +123,10 @@ def own_weights(name: str | None) -> Path | None:
 
 
 def load_avatar(name: str | None, profile: str = "rt", model_id: str | None = None) -> Avatar:
-    """An avatar by name (in the avatar folder) or path; None means the embedded default, prepared on first use."""
+    """An avatar by name (in the avatar folder) or path; None means the default; the built-in ones are
+    prepared on first use."""
     folder = avatar_folder(name)
-    return default_avatar(profile) if folder is None else Avatar.load(folder, model_id=model_id)
+    return built_in_avatar(name or DEFAULT_NAME, profile) if folder is None else Avatar.load(folder, model_id=model_id)
 
 
 def warm_up(engine: Engine) -> None:

@@ -89,9 +89,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(cache: Path) -> Runtime:
-    """The server's runtime on ONNX Runtime with the embedded default avatar (one photo), one per module."""
+    """The server's runtime on ONNX Runtime with the built-in photo avatar, one per module: a still
+    template, so that a frame's mouth is at rest exactly when it equals template frame 0."""
     from lipstream.realtime.runtime import build_runtime
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIPSTREAM_CACHE", str(cache))
-        return build_runtime(None, engine="onnxruntime")
+        return build_runtime("photo", engine="onnxruntime")

@@ -14,7 +14,7 @@ import pytest
 
 from lipstream.avatars import Avatar, AvatarCacheError, SourceError
 from lipstream.avatars.align import MATCH_BAND, invert, match_colour, paste_back, transform_points
-from lipstream.avatars.default import default_avatar, default_source
+from lipstream.avatars.default import built_in_avatar, default_avatar, photo_source
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.manifest import Manifest
 from lipstream.avatars.masks import crop_landmarks, points_inside
@@ -187,16 +187,35 @@ def test_a_30fps_clip_becomes_25fps(shared_data: Path, root: Path) -> None:
 
 
 def test_a_photo_makes_a_one_frame_avatar(root: Path) -> None:
-    avatar = prepare(default_source(), root, "photo", mask="pose")
+    avatar = prepare(photo_source(), root, "photo", mask="pose")
     assert avatar.frame_count == 1 and list(avatar.array("idle_loop.npy")) == [0]
     assert avatar.manifest.source.kind == "image"
 
 
-def test_the_default_avatar_is_prepared_once(tmp_path: Path) -> None:
+def test_the_default_avatar_is_a_personalised_video_prepared_once(tmp_path: Path) -> None:
+    """The default: 9 s of GRID s4 with her shipped personal parameters (dW head and per-channel dP),
+    served by the general model; the photo stays built in. Each is prepared once, and again when what
+    it was made from changes."""
     first = default_avatar(root=tmp_path)
     stamp = (first.path / "manifest.json").stat().st_mtime_ns
+    assert first.manifest.source.kind == "video" and first.manifest.source.has_audio
+    assert first.frame_count == 225 and first.manifest.weights is None
+    personal = first.manifest.extra["personalized"]
+    assert personal["base_model_id"] == first.manifest.model_id == load_stylesync("rt")[1]
+    assert np.abs(first.channel_shift()).max() > 0 and np.abs(first.array("features/delta_w.npy")).max() > 0
     second = default_avatar(root=tmp_path)
     assert second.path == first.path and (second.path / "manifest.json").stat().st_mtime_ns == stamp
+
+    photo = built_in_avatar("photo", root=tmp_path)
+    assert photo.frame_count == 1 and photo.manifest.source.kind == "image" and not photo.channel_shift().any()
+    with pytest.raises(AvatarCacheError, match="no built-in avatar 'tom'"):
+        built_in_avatar("tom", root=tmp_path)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    manifest["extra"]["built_in"]["params_sha256"] = "0" * 64  # as if other parameters had shipped
+    (first.path / "manifest.json").write_text(json.dumps(manifest))
+    again = default_avatar(root=tmp_path)
+    assert again.manifest.extra["built_in"] == first.manifest.extra["built_in"]
+    assert (again.path / "manifest.json").stat().st_mtime_ns != stamp
 
 
 def corrupt_copy(avatar: Avatar, tmp_path: Path) -> Path:
@@ -269,7 +288,7 @@ def test_frames_without_a_face_are_interpolated_and_counted(shared_data: Path, t
 
 
 def errors_for(tmp_path: Path) -> list[tuple[Path, str, dict]]:
-    astronaut = cv2.imread(str(default_source()))
+    astronaut = cv2.imread(str(photo_source()))
     cases = []
     (tmp_path / "empty.mp4").write_bytes(b"")
     cases.append((tmp_path / "empty.mp4", "the file is empty", {}))
@@ -306,4 +325,4 @@ def test_a_long_stretch_without_a_face_is_an_error(shared_data: Path, tmp_path: 
 def test_avatar_names_cannot_escape_the_folder(tmp_path: Path) -> None:
     for name in ("../evil", "a/b", ".hidden", ""):
         with pytest.raises(InvalidNameError, match="not allowed"):
-            prepare_avatar(default_source(), name, root=tmp_path, show_progress=False)
+            prepare_avatar(photo_source(), name, root=tmp_path, show_progress=False)

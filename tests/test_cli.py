@@ -120,10 +120,10 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:
-    from lipstream.avatars.default import default_source
+    from lipstream.avatars.default import photo_source
 
     sheet = tmp_path / "sheet.png"
-    args = ["prepare", str(default_source()), "--name", "photo", "--avatars", str(tmp_path), "--sheet", str(sheet)]
+    args = ["prepare", str(photo_source()), "--name", "photo", "--avatars", str(tmp_path), "--sheet", str(sheet)]
     result = run(*args, "--quiet")
     assert result.returncode == 0, result.stderr
     assert "avatar 'photo' ready" in result.stdout and "1 frames" in result.stdout

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from lipstream.models import PROFILES, Discriminator, StyleSync, SyncNet, UnknownProfileError, get_profile
+from lipstream.models.generator import channel_shift_layout, channel_shift_size
+from lipstream.models.personalization import channel_shift_of
 from lipstream.models.report import example_inputs, profile_report
 
 
@@ -86,6 +90,33 @@ def test_delta_w_starts_at_zero_and_is_wired_in(rt: StyleSync) -> None:
         assert torch.equal(general, rt.render(inputs["mel"], face.f_f, face.delta_w, face.maps))
         shifted = rt.render(inputs["mel"], face.f_f, face.delta_w + 0.5, face.maps)
     assert (shifted - general).abs().max() > 1e-3
+
+
+def test_a_per_sample_channel_shift_equals_shifting_the_model_of_that_sample(rt: StyleSync) -> None:
+    """delta_p (a personalised avatar's per-channel dP, a frame-graph input) moves exactly the
+    parameters of channel_shift_layout, sample by sample: a batch of two avatars with different
+    shifts renders as two models, each with its own biases moved."""
+    layout = channel_shift_layout(rt.cfg)
+    assert channel_shift_size(rt.cfg) == sum(size for _, size in layout) == 3919
+    inputs = example_inputs(rt.cfg, batch=2, seed=5)
+    shifts = 0.3 * torch.randn(2, channel_shift_size(rt.cfg), generator=torch.Generator().manual_seed(6))
+    shifts[1] = 0  # a general avatar beside a personalised one
+    with torch.no_grad():
+        face = rt.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
+        batched = rt.render(inputs["mel"], face.f_f, face.delta_w, face.maps, shifts)
+        for sample in range(2):
+            model = copy.deepcopy(rt)
+            params = dict(model.generator.named_parameters())
+            for (name, _), part in zip(layout, torch.split(shifts[sample], [n for _, n in layout]), strict=True):
+                params[name].add_(part.view_as(params[name]))
+            recovered = channel_shift_of(model.generator, dict(rt.generator.named_parameters()))
+            torch.testing.assert_close(recovered, shifts[sample], rtol=0, atol=1e-6)
+            one = {k: v[sample : sample + 1] for k, v in inputs.items()}
+            alone = render(model, one)
+            torch.testing.assert_close(batched[sample : sample + 1], alone, rtol=1e-5, atol=1e-4)
+        plain = rt.render(inputs["mel"], face.f_f, face.delta_w, face.maps)
+    torch.testing.assert_close(batched[1], plain[1], rtol=1e-5, atol=1e-5)
+    assert (batched[0] - plain[0]).abs().max() > 1e-2
 
 
 def test_audio_and_face_both_drive_the_output(rt: StyleSync) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +216,53 @@ def test_upsampled_playback_when_only_16_khz_is_pushed(speech: np.ndarray) -> No
     loud_in = np.array([np.abs(speech[8_000 + 640 * k : 8_000 + 640 * (k + 1)]).mean() for k in range(len(frames))])
     loud_out = np.array([np.abs(f.audio).mean() for f in frames])
     assert np.corrcoef(loud_in, loud_out)[0, 1] > 0.95
+
+
+def test_avatars_with_their_own_shifts_share_one_inference_call(
+    runtime: Runtime, speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Personalised avatars (`--delta-p channels`: dW per frame, dP per avatar) and general ones are
+    served by one model: a tick batches their speech frames into one engine call, each sample with its
+    avatar's shift, and each renders as it would alone."""
+    import torch
+
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import apply_channel_personalization
+    from lipstream.models.config import get_profile
+    from lipstream.models.generator import channel_shift_size
+    from lipstream.models.personalization import ChannelPersonalization, DeltaW
+    from lipstream.realtime.compositor import AvatarAssets
+
+    cfg = get_profile("rt")
+    other = tmp_path / "other"
+    shutil.copytree(runtime.assets.avatar.path, other)  # the photo, with a shift of its own
+    shift = 0.3 * torch.randn(channel_shift_size(cfg), generator=torch.Generator().manual_seed(3))
+    apply_channel_personalization(other, ChannelPersonalization(DeltaW(cfg).state_dict(), shift, runtime.engine.model_id), {})
+    avatars = [runtime.assets, runtime.assets_for("default"), AvatarAssets(Avatar.load(other, runtime.engine.model_id))]
+    assert not avatars[0].delta_p.any() and avatars[1].delta_p.any()
+
+    calls: list[dict[str, np.ndarray]] = []
+    original = runtime.engine.run
+    monkeypatch.setattr(runtime.engine, "run", lambda feed: calls.append(dict(feed)) or original(feed))
+
+    async def scenario() -> None:
+        scheduler = runtime.scheduler(MonotonicClock())
+        for number, assets in enumerate(avatars):
+            session = AvatarSession(f"s{number}", assets, queue_frames=100, blend_frames=(1, 1))
+            scheduler.add(session)
+            session.push_audio(speech[:32_000])
+        for _ in range(20):  # frames queue up unread (100 fit)
+            await scheduler.tick()
+
+    asyncio.run(scenario())
+    full = [feed for feed in calls if len(feed["mel"]) == 3]
+    assert full, [len(feed["mel"]) for feed in calls]
+    feed = full[-1]
+    expected = np.stack([a.delta_p for a in avatars])
+    np.testing.assert_array_equal(feed["delta_p"], expected)
+    together = original(feed)["region"]
+    for sample in range(3):
+        alone = original({k: v[sample : sample + 1] for k, v in feed.items()})["region"][0]
+        np.testing.assert_allclose(together[sample], alone, atol=1e-4)
+    unshifted = original({k: v[2:] if k != "delta_p" else np.zeros_like(v[2:]) for k, v in feed.items()})["region"][0]
+    assert np.abs(together[2] - unshifted).max() > 1e-2

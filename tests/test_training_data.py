@@ -273,7 +273,7 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     assert not np.any(avatar.array("features/delta_w.npy"))  # the general model: dW = 0
     maps_before = np.array(avatar.array("features/maps_09.npy"))
     expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
-    config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=1.0)
+    config = PersonalizeConfig(epochs=2, batch=2, lr=1e-3, hold_out_seconds=1.0, delta_p="full")
 
     summary = personalize(avatar, cache, expert, config, log=False)
     held_out = summary["held_out"]  # the 1 s it did not train on, scored for three systems
@@ -368,8 +368,9 @@ def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_
     assert whole["replay"] == resumed["replay"] == "none" and resumed["steps"] == whole["steps"] > 3
     assert not stopped.value.checkpoint.exists()
     load_avatar(str(avatars[1].path), model_id=resumed["model_id"])  # its files all listed and present
-    first, second = (torch.load(a.path / "personal" / "rt.pt", weights_only=True) for a in avatars)
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    first, second = (torch.load(a.path / "personal" / "rt-channels.pt", weights_only=True) for a in avatars)
+    assert torch.equal(first["delta_p"], second["delta_p"])
+    assert all(torch.equal(first["delta_w"][k], second["delta_w"][k]) for k in first["delta_w"])
 
 
 def test_the_lips_discriminator_sees_the_mouth_and_trains_with_feature_matching(cache: Path, tmp_path: Path) -> None:
@@ -397,11 +398,15 @@ def test_the_lips_discriminator_sees_the_mouth_and_trains_with_feature_matching(
     assert all(torch.equal(state[k], v) for k, v in resumed.mouth_disc.state_dict().items())
 
 
-def test_per_channel_personalisation_moves_only_the_channel_vectors(shared_data: Path, tmp_path: Path) -> None:
-    """--delta-p channels: the generator's shift is the layers' and style affines' biases alone (vectors a
-    batched graph could take per sample); every other generator parameter stays the general model's."""
+def test_per_channel_personalisation_is_served_by_the_general_model(shared_data: Path, tmp_path: Path) -> None:
+    """--delta-p channels: the generator's shift is the layers' and style affines' biases alone, stored
+    with the avatar as a per-sample input of the general model's frame graph (features/delta_p.npy)
+    beside its own dW head (personal/rt-channels.pt, under 2 MB). The avatar keeps the general model's
+    id, and the general model fed its shift renders what the tuned model rendered."""
     from lipstream.avatars import Avatar
     from lipstream.avatars.prepare import prepare_avatar
+    from lipstream.models.personalization import ChannelPersonalization
+    from lipstream.realtime.compositor import AvatarAssets
     from lipstream.models.weights import WEIGHTS_DIR, load_stylesync
     from lipstream.training import personalize as module
 
@@ -411,12 +416,22 @@ def test_per_channel_personalisation_moves_only_the_channel_vectors(shared_data:
     config = module.PersonalizeConfig(epochs=1, batch=2, lr=1e-2, delta_p="channels")
     summary = module.personalize(avatar, None, expert, config, log=False)
     assert summary["delta_p"] == "channels" and summary["delta_p_values"] == 3919
-    general = load_stylesync("rt")[0].generator.state_dict()
-    personal = load_stylesync("rt", avatar.path / "personal" / "rt.pt")[0].generator.state_dict()
-    moved = {name for name in general if not torch.equal(general[name], personal[name])}
-    assert moved and all(module.is_channel_vector(name) for name in moved), moved
-    assert module.is_channel_vector("convs.3.conv.modulation.affine.bias")
-    assert module.is_channel_vector("to_rgbs.0.bias")
-    assert not module.is_channel_vector("convs.3.conv.conv.weight") and not module.is_channel_vector("const")
+    general, general_id = load_stylesync("rt")
+    personal = Avatar.load(avatar.path, model_id=general_id)  # the general model serves it
+    assert personal.manifest.weights is None and summary["model_id"] == general_id
+    params_file = avatar.path / "personal" / "rt-channels.pt"
+    assert summary["personal_bytes"] == params_file.stat().st_size < 2_000_000
+    shift = personal.channel_shift()
+    assert shift.shape == (3919,) and np.abs(shift).max() > 0
+    params = ChannelPersonalization.load(params_file, general.cfg)
+    np.testing.assert_allclose(shift, params.delta_p.numpy(), atol=1e-6)
+    # The head's dW is cached per frame, and differs from the general model's zeros.
+    head = params.head(general.cfg)
+    f_f = torch.from_numpy(np.array(personal.array("features/f_f.npy")[:4]))
+    with torch.no_grad():
+        np.testing.assert_allclose(personal.array("features/delta_w.npy")[:4], head(f_f).numpy(), atol=1e-5)
+    assert np.abs(personal.array("features/delta_w.npy")[:4]).max() > 0
+    # The server's batches carry it for every frame of this avatar (zeros for a general one).
+    np.testing.assert_array_equal(AvatarAssets(personal).features(3)["delta_p"], shift)
     with pytest.raises(module.PersonalizeError, match="unknown delta_p 'rank'"):
         module.personalize(avatar, None, expert, module.PersonalizeConfig(delta_p="rank"), log=False)

@@ -79,20 +79,28 @@ class UpsamplerTrainConfig:
     max_minutes: float = 120.0  # one chunk; resume for more
 
 
-DELTA_P_MODES = ("full", "channels")
+# The generator's shift dP (see personalize.py), with the learning rate each was measured best at.
+DELTA_P_MODES = ("channels", "full")
+DELTA_P_LR = {"channels": 1e-3, "full": 1e-4}
 
 
 @dataclass
 class PersonalizeConfig:
     epochs: float = 5.0  # passes over the template's frames (in samples of five frames)
     batch: int = 4  # template samples per step; as many general ones join them (1:1)
-    lr: float = 1e-4
+    lr: float | None = None  # None: DELTA_P_LR of the mode
     lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
     hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
     seed: int = 0
-    delta_p: str = "full"  # the generator's shift dP: "full" (every parameter) or "channels" (see personalize.py)
+    # The generator's shift dP: "channels" (per-channel biases, served by the general model beside other
+    # avatars) or "full" (every parameter: a model of the avatar's own).
+    delta_p: str = "channels"
     hd_steps: int = 400  # the region upsampler's fine-tune on the face at 2x, for hd avatars (0: none)
     hd_lr: float = 3e-4
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DELTA_P_LR.get(self.delta_p, 1e-4)
 
 
 # `lipstream evaluate` over the training cache's held-out clips (training/evaluate.py)

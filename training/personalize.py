@@ -38,6 +38,8 @@ from torch.utils.data import DataLoader, Subset
 
 from lipstream.avatars.avatar import Avatar
 from lipstream.dsp import MelConfig, melspectrogram, read_wav
+from lipstream.models.generator import channel_shift_layout
+from lipstream.models.personalization import ChannelPersonalization, channel_shift_of
 from lipstream.models.weights import load_stylesync
 
 from .config import DELTA_P_MODES, SYNC_FRAMES, GeneratorTrainConfig, PersonalizeConfig
@@ -78,13 +80,6 @@ def template_clip(avatar: Avatar, hold_out_seconds: float = 0.0) -> Clip:
     return clip
 
 
-def is_channel_vector(name: str) -> bool:
-    """A generator parameter that `delta_p="channels"` personalises: a layer's output bias
-    (convs.N.bias, to_rgbs.N.bias) or a style affine's bias (...modulation.affine.bias)."""
-    parts = name.split(".")
-    return parts[-1] == "bias" and (len(parts) == 3 or name.endswith("modulation.affine.bias"))
-
-
 class Personalizer(GeneratorTrainer):
     """The general trainer's losses and step with other trainable parameters, a penalty, no discriminator."""
 
@@ -96,7 +91,7 @@ class Personalizer(GeneratorTrainer):
             profile=profile,
             seed=config.seed,
             batch=config.batch,
-            lr=config.lr,
+            lr=config.learning_rate,
             gan_from_step=2**62,  # never: no discriminator ships with the weights
             expert=str(expert),
         )
@@ -104,13 +99,14 @@ class Personalizer(GeneratorTrainer):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, self.base_id = load_stylesync(profile, weights)
         self.model = model.to(self.device).train().requires_grad_(False)
+        channel_vectors = {name for name, _ in channel_shift_layout(self.model.cfg)}
         for name, parameter in self.model.generator.named_parameters():
-            parameter.requires_grad_(config.delta_p == "full" or is_channel_vector(name))
+            parameter.requires_grad_(config.delta_p == "full" or name in channel_vectors)
         self.model.delta_w.requires_grad_(True)
         self.delta_p = config.delta_p
         self.general = {n: p.detach().clone() for n, p in self.model.generator.named_parameters()}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.g_opt = torch.optim.Adam(trainable, lr=config.lr, betas=(0.5, 0.99))
+        self.g_opt = torch.optim.Adam(trainable, lr=config.learning_rate, betas=(0.5, 0.99))
         self.expert = load_expert(expert, self.device)
         self.rows = self.model.cfg.region_rows
         self.step = 0
@@ -208,7 +204,7 @@ def personalize(
     """Trains dW and dP for `avatar`, then stores them with it (see the module notes). Returns a summary.
     general_cache: the training cache to replay 1:1 with the template, or None for the template alone.
     Ctrl-C (SIGINT) or SIGTERM writes a checkpoint and raises Interrupted; `resume` continues from it."""
-    from lipstream.avatars.prepare import refresh_features
+    from lipstream.avatars.prepare import apply_channel_personalization, refresh_features
     from lipstream.progress import Progress
 
     profile = avatar.manifest.profile
@@ -257,11 +253,17 @@ def personalize(
     progress.close()
     train_seconds = done_before + time.monotonic() - started
     plot_curves(history, folder / "personalize_curves.png")
-    path = folder / f"{profile}.pt"
-    torch.save({k: v.detach().cpu().half() for k, v in trainer.model.state_dict().items()}, path)
+    if config.delta_p == "channels":  # served by the general model, dP a per-sample input
+        path = folder / f"{profile}-channels.pt"
+        delta_p = channel_shift_of(trainer.model.generator, trainer.general)
+        ChannelPersonalization(trainer.model.delta_w.state_dict(), delta_p, trainer.base_id).save(path)
+    else:  # a model of its own
+        path = folder / f"{profile}.pt"
+        torch.save({k: v.detach().cpu().half() for k, v in trainer.model.state_dict().items()}, path)
     summary = {
         "base_model_id": trainer.base_id,
         "weights": f"{PERSONAL_DIR}/{path.name}",
+        "personal_bytes": path.stat().st_size,
         "template_frames": template.frames,
         "held_out_frames": avatar.frame_count - template.frames,
         "epochs": config.epochs,
@@ -272,7 +274,7 @@ def personalize(
         "replay": replay,
         "delta_p": config.delta_p,
         "delta_p_values": sum(p.numel() for p in trainer.model.generator.parameters() if p.requires_grad),
-        "lr": config.lr,
+        "lr": config.learning_rate,
         "lambda_p": config.lambda_p,
         "train_seconds": round(train_seconds, 1),
         "device": str(trainer.device),
@@ -295,7 +297,10 @@ def personalize(
             hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
             extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
-    refreshed = refresh_features(avatar.path, path, extra, face_encoder_changed=False)  # E_face stays frozen
+    if config.delta_p == "channels":
+        refreshed = apply_channel_personalization(avatar.path, ChannelPersonalization.load(path, trainer.model.cfg), extra)
+    else:
+        refreshed = refresh_features(avatar.path, path, extra, face_encoder_changed=False)  # E_face stays frozen
     summary["model_id"] = refreshed.model_id
     summary["total_seconds"] = round(done_before + time.monotonic() - started, 1)
     return summary

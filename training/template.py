@@ -22,8 +22,8 @@ from lipstream.dsp import to_s16
 from lipstream.realtime.audio_in import SAMPLE_RATE, read_audio_file
 
 
-def join_clips(sources: list[Path], out: Path) -> float:
-    """Writes `sources` back to back into `out`; returns its length in seconds."""
+def join_clips(sources: list[Path], out: Path, crf: int = 16) -> float:
+    """Writes `sources` back to back into `out` (H.264 at constant quality `crf`); returns its length in seconds."""
     if not sources:
         raise ValueError("join_clips needs at least one clip")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,7 @@ def join_clips(sources: list[Path], out: Path) -> float:
                     first = clip.streams.video[0].codec_context
                     video = output.add_stream("libx264", rate=rate)
                     video.width, video.height, video.pix_fmt = first.width, first.height, "yuv420p"
-                    video.options = {"crf": "16", "preset": "fast"}
+                    video.options = {"crf": str(crf), "preset": "fast"}
                     audio = output.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
                 images = [f.to_ndarray(format="rgb24") for f in clip.decode(video=0)]
             # Each clip's audio is cut or padded to its video, so that the two never drift apart.
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path, help="a GRID speaker folder (video/ and splits.json)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--seconds", type=float, default=60.0, help="with --grid: about this much, in split order")
+    parser.add_argument("--crf", type=int, default=16, help="H.264 constant quality (lower: better, larger)")
     args = parser.parse_args(argv)
     clips = list(args.clips)
     if args.grid:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         clips += [s.path for s in grid_sources(args.grid) if s.split == args.split][: max(1, round(args.seconds / 3))]
     if not clips:
         parser.error("give clips, or --grid FOLDER")
-    seconds = join_clips(clips, args.out)
+    seconds = join_clips(clips, args.out, args.crf)
     print(f"wrote {args.out}: {len(clips)} clips, {seconds:.1f} s")
     return 0
 

@@ -175,8 +175,9 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     folder = avatar_folder(args.avatar)
     if folder is None:
         print(
-            "lipstream personalize: error: the embedded default avatar is a photo without speech; prepare an "
-            "avatar from a video of the person talking (lipstream prepare VIDEO --name NAME) and personalise that",
+            "lipstream personalize: error: the built-in avatars are not personalised here (the default ships "
+            "personalised, the photo has no speech); prepare an avatar from a video of the person talking "
+            "(lipstream prepare VIDEO --name NAME) and personalise that",
             file=sys.stderr,
         )
         return 2
@@ -201,7 +202,10 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         print(f"lipstream personalize: {stop}; continue with: lipstream personalize {args.avatar} --resume")
         return 130
     print(json.dumps(summary, indent=2))
-    print(f"personalised {avatar.name}: serve and render use it by themselves (model {summary['model_id']})")
+    if config.delta_p == "channels":
+        print(f"personalised {avatar.name}: any server of model {summary['model_id']} serves it, beside other avatars")
+    else:
+        print(f"personalised {avatar.name}: serve and render use its own model ({summary['model_id']})")
     return 0
 
 
@@ -291,13 +295,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     personal.add_argument(
         "--batch", type=positive_int, default=p["batch"], help="template samples per step, as many general"
     )
-    personal.add_argument("--lr", type=positive_float, default=p["lr"])
+    personal.add_argument(
+        "--lr", type=positive_float, help="learning rate (default: 1e-3 with --delta-p channels, 1e-4 with full)"
+    )
     personal.add_argument(
         "--delta-p",
         choices=DELTA_P_MODES,
         default=p["delta_p"],
-        help="the generator's shift: every parameter (full) or per-channel biases only (channels: 3919 values, "
-        "faster, nearly as good on the one person measured)",
+        help="the generator's shift: per-channel biases only (channels, the default: 3919 values, served by "
+        "the general model beside other avatars) or every parameter (full: a model of the avatar's own)",
     )
     personal.add_argument(
         "--hd-steps",
