@@ -79,7 +79,8 @@ class Client:
     frame's arrival and whether its mouth differs from the template frame shown in silence, each 20 ms
     of returned audio's arrival and whether it is loud, and the connection's milestones."""
 
-    def __init__(self, assets: AvatarAssets, speech: np.ndarray, **burst: float) -> None:
+    def __init__(self, assets: AvatarAssets, speech: np.ndarray, avatar: str | None = None, **burst: float) -> None:
+        self.avatar = avatar  # asked for in the offer (None: the server's default)
         self.pc = RTCPeerConnection()
         self.track = BurstTrack(speech, **burst)
         self.arrivals: list[float] = []
@@ -120,7 +121,7 @@ class Client:
 
     async def connect(self, http: aiohttp.ClientSession, base: str) -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"} | ({"avatar": self.avatar} if self.avatar else {})
         self.offered_at = time.monotonic()
         async with http.post(f"{base}/offer", json=body) as response:
             answer = await response.json()
@@ -193,8 +194,11 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
-async def _run(assets: AvatarAssets, base: str, sessions: int, seconds: float, speech: np.ndarray) -> dict:
-    clients = [Client(assets, speech) for _ in range(sessions)]
+async def _run(
+    shown: list[tuple[str | None, AvatarAssets]], base: str, sessions: int, seconds: float, speech: np.ndarray
+) -> dict:
+    """shown: the avatars the sessions ask for in turn, with their assets."""
+    clients = [Client(shown[i % len(shown)][1], speech, shown[i % len(shown)][0]) for i in range(sessions)]
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/metrics") as response:
             dropped_before = _metric(await response.text(), "lipstream_frames_dropped_total")
@@ -213,6 +217,7 @@ async def _run(assets: AvatarAssets, base: str, sessions: int, seconds: float, s
         results.append(
             {
                 "session": index,
+                "avatar": client.avatar,
                 "frames": len(client.arrivals),
                 "fps": fps,
                 "bursts": len(client.track.onsets),
@@ -274,14 +279,15 @@ def run_session_bench(
     out_dir: Path = Path("benchmarks/results"),
     avatar: str | None = None,
 ) -> dict:
-    """avatar: the server's (default: the embedded one); its first template frame tells speech from silence,
-    so a photo avatar (one frame) gives the cleanest audio -> mouth figure."""
-    shown = load_avatar(avatar)
-    assets = AvatarAssets(shown)
+    """avatar: the server's (default: the built-in default), or several, comma-separated, which the
+    sessions ask for in turn (the first is the server's default). A frame's mouth is at rest when it
+    matches one of the avatar's template frames (motion.IdleMouths)."""
+    names = avatar.split(",") if avatar else [None]
+    shown = [(name, AvatarAssets(load_avatar(name))) for name in names]
     speech = load_speech(speech_path)
-    server, base = _start_server(sessions, ("--avatar", avatar) if avatar else ())
+    server, base = _start_server(sessions, ("--avatar", names[0]) if names[0] else ())
     try:
-        measured = asyncio.run(_run(assets, base, sessions, seconds, speech))
+        measured = asyncio.run(_run(shown, base, sessions, seconds, speech))
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
@@ -294,8 +300,9 @@ def run_session_bench(
             "seconds": seconds,
             "engine": "onnxruntime",
             "server": "lipstream serve, own process",
-            "avatar": shown.name,
-            "hd": bool(shown.manifest.extra.get("hd", {}).get("enabled")),
+            "avatars": [assets.avatar.name for _, assets in shown],
+            "personalised": [bool(assets.delta_p.any()) for _, assets in shown],
+            "hd": [assets.hd for _, assets in shown],
             "burst_every_s": BURST_EVERY,
             "burst_s": BURST_LENGTH,
         },

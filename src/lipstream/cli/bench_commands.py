@@ -142,7 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     session.add_argument("--sessions", type=positive_int, help="sessions at once")
     session.add_argument("--seconds", type=positive_float, help="measured")
-    session.add_argument("--avatar", help="avatar name or folder the server shows (default: the embedded one)")
+    session.add_argument(
+        "--avatar",
+        help="avatar name or folder the server shows (default: the built-in default), or A,B,C: the sessions "
+        "ask for each in turn",
+    )
     speech(session, "16-bit WAV with speech for the bursts (default: the avatar's audio)")
     out_folder(session)
 
