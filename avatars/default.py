@@ -76,7 +76,11 @@ def built_in_avatar(
     if params is not None:
         try:
             personal = ChannelPersonalization.load(params, get_profile(profile))
-            about = {"weights": params.name, "base_model_id": personal.base_model_id, "card": "avatars/assets/README.md"}
+            about = {
+                "weights": params.name,
+                "base_model_id": personal.base_model_id,
+                "card": "avatars/assets/README.md",
+            }
             apply_channel_personalization(folder, personal, extra | {"personalized": about})
             return Avatar.load(folder, model_id=model_id)
         except ChannelParamsError as err:  # general weights other than the shipped ones: it stays general

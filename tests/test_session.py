@@ -237,7 +237,9 @@ def test_avatars_with_their_own_shifts_share_one_inference_call(
     other = tmp_path / "other"
     shutil.copytree(runtime.assets.avatar.path, other)  # the photo, with a shift of its own
     shift = 0.3 * torch.randn(channel_shift_size(cfg), generator=torch.Generator().manual_seed(3))
-    apply_channel_personalization(other, ChannelPersonalization(DeltaW(cfg).state_dict(), shift, runtime.engine.model_id), {})
+    apply_channel_personalization(
+        other, ChannelPersonalization(DeltaW(cfg).state_dict(), shift, runtime.engine.model_id), {}
+    )
     avatars = [runtime.assets, runtime.assets_for("default"), AvatarAssets(Avatar.load(other, runtime.engine.model_id))]
     assert not avatars[0].delta_p.any() and avatars[1].delta_p.any()
 

@@ -406,8 +406,8 @@ def test_per_channel_personalisation_is_served_by_the_general_model(shared_data:
     from lipstream.avatars import Avatar
     from lipstream.avatars.prepare import prepare_avatar
     from lipstream.models.personalization import ChannelPersonalization
-    from lipstream.realtime.compositor import AvatarAssets
     from lipstream.models.weights import WEIGHTS_DIR, load_stylesync
+    from lipstream.realtime.compositor import AvatarAssets
     from lipstream.training import personalize as module
 
     source = grid_sources(shared_data / "grid_s1")[-1].path

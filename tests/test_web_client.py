@@ -132,14 +132,16 @@ def other_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(speech_then_silence: Path, server_cache: Path, other_origin: str) -> Iterator[str]:
-    process, base = start_server(server_cache, speech_then_silence.parent, extra=("--cors-origin", other_origin))
+    # The photo: a still template, so that rest and stillness are exact (the default is a video).
+    extra = ("--cors-origin", other_origin, "--avatar", "photo")
+    process, base = start_server(server_cache, speech_then_silence.parent, extra=extra)
     yield base
     stop(process)
 
 
 @dataclass
 class Lips:
-    """Where the served default avatar's lips are, and their luma cells at rest (see lipstream.benchmarks.motion)."""
+    """Where the served avatar's lips are, and their luma cells at rest (see lipstream.benchmarks.motion)."""
 
     box: tuple[int, int, int, int]  # x, y, width, height in pixels
     idle: np.ndarray
@@ -151,7 +153,7 @@ class Lips:
 
 @pytest.fixture(scope="module")
 def lips(server: str, server_cache: Path) -> Lips:
-    avatar = server_cache / "avatars" / "default-rt"  # prepared by the server as it started
+    avatar = server_cache / "avatars" / "photo-rt"  # prepared by the server as it started
     rows, cols = lips_box(np.load(avatar / "landmarks.npy")[0])
     idle = cv2.imread(str(avatar / "frames" / "000000.jpg"))[..., ::-1]  # what is shown in silence
     return Lips((cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start), luma_cells(idle[rows, cols]))

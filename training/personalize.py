@@ -298,7 +298,9 @@ def personalize(
             extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
     if config.delta_p == "channels":
-        refreshed = apply_channel_personalization(avatar.path, ChannelPersonalization.load(path, trainer.model.cfg), extra)
+        refreshed = apply_channel_personalization(
+            avatar.path, ChannelPersonalization.load(path, trainer.model.cfg), extra
+        )
     else:
         refreshed = refresh_features(avatar.path, path, extra, face_encoder_changed=False)  # E_face stays frozen
     summary["model_id"] = refreshed.model_id
