@@ -68,8 +68,8 @@ class Runtime:
     def avatar_names(self) -> list[str]:
         """The avatar served by default, the built-in ones, then every prepared avatar made for the
         engine's model (personalised ones included, where the general model serves them)."""
-        names = [self.assets.avatar.name, *(n for n in BUILT_IN if n != DEFAULT_NAME)]
         built = {f"{n}-{self.profile}" for n in BUILT_IN}
+        names = [self.assets.avatar.name, *(n for n in BUILT_IN if f"{n}-{self.profile}" != self.assets.avatar.name)]
         folder = avatars_dir()
         if folder.is_dir():
             for manifest in sorted(folder.glob(f"*/{MANIFEST}")):
@@ -88,7 +88,8 @@ class Runtime:
 
     def assets_for(self, name: str | None) -> AvatarAssets:
         """The assets of an avatar by name, loaded and verified on first use (blocking: call off the loop)."""
-        if name is None or name == self.assets.avatar.name:
+        served = self.assets.avatar.name
+        if name is None or name == served or (name in BUILT_IN and f"{name}-{self.profile}" == served):
             return self.assets
         if name not in self.loaded and name in BUILT_IN:
             self.loaded[name] = self.with_hd(AvatarAssets(built_in_avatar(name, self.profile)))

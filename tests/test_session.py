@@ -242,6 +242,8 @@ def test_avatars_with_their_own_shifts_share_one_inference_call(
     )
     avatars = [runtime.assets, runtime.assets_for("default"), AvatarAssets(Avatar.load(other, runtime.engine.model_id))]
     assert not avatars[0].delta_p.any() and avatars[1].delta_p.any()
+    assert runtime.avatar_names()[:2] == ["photo-rt", "default"]  # the one served, then the other built-in
+    assert runtime.assets_for("photo") is runtime.assets and runtime.assets_for("default") is avatars[1]
 
     calls: list[dict[str, np.ndarray]] = []
     original = runtime.engine.run
