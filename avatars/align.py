@@ -186,12 +186,17 @@ def paste_back(
     """
     size = crop.shape[0]
     height, width = frame.shape[:2]
+    out = frame.copy()
+    # Only where the mask weighs anything (and the pixel around it that bilinear sampling reaches).
+    left, top, cols, rows = cv2.boundingRect((np.asarray(mask) > 0).astype(np.uint8))
+    if cols == 0 or rows == 0:
+        return out
+    left, top, right, bottom = max(left - 1, 0), max(top - 1, 0), min(left + cols + 1, size), min(top + rows + 1, size)
     back = invert(transform)
-    corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64), back)
+    corners = transform_points(np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64), back)
     x0, y0 = np.floor(corners.min(axis=0)).astype(int)
     x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    out = frame.copy()
     if x1 <= x0 or y1 <= y0:
         return out
     box = back.copy()
@@ -202,16 +207,18 @@ def paste_back(
         return cv2.warpAffine(image.astype(np.float32), box, box_size, flags=cv2.INTER_LINEAR)
 
     region = out[y0:y1, x0:x1].astype(np.float32)
-    pasted = warp(crop)
-    weight = warp(mask)[..., None]
+    # Four channels per warp (the crop with its weight, the template crop with its detail keep): one
+    # interpolation pass each, the same result as warping every image on its own.
+    pasted_weight = warp(np.dstack([np.asarray(crop, np.float32), np.asarray(mask, np.float32)]))
+    pasted, weight = pasted_weight[..., :3], pasted_weight[..., 3:]
     if template_crop is not None:
-        base = warp(template_crop)
         # Measured on the crop (cheap), spread to the neighbourhood, then taken to the frame.
         change = np.abs(np.asarray(crop, np.float32) - np.asarray(template_crop, np.float32)).mean(axis=2)
         reach = 2 * max(1, round(DETAIL_REACH * size)) + 1
         change = cv2.dilate(change, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
-        keep = warp(np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0))[..., None]
-        pasted = pasted + keep * (region - base)
+        keep = np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0)
+        base_keep = warp(np.dstack([np.asarray(template_crop, np.float32), keep]))
+        pasted = pasted + base_keep[..., 3:] * (region - base_keep[..., :3])
     out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)
     return out
 

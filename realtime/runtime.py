@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from lipstream.avatars import Avatar
@@ -29,6 +28,7 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler
+from .tracks import video_frame
 from .upsampling import Upsampler
 
 logger = logging.getLogger("lipstream.realtime")
@@ -169,13 +169,11 @@ def time_tick(runtime: Runtime, max_batch: int, runs: int = 3) -> TickModel:
     # encoder next to nothing: the timed frames alternate between the template and a generated mouth.
     encoder = Vp8Encoder()
     shown = (assets.template(0), assets.composite(0, region if assets.upsampler is None else upsampled()))
-    even = [np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]) for image in shown]
-    pictures = [av.VideoFrame.from_ndarray(image, "rgb24") for image in even]  # yuv420p needs even sides
     numbers = iter(range(runs + 3))
 
     def encode() -> None:
         number = next(numbers)
-        picture = pictures[number % 2]
+        picture = video_frame(shown[number % 2])  # as the video track gives it to aiortc
         picture.pts, picture.time_base = number * 3600, Fraction(1, 90_000)
         encoder.encode(picture)
 

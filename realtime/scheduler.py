@@ -4,7 +4,9 @@ Each tick takes one frame plan from every session, runs the speech frames of all
 engine in one batch on a worker thread, composites every frame (also off the event loop), and
 delivers. Ticks are paced by absolute deadlines on the injected clock; when the machine falls more
 than MAX_BEHIND ticks behind, the missed ticks are skipped and counted as dropped frames, so time
-stamps stay true to the clock.
+stamps stay true to the clock. While running, one tick's compositing overlaps the next tick's
+inference (the two use different cores when one is free); frames still leave in order, and at most
+one tick's compositing is outstanding when the next tick begins.
 
 Style smoothing (optional, `style_smoothing` a > 0): every session's styles are averaged over its
 frames inside the frame graph (see models.mapping.StyleSmoothing); the scheduler keeps each session's
@@ -91,6 +93,7 @@ class FrameScheduler:
         self.inference_timeout = inference_timeout
         self.sessions: dict[str, AvatarSession] = {}
         self._task: asyncio.Task | None = None
+        self._finishing: asyncio.Future | None = None  # the latest tick's compositing and delivery
         self._overrun: asyncio.Future | None = None  # an inference abandoned at its timeout, still running
         self._log_error = RateLimitedLog(logging.ERROR, now=clock.now)
         self._log_overrun = RateLimitedLog(logging.WARNING, now=clock.now)
@@ -112,10 +115,16 @@ class FrameScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._finishing is not None:
+            self._finishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._finishing
+            self._finishing = None
 
     async def run(self) -> None:
         start = self.clock.now()
         tick = 0
+        previous: asyncio.Future | None = None
         while True:
             deadline = start + tick / self.fps
             await self.clock.sleep_until(deadline)
@@ -124,14 +133,24 @@ class FrameScheduler:
                 self.metrics.frames_dropped.inc(behind * len(self.sessions))
                 tick += behind
                 continue
-            await self.tick()
+            finishing = await self._infer_tick()
+            if previous is not None:  # the tick before is delivered before the next one begins
+                await previous
+            previous = finishing
             tick += 1
 
     async def tick(self) -> None:
-        """One frame for every session."""
+        """One frame for every session, delivered when this returns."""
+        finishing = await self._infer_tick()
+        if finishing is not None:
+            await finishing
+
+    async def _infer_tick(self) -> asyncio.Future | None:
+        """Plans and inference of one tick; its compositing and delivery run on as the returned future
+        (after the tick before has delivered), None without sessions."""
         sessions = list(self.sessions.values())
         if not sessions:
-            return
+            return None
         plans = [s.plan() for s in sessions]
         speech = [p for p in plans if p.mel is not None]
         regions: list[np.ndarray] = []
@@ -140,6 +159,27 @@ class FrameScheduler:
         for plan in plans:
             if plan.mel is None:  # idle (or fallen back): the next speech frame starts unsmoothed
                 self._styles.pop(plan.session.id, None)
+        self._finishing = asyncio.ensure_future(self._finish(plans, speech, regions, self._finishing))
+        return self._finishing
+
+    async def _finish(
+        self,
+        plans: list[FramePlan],
+        speech: list[FramePlan],
+        regions: list[np.ndarray],
+        before: asyncio.Future | None,
+    ) -> None:
+        """Composites a tick's frames and delivers them, after the tick before has delivered its own."""
+        if before is not None:
+            await before  # never raises: each finish catches its own errors
+        try:
+            await self._composite_and_deliver(plans, speech, regions)
+        except Exception as error:  # a failed composite must not stop the frames after it
+            self._log_error("compositing failed; the tick's frames are lost", error)
+
+    async def _composite_and_deliver(
+        self, plans: list[FramePlan], speech: list[FramePlan], regions: list[np.ndarray]
+    ) -> None:
         composite_started = time.perf_counter()
         images = await asyncio.to_thread(self._composite, plans, regions)
         composite_seconds = time.perf_counter() - composite_started
