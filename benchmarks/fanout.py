@@ -197,7 +197,7 @@ def run_fanout_bench(
         janus_port = free_port()
         janus = start_janus(folder, janus_port)
         extra = ("--janus", f"http://127.0.0.1:{janus_port}/janus")
-    server, base = _start_server(1, extra)
+    server, base = _start_server(1, extra=extra)
     try:
         measured = asyncio.run(_run(base, via, viewers, seconds, speech, server.pid, janus.pid if janus else None))
     finally:

@@ -18,6 +18,7 @@ import itertools
 
 import numpy as np
 
+from lipstream.avatars.align import LEFT_EYE, RIGHT_EYE
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.realtime.compositor import AvatarAssets
 
@@ -56,19 +57,33 @@ def mouth_change(image: np.ndarray, idle: np.ndarray, box: tuple[slice, slice]) 
     return float(np.abs(luma_cells(image[box]) - luma_cells(idle[box])).mean())
 
 
+def eyes_box(landmarks: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns around the eyes of one frame's landmarks [478, 2] (never generated), whole cells."""
+    left, right = landmarks[list(LEFT_EYE)].mean(axis=0), landmarks[list(RIGHT_EYE)].mean(axis=0)
+    span = float(np.linalg.norm(right - left))
+    x0, x1 = min(left[0], right[0]) - 0.4 * span, max(left[0], right[0]) + 0.4 * span
+    y = (left[1] + right[1]) / 2
+    top, cols, rows = max(int(y - 0.4 * span), 0), int(x1 - x0) // CELL * CELL, int(0.6 * span) // CELL * CELL
+    return slice(top, top + rows), slice(max(int(x0), 0), max(int(x0), 0) + cols)
+
+
 class IdleMouths:
-    """The lips of every template frame an avatar shows at rest, to tell idle from speech in received
-    video of a video avatar too: a frame's distance from rest is its distance from the nearest of them
-    (its own template frame, when idle), not from frame 0 alone. A photo has one."""
+    """The template frames an avatar shows at rest, to tell idle from speech in received video of a video
+    avatar too. A received frame's template frame is found by its eyes (which the generator never
+    touches), and its mouth is measured against that frame's (mouth_change). A photo has one frame."""
 
     def __init__(self, assets: AvatarAssets) -> None:
-        self.box = mouth_box(assets)
+        landmarks = np.asarray(assets.avatar.array("landmarks.npy")[0])
+        self.box, self.eyes = lips_box(landmarks), eyes_box(landmarks)
         shown = sorted({int(i) for i in assets.loop})
-        self.cells = np.stack([luma_cells(assets.template(i)[self.box]) for i in shown])  # [F, rows, cols]
+        templates = [assets.template(i) for i in shown]
+        self.mouths = np.stack([luma_cells(t[self.box]) for t in templates])  # [F, rows, cols]
+        self.keys = np.stack([luma_cells(t[self.eyes]) for t in templates])
 
     def change(self, image: np.ndarray) -> float:
-        """Grey levels from the nearest resting mouth (see mouth_change)."""
-        return float(np.abs(self.cells - luma_cells(image[self.box])[None]).mean(axis=(1, 2)).min())
+        """Grey levels from the resting mouth of the template frame shown (see mouth_change)."""
+        shown = int(np.abs(self.keys - luma_cells(image[self.eyes])[None]).mean(axis=(1, 2)).argmin())
+        return float(np.abs(self.mouths[shown] - luma_cells(image[self.box])).mean())
 
 
 def lips_steps(images: list[np.ndarray], box: tuple[slice, slice]) -> np.ndarray:

@@ -29,7 +29,7 @@ from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.runtime import load_avatar
 
 from .report import git_commit, machine_info, output_stem, write_json
-from .session_bench import _metric, _start_server, load_speech
+from .session_bench import BENCH_AVATAR, _metric, _start_server, load_speech
 from .suite import DRIFT_BURST_EVERY, DRIFT_BURST_LENGTH, FRAME_MS, _cpu_seconds, _scrape, long_run
 
 MAX_DROPPED = 0.001
@@ -92,7 +92,7 @@ def run_soak(
     out_dir: Path = Path("benchmarks/results"),
     summary_path: Path | None = Path("benchmarks/SOAK.md"),
 ) -> dict:
-    avatar = load_avatar(None)
+    avatar = load_avatar(BENCH_AVATAR)
     assets = AvatarAssets(avatar)
     speech = load_speech(speech_path)
     server, base = _start_server(sessions)

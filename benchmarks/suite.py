@@ -35,7 +35,7 @@ from lipstream.realtime.runtime import load_avatar
 from .engine_bench import markdown as engine_markdown
 from .engine_bench import run_engine_bench
 from .report import git_commit, machine_info, output_stem, write_json
-from .session_bench import Client, _metric, _start_server, load_speech
+from .session_bench import BENCH_AVATAR, Client, _metric, _start_server, load_speech
 
 FRAME_MS = 40.0
 DRIFT_BURST_EVERY, DRIFT_BURST_LENGTH = 2.0, 0.8
@@ -301,7 +301,7 @@ def run_suite(
     summary_path: Path | None = Path("benchmarks/RESULTS.md"),
     engine: bool = True,
 ) -> dict:
-    avatar = load_avatar(None)
+    avatar = load_avatar(BENCH_AVATAR)
     assets = AvatarAssets(avatar)
     speech = load_speech(speech_path)
 
