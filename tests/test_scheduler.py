@@ -119,3 +119,42 @@ def test_an_overrun_is_abandoned_on_the_clock_and_later_batches_wait_for_it(spee
         assert shown((await frames(session, 1))[0].image) is not None
 
     asyncio.run(scenario())
+
+
+def test_a_compositing_failure_loses_its_frames_only_and_frames_stay_in_order(
+    speech: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Compositing runs on while the next tick infers: a tick whose compositing fails is logged with its
+    cause and its frames are lost, the frames after it still come, and in order."""
+
+    class BrokenOnce(FakeAssets):
+        calls = 0
+
+        def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
+            BrokenOnce.calls += 1
+            if BrokenOnce.calls == 3:
+                raise ValueError("a broken paste mask")
+            return super().composite(index, region, blend)
+
+    async def scenario() -> list[int]:
+        clock, metrics = FakeClock(), Metrics()
+        session = AvatarSession("a", BrokenOnce(), metrics=metrics, queue_frames=500)
+        session.push_audio(speech[8_000:40_000])
+        session.end_of_input()
+        scheduler = FrameScheduler(StubEngine(), clock, metrics)
+        scheduler.add(session)
+        scheduler.start()
+        numbers = []
+        for _ in range(12):
+            await clock.advance(0.04)
+            await asyncio.sleep(0.01)
+            while not session._out.empty():
+                numbers.append((await session.next_frame()).number)
+        await scheduler.stop()
+        return numbers
+
+    with caplog.at_level(logging.ERROR, logger="lipstream.realtime"):
+        numbers = asyncio.run(scenario())
+    assert numbers == sorted(numbers) and len(numbers) >= 10, numbers
+    failures = [r for r in caplog.records if "compositing failed" in r.getMessage()]
+    assert failures and "broken paste mask" in str(failures[0].exc_info[1])  # logged with its cause
