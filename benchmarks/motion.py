@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 
+import av
 import numpy as np
 
 from lipstream.avatars.align import LEFT_EYE, RIGHT_EYE
@@ -46,8 +47,11 @@ def mouth_box(assets: AvatarAssets) -> tuple[slice, slice]:
 
 
 def luma_cells(pixels: np.ndarray) -> np.ndarray:
-    """Mean luma (BT.601 weights) of each 6 x 6 cell of an RGB box [h, w, 3] with h, w multiples of 6."""
-    luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Mean luma (BT.601 weights, 0..255) of each 6 x 6 cell of an RGB box [h, w, 3], or of a luma box
+    [h, w] already, with h, w multiples of 6."""
+    luma = pixels.astype(np.float32)
+    if luma.ndim == 3:
+        luma = luma @ np.array([0.299, 0.587, 0.114], np.float32)
     rows, cols = luma.shape[0] // CELL, luma.shape[1] // CELL
     return luma.reshape(rows, CELL, cols, CELL).mean(axis=(1, 3))
 
@@ -55,6 +59,15 @@ def luma_cells(pixels: np.ndarray) -> np.ndarray:
 def mouth_change(image: np.ndarray, idle: np.ndarray, box: tuple[slice, slice]) -> float:
     """Mean cell difference between a received frame and the frame shown at rest, over the lips."""
     return float(np.abs(luma_cells(image[box]) - luma_cells(idle[box])).mean())
+
+
+def frame_luma(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded yuv420p frame's luma at full range [H, W] float32, read off its Y plane: what luma_cells
+    makes of the RGB picture, without converting the picture (the benchmark's clients share the
+    server's cores, so they should cost little)."""
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+    return (rows.astype(np.float32) - 16.0) * (255.0 / 219.0)
 
 
 def eyes_box(landmarks: np.ndarray) -> tuple[slice, slice]:
@@ -81,7 +94,8 @@ class IdleMouths:
         self.keys = np.stack([luma_cells(t[self.eyes]) for t in templates])
 
     def change(self, image: np.ndarray) -> float:
-        """Grey levels from the resting mouth of the template frame shown (see mouth_change)."""
+        """Grey levels from the resting mouth of the template frame shown (see mouth_change). image: RGB
+        [H, W, 3], or its luma [H, W] (frame_luma)."""
         shown = int(np.abs(self.keys - luma_cells(image[self.eyes])[None]).mean(axis=(1, 2)).argmin())
         return float(np.abs(self.mouths[shown] - luma_cells(image[self.box])).mean())
 

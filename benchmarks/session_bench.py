@@ -34,7 +34,7 @@ from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.jitter import LowDelayAudioBuffer, MarkerVideoBuffer, install
 from lipstream.realtime.runtime import load_avatar
 
-from .motion import SPEAKING, IdleMouths
+from .motion import SPEAKING, IdleMouths, frame_luma
 from .report import git_commit, machine_info, output_stem, write_json
 
 RATE, CHUNK = 16_000, 320
@@ -121,7 +121,8 @@ class Client:
                 if np.isnan(self.first_frame_at):
                     self.first_frame_at = now
                 self.arrivals.append(now)
-                self.speaking.append(self._rest.change(frame.to_ndarray(format="rgb24")) > SPEAKING)
+                luma = frame_luma(frame) if frame.format.name == "yuv420p" else frame.to_ndarray(format="rgb24")
+                self.speaking.append(self._rest.change(luma) > SPEAKING)
                 self.new_frame.set()
 
     async def connect(self, http: aiohttp.ClientSession, base: str) -> None:
