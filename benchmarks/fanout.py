@@ -30,7 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 from lipstream.dsp import to_s16
 
 from .report import git_commit, machine_info, write_json
-from .session_bench import RATE, _metric, _start_server, free_port, load_speech
+from .session_bench import RATE, _metric, _start_server, cpu_seconds, free_port, load_speech
 
 WARM_UP_S = 3.0
 VIAS = ("janus", "direct")
@@ -101,13 +101,6 @@ async def _dropped(http: aiohttp.ClientSession, base: str) -> float:
         return _metric(await response.text(), "lipstream_frames_dropped_total")
 
 
-def _cpu_seconds(process: psutil.Process | None) -> float:
-    if process is None:
-        return 0.0
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 async def _run(
     base: str, via: str, viewers: int, seconds: float, speech: np.ndarray | None, server_pid: int, janus_pid: int | None
 ) -> dict:
@@ -138,11 +131,11 @@ async def _run(
         await asyncio.sleep(WARM_UP_S)
         dropped0 = await _dropped(http, base)
         start = time.monotonic()
-        cpu0 = [_cpu_seconds(p) for p in (server_process, janus_process, own)]
+        cpu0 = [cpu_seconds(p) for p in (server_process, janus_process, own)]
         machine0 = psutil.cpu_times()
         await asyncio.sleep(seconds)
         end = time.monotonic()
-        cpu1 = [_cpu_seconds(p) for p in (server_process, janus_process, own)]
+        cpu1 = [cpu_seconds(p) for p in (server_process, janus_process, own)]
         machine1 = psutil.cpu_times()
         dropped = await _dropped(http, base) - dropped0
         if speaker.done() and speaker.exception() is not None:

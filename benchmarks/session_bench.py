@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import av
 import numpy as np
+import psutil
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
@@ -200,17 +201,35 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+def cpu_seconds(process: psutil.Process | None) -> float:
+    """User + system CPU seconds of a process so far (0 for None)."""
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def _run(
-    shown: list[tuple[str | None, AvatarAssets]], base: str, sessions: int, seconds: float, speech: np.ndarray
+    shown: list[tuple[str | None, AvatarAssets]],
+    base: str,
+    sessions: int,
+    seconds: float,
+    speech: np.ndarray,
+    server_pid: int,
 ) -> dict:
     """shown: the avatars the sessions ask for in turn, with their assets."""
     clients = [Client(shown[i % len(shown)][1], speech, shown[i % len(shown)][0]) for i in range(sessions)]
+    processes = (psutil.Process(server_pid), psutil.Process())  # the server, and these clients
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/metrics") as response:
             dropped_before = _metric(await response.text(), "lipstream_frames_dropped_total")
         for client in clients:
             await client.connect(http, base)
-        await asyncio.sleep(seconds)
+        settle = min(1.0, seconds / 2)
+        await asyncio.sleep(settle)  # connected and streaming: the CPU window starts
+        start, before = time.monotonic(), [cpu_seconds(p) for p in processes]
+        await asyncio.sleep(seconds - settle)
+        cores = [(cpu_seconds(p) - b) / (time.monotonic() - start) for p, b in zip(processes, before, strict=True)]
         async with http.get(f"{base}/metrics") as response:
             dropped = _metric(await response.text(), "lipstream_frames_dropped_total") - dropped_before
         for client in clients:
@@ -237,7 +256,12 @@ async def _run(
                 else None,
             }
         )
-    return {"sessions": results, "frames_dropped_by_server": dropped}
+    return {
+        "sessions": results,
+        "frames_dropped_by_server": dropped,
+        # The clients share the machine with the server here; viewers elsewhere would not.
+        "cpu_cores": {"server": cores[0], "clients": cores[1]},
+    }
 
 
 def free_port() -> int:
@@ -297,7 +321,7 @@ def run_session_bench(
     speech = load_speech(speech_path)
     server, base = _start_server(sessions, names[0])
     try:
-        measured = asyncio.run(_run(shown, base, sessions, seconds, speech))
+        measured = asyncio.run(_run(shown, base, sessions, seconds, speech, server.pid))
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)

@@ -24,6 +24,8 @@ def test_session_benchmark_measures_fps_drops_and_latency(
     # dropped together are at most the 25 per second of the run (a loaded machine drops more, sends fewer).
     dropped = saved["frames_dropped_by_server"]
     assert dropped == int(dropped) >= 0 and session["frames"] + dropped <= 25 * 7.0 + 5 and saved["machine"]["cores"]
+    # A streaming server and its client both work: neither takes no CPU, nor more than the machine has.
+    assert all(0 < cores <= saved["machine"]["cores"] for cores in saved["cpu_cores"].values()), saved["cpu_cores"]
 
 
 @pytest.mark.slow  # minutes of benchmarking; the session benchmark above runs by default
