@@ -390,6 +390,7 @@ def refresh_features(folder: Path, weights: Path, extra: dict, face_encoder_chan
             delta_w[part] = model.delta_w(torch.from_numpy(np.array(f_f[part]))).numpy()
     for written in (f_f, delta_w):
         written.flush()
+    (folder / CHANNEL_SHIFT).unlink(missing_ok=True)  # a model of its own carries its whole shift
     return rewrite_manifest(folder, manifest, model_id=model_id, weights=str(weights.relative_to(folder)), extra=extra)
 
 
@@ -397,10 +398,13 @@ def refresh_features(folder: Path, weights: Path, extra: dict, face_encoder_chan
 def apply_channel_personalization(folder: Path, params: ChannelPersonalization, extra: dict) -> Manifest:
     """Gives a prepared avatar personal parameters that the general model serves (`personalize
     --delta-p channels`), in place: dW of every frame from the personal head and the cached f_f, and the
-    per-channel shift as features/delta_p.npy. The model id stays the general one's, which the shift
-    must be relative to. Returns the manifest."""
+    per-channel shift as features/delta_p.npy. The model id is the general one's, which the shift
+    must be relative to (an avatar personalised before with a model of its own goes back to it: that
+    model kept the general face encoder, whose features the avatar holds). Returns the manifest."""
     manifest = Manifest.read(folder)
-    if params.base_model_id != manifest.model_id:
+    own_model = manifest.weights is not None
+    base = manifest.extra.get("personalized", {}).get("base_model_id") if own_model else manifest.model_id
+    if params.base_model_id != base:
         raise ChannelParamsError(
             f"the personal parameters were trained on model {params.base_model_id}, the avatar at {folder} was "
             f"prepared for {manifest.model_id}; personalise it again (lipstream personalize {folder.name})"
@@ -413,7 +417,7 @@ def apply_channel_personalization(folder: Path, params: ChannelPersonalization, 
         delta_w[part] = head(torch.from_numpy(np.array(f_f[part]))).numpy()
     delta_w.flush()
     np.save(folder / CHANNEL_SHIFT, params.delta_p.numpy().astype(np.float32))
-    return rewrite_manifest(folder, manifest, weights=None, extra=extra)
+    return rewrite_manifest(folder, manifest, model_id=params.base_model_id, weights=None, extra=extra)
 
 
 def rewrite_manifest(folder: Path, manifest: Manifest, extra: dict, **changes: object) -> Manifest:

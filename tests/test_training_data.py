@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,15 @@ def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(
     assert np.array_equal(personal.array("features/maps_09.npy"), maps_before)
     with pytest.raises(Exception, match="stale"):
         load_avatar(str(avatar.path), model_id=general_id)
+
+    # Personalised again per channel, the general model serves it once more; a model of its own after
+    # that drops the per-channel shift (its weights carry the whole shift).
+    quick = PersonalizeConfig(epochs=1, batch=2, hold_out_seconds=1.0)
+    again = personalize(Avatar.load(avatar.path), None, expert, quick, log=False)
+    assert again["model_id"] == general_id and own_weights(str(avatar.path)) is None
+    assert load_avatar(str(avatar.path), model_id=general_id).channel_shift().any()
+    full = personalize(Avatar.load(avatar.path), None, expert, replace(quick, delta_p="full"), log=False)
+    assert not load_avatar(str(avatar.path), model_id=full["model_id"]).channel_shift().any()
 
     short = prepare_avatar(source, "short", root=tmp_path, max_seconds=2.2, show_progress=False)
     with pytest.raises(PersonalizeError, match="at least 2 s"):
