@@ -88,6 +88,7 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(in_ch, ch[level], cfg.w_dim, noise, up=level > 0))
             self.convs.append(StyledConv(ch[level], ch[level], cfg.w_dim, noise, up=False))
             self.to_rgbs.append(ToRGB(ch[level], cfg.w_dim))
+        self._shift_sizes = [size for _, size in channel_shift_layout(cfg)]  # delta_p cut per layer
 
     def forward(
         self, ws: torch.Tensor, face_maps: Sequence[torch.Tensor], shift: torch.Tensor | None = None
@@ -119,7 +120,7 @@ class Generator(nn.Module):
         count = 3 * self.cfg.levels
         if shift is None:
             return [None] * count
-        sizes = [size for _, size in channel_shift_layout(self.cfg)]
+        sizes = self._shift_sizes
         assert shift.shape[1:] == (sum(sizes),), f"shift {tuple(shift.shape)}: expected [B, {sum(sizes)}]"
         parts = torch.split(shift, sizes, dim=1)
         return [(parts[2 * i], parts[2 * i + 1]) for i in range(count)]

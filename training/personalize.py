@@ -3,13 +3,13 @@
 What is learned, on top of the general `rt` weights:
 - dW = MLP_dw(f_f): the personalisation head (models.personalization.DeltaW), one style offset per
   style-conv layer, from the template's face feature;
-- dP: a shift of every generator parameter (the generator is tuned, starting from the general one).
-
-With `delta_p="channels"`, dP is only per-channel: the bias of every style conv and toRGB layer and
-the bias of every style affine (an offset of each style in StyleSpace), 30 vectors and 3919 values for
-`rt`, which a batched graph could take per sample. Measured on GRID s4 (120 s of template, scored on
-its 30-s `test` clips): LMD 1.50 px against 1.45 with every parameter and 2.16 for the general model,
-SSIM 0.667 / 0.672 / 0.600, in 8.6 minutes of training instead of 14.4.
+- dP: a shift of the generator, starting from the general one. With `delta_p="channels"` (the
+  default) only its per-channel parameters move: the bias of every style conv and toRGB layer and the
+  bias of every style affine (an offset of each style in StyleSpace), 30 vectors and 3919 values for
+  `rt`, which the frame graph takes per sample (`delta_p`). With `delta_p="full"` every generator
+  parameter moves. Measured on GRID s4 (120 s of template, scored on its 30-s `test` clips): LMD
+  1.50 px per channel against 1.45 with every parameter and 2.16 for the general model, SSIM 0.667 /
+  0.672 / 0.600, in 8.6 minutes of training instead of 14.4 (same host).
 
 Both carry the L2 penalty of Eq. 6, L_p = L_g + lambda_p (sum dW^2 + sum dP^2). E_a, E_face and the
 mapping network stay frozen (the paper: E_a is person-agnostic, E_face would overfit one person).
@@ -20,9 +20,12 @@ template (the paper: 5). A checkpoint is written every few minutes and on Ctrl-C
 continues from it with the same samples in the same order. L_g is the general objective without
 its adversarial term: the shipped weights carry no discriminator.
 
-The result is stored with the avatar: `personal/<profile>.pt` (fp16, the full personalised model),
-the cached dW of every frame, and idle frames rendered with it; the manifest's model id becomes the
-personalised model's, and `serve` / `render` load the avatar's own weights by themselves.
+The result is stored with the avatar. Per channel: `personal/<profile>-channels.pt` (fp16, the dW head
+and dP, models.personalization.ChannelPersonalization), the dW of every frame and
+`features/delta_p.npy`; the manifest keeps the general model's id, so any server of that model serves
+the avatar beside others. Full: `personal/<profile>.pt` (fp16, the whole personalised model) and the
+dW of every frame; the manifest's model id becomes the personalised model's, and `serve` / `render`
+load the avatar's own weights by themselves.
 """
 
 from __future__ import annotations
@@ -297,7 +300,7 @@ def personalize(
             hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
             extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
-    if config.delta_p == "channels":
+    if config.delta_p == "channels":  # from the file: the avatar gets the stored fp16 values, as any reuse would
         refreshed = apply_channel_personalization(
             avatar.path, ChannelPersonalization.load(path, trainer.model.cfg), extra
         )
