@@ -34,6 +34,18 @@ CHANNEL_SHIFT = "features/delta_p.npy"
 FORMAT_VERSION = 2  # 2: no silent renderings (idle shows the template frames themselves)
 
 
+def frame_file(folder: Path, index: int) -> Path:
+    """Where an avatar folder keeps template frame `index` (JPEG)."""
+    return folder / "frames" / f"{index:06d}.jpg"
+
+
+def read_frame(folder: Path, index: int) -> np.ndarray:
+    """Template frame `index` of an avatar folder, as the server shows it. [H, W, 3] uint8 RGB"""
+    import cv2  # not needed to read a manifest
+
+    return cv2.cvtColor(cv2.imread(str(frame_file(folder, index))), cv2.COLOR_BGR2RGB)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -64,7 +76,7 @@ class Avatar:
         return self.manifest.frame_count
 
     def frame_path(self, index: int) -> Path:
-        return self.path / "frames" / f"{index:06d}.jpg"
+        return frame_file(self.path, index)
 
     def array(self, relative: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.path / relative, mmap_mode="r" if mmap else None)

@@ -31,6 +31,9 @@ from .prepare import apply_channel_personalization, prepare_avatar, rewrite_mani
 DEFAULT_NAME = "default"
 PHOTO_NAME = "photo"
 BUILT_IN = (DEFAULT_NAME, PHOTO_NAME)
+# Raised when preparation changes what a built-in avatar holds, so that caches made before are redone
+# (2: the hd path's detail bank).
+REVISION = 2
 ASSETS = Path(__file__).resolve().parent / "assets"
 logger = logging.getLogger("lipstream.avatars")
 
@@ -61,13 +64,17 @@ def built_in_avatar(
     folder = root / f"{name}-{profile}"
     source = default_source() if name == DEFAULT_NAME else photo_source()
     params = personal_params(name, profile)
-    made_from = {"source_sha256": sha256_file(source), "params_sha256": sha256_file(params) if params else None}
+    made_from = {
+        "source_sha256": sha256_file(source),
+        "params_sha256": sha256_file(params) if params else None,
+        "revision": REVISION,
+    }
     _, model_id = load_stylesync(profile)
     try:
         avatar = Avatar.load(folder, model_id=model_id)
         if avatar.manifest.extra.get("built_in") == made_from:
             return avatar
-        reason = "its template or personal parameters changed"
+        reason = "its template, personal parameters or preparation changed"
     except AvatarCacheError as err:
         reason = str(err)
     logger.info("preparing the built-in avatar %s: %s", folder.name, reason)

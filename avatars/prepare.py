@@ -37,7 +37,9 @@ from .align import (
     smooth_transforms,
     warp_to_crop,
 )
-from .avatar import CHANNEL_SHIFT, FORMAT_VERSION, sha256_file
+from .avatar import CHANNEL_SHIFT, FORMAT_VERSION, frame_file, read_frame, sha256_file
+from .detail import MIN_FRAMES as MIN_BANK_FRAMES
+from .detail import write_bank
 from .errors import SourceError
 from .landmarks import FaceTracker
 from .manifest import MANIFEST, Audio, Manifest, Source
@@ -122,26 +124,35 @@ def check_face_size(transforms: np.ndarray, landmarks: np.ndarray, profile: str,
 
 
 def choose_hd(mode: str, profile: str, transforms: np.ndarray) -> dict:
-    """Whether the avatar takes the hd path, and why (the manifest's "hd" entry)."""
+    """Whether the avatar takes the hd path, how, and why (the manifest's "hd" entry).
+
+    A video template of at least a second lends its own mouths' detail (avatars/detail.py, method
+    "detail"); a photo needs the learned region upsampler's weights (models/upsampler.py, "upsampler")."""
     from lipstream.models.weights import default_upsampler
 
     scale = float(np.median(np.hypot(transforms[:, 0, 0], transforms[:, 1, 0]))) * HD_SCALE
     entry = {"mode": mode, "crop_scale": round(scale, 3)}
     if mode == "off":
         return entry | {"enabled": False, "why": "turned off (--hd off)"}
-    if profile != "rt" or default_upsampler() is None:
+    method = "detail" if len(transforms) >= MIN_BANK_FRAMES else "upsampler"
+    if profile != "rt" or (method == "upsampler" and default_upsampler() is None):
         if mode == "on":
             raise ValueError(
-                "the hd path needs the rt profile and the region upsampler's weights (models/weights/upsampler.pt, "
-                "or the file $LIPSTREAM_UPSAMPLER names; `lipstream train upsampler` makes them); "
-                "prepare with --hd auto or off"
+                "the hd path needs the rt profile, and for a photo or a template under a second the region "
+                "upsampler's weights (models/weights/upsampler.pt, or the file $LIPSTREAM_UPSAMPLER names; "
+                "`lipstream train upsampler` makes them); prepare with --hd auto or off"
             )
-        why = "no region upsampler weights here" if profile == "rt" else f"no region upsampler for {profile}"
+        why = (
+            "a photo needs region upsampler weights, and there are none here"
+            if profile == "rt"
+            else (f"no hd path for the {profile} profile")
+        )
         return entry | {"enabled": False, "why": why}
     if mode == "auto" and scale > HD_MAX_CROP_SCALE:
         why = f"the face is too small: its {HD_SCALE}x crop would enlarge it {scale:.2f}x (at most {HD_MAX_CROP_SCALE})"
         return entry | {"enabled": False, "why": why}
-    return entry | {"enabled": True, "why": "asked for (--hd on)" if mode == "on" else "the face is large enough"}
+    why = "asked for (--hd on)" if mode == "on" else "the face is large enough"
+    return entry | {"enabled": True, "method": method, "why": why}
 
 
 def track_face(info: SourceInfo, max_frames: int, show: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +242,8 @@ def prepare_avatar(
         else:
             loop, loop_rule = ping_pong(count), "ping-pong over every frame"
         np.save(partial / "idle_loop.npy", loop)
+        if hd_choice.get("method") == "detail":
+            hd_choice["bank_frames"] = write_bank(partial, lambda i: read_frame(partial, i), transforms, size)
         mel_cfg = MelConfig()
         write_wav(
             partial / "audio.wav",
@@ -321,7 +334,7 @@ def _render_frames(
 
     def flush(start: int, frames: list[np.ndarray]) -> None:
         for offset, frame in enumerate(frames):
-            write_jpeg(out / "frames" / f"{start + offset:06d}.jpg", frame)
+            write_jpeg(frame_file(out, start + offset), frame)
         _encode(model, slice(start, start + len(frames)), reference_tensor, crops, masks, features)
         progress.step(len(frames))
 

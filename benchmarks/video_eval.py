@@ -33,6 +33,7 @@ import numpy as np
 
 from lipstream.avatars import Avatar
 from lipstream.avatars.align import invert, paste_back, warp_to_crop
+from lipstream.avatars.avatar import read_frame
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.avatars.prepare import prepare_avatar, track_face
@@ -107,13 +108,13 @@ class Measured:
 
 
 def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | None) -> tuple[list, bool]:
-    """The rendered frames, and whether they took the hd path (the avatar asks, and an upsampler ran)."""
+    """The rendered frames, and whether they took the hd path (the avatar asks, and it could run)."""
     runtime = build_runtime(str(avatar_path), engine=engine, weights=weights)
 
     async def collect() -> list:
         return [frame async for frame in rendered_frames(runtime, samples)]
 
-    return asyncio.run(collect()), runtime.assets.upsampler is not None
+    return asyncio.run(collect()), runtime.assets.hd_active
 
 
 def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions | None = None) -> dict:
@@ -215,7 +216,7 @@ def _score(
     seams: list[tuple[float, float]] = []
     for k, truth in enumerate(iter_frames(info, FPS, count)):
         shown = int(loop[k % len(loop)])
-        template = cv2.cvtColor(cv2.imread(str(avatar.path / "frames" / f"{shown:06d}.jpg")), cv2.COLOR_BGR2RGB)
+        template = read_frame(avatar.path, shown)
         crop = np.asarray(crops[shown]).astype(np.float32)
         canvas = crop * (1 - weight_static) + reference * weight_static
         paste = paste_masks[shown].astype(np.float32) / 255.0

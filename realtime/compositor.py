@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from lipstream.avatars.align import match_colour, paste_back, region_to_crop, warp_to_crop
-from lipstream.avatars.avatar import Avatar
+from lipstream.avatars.avatar import Avatar, read_frame
+from lipstream.avatars.detail import DetailBank
 from lipstream.avatars.options import HD_SCALE
 
 if TYPE_CHECKING:
@@ -36,16 +37,29 @@ class AvatarAssets:
         self.delta_p = avatar.channel_shift()  # per avatar, not per frame
         self.maps = avatar.feature_maps()
         self.frame_size = avatar.manifest.frame_size  # (width, height)
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = Lock()  # compositing runs on worker threads
-        self.upsampler: Upsampler | None = None  # the hd path, when the avatar asks for it
+        self.upsampler: Upsampler | None = None  # the hd path of a photo, when weights exist
         self.hd_features: np.ndarray | None = None
+        self.detail = DetailBank.of(avatar) if self.hd_method == "detail" else None  # a video's hd path
 
     @property
     def hd(self) -> bool:
         """Whether the avatar was prepared for the hd path (its face is large enough to show detail)."""
         return bool(self.avatar.manifest.extra.get("hd", {}).get("enabled"))
+
+    @property
+    def hd_method(self) -> str | None:
+        """How the hd path enlarges the mouth: "detail" (the template's own, avatars/detail.py) or
+        "upsampler" (the learned one, models/upsampler.py); None without the hd path."""
+        hd = self.avatar.manifest.extra.get("hd", {})
+        return hd.get("method", "upsampler") if hd.get("enabled") else None
+
+    @property
+    def hd_active(self) -> bool:
+        """Whether generated mouths are composited at 2x now."""
+        return self.detail is not None or self.upsampler is not None
 
     def attach_upsampler(self, upsampler: Upsampler) -> None:
         """Turns on the hd path: the reference face's features for the region upsampler, computed once."""
@@ -71,31 +85,32 @@ class AvatarAssets:
         return feed
 
     def template(self, index: int) -> np.ndarray:
-        return self._image("frames", index)
+        return self._image(index)
 
     def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
         """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to
         it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]"""
         frame = self.template(index)
         crop = np.asarray(self.crops[index])
+        if self.detail is not None and region.shape[2] == crop.shape[1]:
+            region = self.detail.enlarge(region)
         weight = self.paste_masks[index].astype(np.float32) / 255.0
         transform = self.transforms[index]
         if region.shape[2] != crop.shape[1]:  # an upsampled region: the crop at its size
             size = region.shape[2]
             transform = transform * (size / crop.shape[1])
-            crop = warp_to_crop(frame, transform, size)
+            crop = warp_to_crop(frame, transform, size, sharp=True)
             weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
         canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
         return paste_back(frame, canvas, transform, weight * blend, crop)
 
-    def _image(self, kind: str, index: int) -> np.ndarray:
-        key = (kind, index)
+    def _image(self, index: int) -> np.ndarray:
+        key = index
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        path = self.avatar.path / kind / f"{index:06d}.jpg"
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        image = read_frame(self.avatar.path, index)
         with self._lock:
             self._cache[key] = image
             self._cache_bytes += image.nbytes

@@ -49,7 +49,7 @@ class Runtime:
 
     def with_hd(self, assets: AvatarAssets) -> AvatarAssets:
         """`assets` with the hd path attached where its avatar asks for it and the upsampler can run."""
-        if not assets.hd or assets.upsampler is not None:
+        if assets.hd_method != "upsampler" or assets.upsampler is not None:
             return assets
         own = assets.avatar.manifest.extra["hd"].get("weights")  # a personalised upsampler
         weights = assets.avatar.path / own if own else None

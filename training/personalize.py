@@ -288,7 +288,8 @@ def personalize(
         summary["held_out"] = held_out
     extra = {"personalized": summary}
     hd = avatar.manifest.extra.get("hd", {})
-    if hd.get("enabled") and config.hd_steps > 0:
+    # A video's hd path borrows the template's own detail; only a learned upsampler is fine-tuned.
+    if hd.get("enabled") and hd.get("method", "upsampler") == "upsampler" and config.hd_steps > 0:
         from lipstream.models.weights import default_upsampler
 
         from .config import UpsamplerTrainConfig
