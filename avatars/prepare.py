@@ -135,19 +135,21 @@ def choose_hd(mode: str, profile: str, transforms: np.ndarray) -> dict:
     if mode == "off":
         return entry | {"enabled": False, "why": "turned off (--hd off)"}
     method = "detail" if len(transforms) >= MIN_BANK_FRAMES else "upsampler"
-    if profile != "rt" or (method == "upsampler" and default_upsampler() is None):
+    if profile != "rt":
+        if mode == "on":
+            raise ValueError(f"the hd path needs the rt profile, not {profile}; prepare with --hd auto or off")
+        return entry | {"enabled": False, "why": f"no hd path for the {profile} profile"}
+    if method == "upsampler" and default_upsampler() is None:
+        few = (
+            f"the template has {len(transforms)} frames (a photo, or under {MIN_BANK_FRAMES} frames): too few to lend "
+            "the mouth their detail, and there are no region upsampler weights here"
+        )
         if mode == "on":
             raise ValueError(
-                "the hd path needs the rt profile, and for a photo or a template under a second the region "
-                "upsampler's weights (models/weights/upsampler.pt, or the file $LIPSTREAM_UPSAMPLER names; "
-                "`lipstream train upsampler` makes them); prepare with --hd auto or off"
+                f"{few} (models/weights/upsampler.pt, or the file $LIPSTREAM_UPSAMPLER names; `lipstream train "
+                "upsampler` makes them); prepare with --hd auto or off, or from a longer video"
             )
-        why = (
-            "a photo needs region upsampler weights, and there are none here"
-            if profile == "rt"
-            else (f"no hd path for the {profile} profile")
-        )
-        return entry | {"enabled": False, "why": why}
+        return entry | {"enabled": False, "why": few}
     if mode == "auto" and scale > HD_MAX_CROP_SCALE:
         why = f"the face is too small: its {HD_SCALE}x crop would enlarge it {scale:.2f}x (at most {HD_MAX_CROP_SCALE})"
         return entry | {"enabled": False, "why": why}

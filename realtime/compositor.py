@@ -92,15 +92,15 @@ class AvatarAssets:
         it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]"""
         frame = self.template(index)
         crop = np.asarray(self.crops[index])
-        if self.detail is not None and region.shape[2] == crop.shape[1]:
-            region = self.detail.enlarge(region)
         weight = self.paste_masks[index].astype(np.float32) / 255.0
         transform = self.transforms[index]
-        if region.shape[2] != crop.shape[1]:  # an upsampled region: the crop at its size
-            size = region.shape[2]
-            transform = transform * (size / crop.shape[1])
+        if self.detail is not None or region.shape[2] != crop.shape[1]:  # the hd path: the crop at 2x
+            size = crop.shape[1] * HD_SCALE
+            transform = transform * HD_SCALE
             crop = warp_to_crop(frame, transform, size, sharp=True)
             weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
+            if region.shape[2] != size:
+                region = self.detail.enlarge(region, crop[size - 2 * region.shape[1] :])
         canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
         return paste_back(frame, canvas, transform, weight * blend, crop)
 

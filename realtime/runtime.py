@@ -42,24 +42,22 @@ class Runtime:
     loaded: dict[str, AvatarAssets] = field(default_factory=dict)
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
-    upsamplers: dict[str, Upsampler] = field(default_factory=dict)  # the hd path's, by weights, made on first use
+    upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
 
     def __post_init__(self) -> None:
         self.with_hd(self.assets)
 
     def with_hd(self, assets: AvatarAssets) -> AvatarAssets:
-        """`assets` with the hd path attached where its avatar asks for it and the upsampler can run."""
+        """`assets` with the region upsampler attached where its avatar's hd path needs it and it can run
+        (a video avatar's hd path needs nothing: its detail bank is loaded with it)."""
         if assets.hd_method != "upsampler" or assets.upsampler is not None:
             return assets
-        own = assets.avatar.manifest.extra["hd"].get("weights")  # a personalised upsampler
-        weights = assets.avatar.path / own if own else None
         try:
-            if str(weights) not in self.upsamplers:
-                self.upsamplers[str(weights)] = Upsampler(weights)
+            self.upsampler = self.upsampler or Upsampler()
         except (ExportError, EngineError, UpsamplerWeightsError) as err:
             logger.warning("avatar %s: the hd path is off: %s", assets.avatar.name, err)
             return assets
-        assets.attach_upsampler(self.upsamplers[str(weights)])
+        assets.attach_upsampler(self.upsampler)
         return assets
 
     def scheduler(self, clock: Clock) -> FrameScheduler:

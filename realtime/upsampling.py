@@ -1,8 +1,8 @@
 """The hd path at run time: the region upsampler's two graphs on ONNX Runtime (models/upsampler.py).
 
-One `Upsampler` per weights file in a process (the shared one, and each personalised avatar's own),
-shared by the avatars that use it: `reference_features` runs once per avatar when it is loaded, `run`
-once per tick over the batch's hd frames of that upsampler.
+The hd path of photo avatars (a video avatar's borrows its template's detail, avatars/detail.py). One
+`Upsampler` per process, shared by the avatars that use it: `reference_features` runs once per avatar
+when it is loaded, `run` once per tick over the batch's hd frames.
 """
 
 from __future__ import annotations

@@ -95,8 +95,6 @@ class PersonalizeConfig:
     # The generator's shift dP: "channels" (per-channel biases, served by the general model beside other
     # avatars) or "full" (every parameter: a model of the avatar's own).
     delta_p: str = "channels"
-    hd_steps: int = 400  # the region upsampler's fine-tune on the face at 2x, for hd avatars (0: none)
-    hd_lr: float = 3e-4
 
     @property
     def learning_rate(self) -> float:

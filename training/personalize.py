@@ -287,19 +287,6 @@ def personalize(
     if held_out is not None:
         summary["held_out"] = held_out
     extra = {"personalized": summary}
-    hd = avatar.manifest.extra.get("hd", {})
-    # A video's hd path borrows the template's own detail; only a learned upsampler is fine-tuned.
-    if hd.get("enabled") and hd.get("method", "upsampler") == "upsampler" and config.hd_steps > 0:
-        from lipstream.models.weights import default_upsampler
-
-        from .config import UpsamplerTrainConfig
-        from .upsampler_train import personalize_upsampler
-
-        if default_upsampler() is None:  # the avatar was prepared where there were upsampler weights
-            summary["hd"] = "the region upsampler was not fine-tuned: no upsampler weights here"
-        else:
-            hd_config = UpsamplerTrainConfig(steps=config.hd_steps, lr=config.hd_lr, seed=config.seed)
-            extra["hd"] = hd | personalize_upsampler(avatar, template.frames, hd_config, show_progress)
     checkpoint.unlink(missing_ok=True)  # before the manifest lists the avatar's files
     if config.delta_p == "channels":  # from the file: the avatar gets the stored fp16 values, as any reuse would
         refreshed = apply_channel_personalization(

@@ -24,9 +24,7 @@ Resumable like the other jobs: checkpoint every few minutes and on Ctrl-C, `--re
 
 from __future__ import annotations
 
-import shutil
-import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -35,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lipstream.avatars.align import warp_to_crop
-from lipstream.avatars.avatar import Avatar
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
 from lipstream.models.discriminator import MOUTH_BOX, MouthDiscriminator
@@ -281,61 +277,3 @@ def export_upsampler(checkpoint: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(saved, destination)
     return destination
-
-
-def template_clip_hd(avatar: Avatar, frames: int) -> Clip:
-    """The avatar's first `frames` template frames as a clip of crops at the hd path's size (2x the avatar's
-    crop, the same alignment), with the template's own mel. Held in memory (0.2 MB a frame)."""
-    from .personalize import template_clip
-
-    clip = template_clip(avatar)
-    size = avatar.manifest.crop_size * SCALE
-    transforms = np.asarray(avatar.array("transforms.npy"))
-    crops = np.empty((frames, size, size, 3), np.uint8)
-    for i in range(frames):
-        frame = cv2.cvtColor(cv2.imread(str(avatar.frame_path(i))), cv2.COLOR_BGR2RGB)
-        crops[i] = warp_to_crop(frame, transforms[i] * SCALE, size)
-    hd = Clip(avatar.path, clip.meta | {"frames": frames, "crop_size": size})
-    hd.__dict__["crops"] = crops
-    hd.__dict__["mel"] = clip.mel
-    return hd
-
-
-def personalize_upsampler(
-    avatar: Avatar, template_frames: int, config: UpsamplerTrainConfig, show_progress: bool = False
-) -> dict:
-    """Fine-tunes the upsampler (config.init, default the shipped one) on the avatar's own face at 2x: real
-    lower faces scaled down and blurred, so that it learns this person's lips, teeth and skin. Writes
-    personal/upsampler.pt; returns the hd entry's additions for the manifest."""
-    from lipstream.models.weights import default_upsampler
-
-    from .personalize import PERSONAL_DIR
-
-    init = config.init or default_upsampler()
-    if init is None:
-        raise ValueError("no upsampler weights to start from; train them first (lipstream train upsampler)")
-    config = replace(config, init=str(init), real_share=1.0)
-    started = time.monotonic()
-    clip = template_clip_hd(avatar, template_frames)
-    folder = avatar.path / PERSONAL_DIR
-    run = folder / "upsampler-run"
-    progress = Progress("personalize hd", config.steps, unit="steps", enabled=show_progress)
-    trainer = UpsamplerTrainer(None, run, config)
-    entry = trainer.run(log=False, clips=[clip], progress=progress)
-    progress.close()
-    path = export_upsampler(run / CHECKPOINT, folder / "upsampler.pt")
-    shutil.rmtree(run)
-    return {
-        "weights": f"{PERSONAL_DIR}/{path.name}",
-        "personalized": {
-            "init": str(init),
-            "steps": entry["step"],
-            "batch": config.batch,
-            "lr": config.lr,
-            "template_frames": template_frames,
-            "l1": entry.get("l1"),
-            "l1_bilinear": entry.get("l1_bilinear"),
-            "sharpness_ratio": entry.get("sharpness_ratio"),
-            "seconds": round(time.monotonic() - started, 1),
-        },
-    }

@@ -189,7 +189,6 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         lambda_p=args.lambda_p,
         hold_out_seconds=args.hold_out,
         delta_p=args.delta_p,
-        hd_steps=args.hd_steps,
     )
     expert = Path(args.expert) if args.expert else WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
     cache = replay_cache(args.replay, Path(args.cache) if args.cache else None, avatar.manifest.profile)
@@ -304,12 +303,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=p["delta_p"],
         help="the generator's shift: per-channel biases only (channels, the default: 3919 values, served by "
         "the general model beside other avatars) or every parameter (full: a model of the avatar's own)",
-    )
-    personal.add_argument(
-        "--hd-steps",
-        type=non_negative_int,
-        default=p["hd_steps"],
-        help="hd avatars: steps of the region upsampler's fine-tune on the face (%(default)s; 0: none)",
     )
     personal.add_argument("--lambda-p", type=non_negative_float, default=p["lambda_p"], help="L2 penalty on dW and dP")
     personal.add_argument(
