@@ -94,7 +94,8 @@ class AvatarAssets:
         crop = np.asarray(self.crops[index])
         weight = self.paste_masks[index].astype(np.float32) / 255.0
         transform = self.transforms[index]
-        if self.detail is not None or region.shape[2] != crop.shape[1]:  # the hd path: the crop at 2x
+        hd = self.detail is not None or region.shape[2] != crop.shape[1]
+        if hd:  # the crop at 2x
             size = crop.shape[1] * HD_SCALE
             transform = transform * HD_SCALE
             crop = warp_to_crop(frame, transform, size, sharp=True)
@@ -102,7 +103,7 @@ class AvatarAssets:
             if region.shape[2] != size:
                 region = self.detail.enlarge(region, crop[size - 2 * region.shape[1] :])
         canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
-        return paste_back(frame, canvas, transform, weight * blend, crop)
+        return paste_back(frame, canvas, transform, weight * blend, crop, sharp=hd)
 
     def _image(self, index: int) -> np.ndarray:
         key = index
