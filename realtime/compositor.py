@@ -106,14 +106,13 @@ class AvatarAssets:
         return paste_back(frame, canvas, transform, weight * blend, crop, sharp=hd)
 
     def _image(self, index: int) -> np.ndarray:
-        key = index
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
         image = read_frame(self.avatar.path, index)
         with self._lock:
-            self._cache[key] = image
+            self._cache[index] = image
             self._cache_bytes += image.nbytes
             while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
                 _, old = self._cache.popitem(last=False)
