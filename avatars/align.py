@@ -197,43 +197,74 @@ def paste_back(
     path): about 3x the warps' cost, and bilinear would blur what the crop adds.
     """
     size = crop.shape[0]
-    height, width = frame.shape[:2]
     out = frame.copy()
     # Only where the mask weighs anything (and the pixel around it that bilinear sampling reaches).
     left, top, cols, rows = cv2.boundingRect((np.asarray(mask) > 0).astype(np.uint8))
     if cols == 0 or rows == 0:
         return out
     left, top, right, bottom = max(left - 1, 0), max(top - 1, 0), min(left + cols + 1, size), min(top + rows + 1, size)
-    back = invert(transform)
-    corners = transform_points(np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64), back)
-    x0, y0 = np.floor(corners.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if x1 <= x0 or y1 <= y0:
+    found = frame_box(transform, (left, top, right, bottom), frame.shape)
+    if found is None:
         return out
-    box = back.copy()
-    box[:, 2] -= (x0, y0)  # into the box's own coordinates
-    box_size = (x1 - x0, y1 - y0)
-
+    (x0, y0, x1, y1), box = found
     interpolation = cv2.INTER_CUBIC if sharp else cv2.INTER_LINEAR
 
     def warp(image: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(image.astype(np.float32), box, box_size, flags=interpolation)
+        return cv2.warpAffine(image, box, (x1 - x0, y1 - y0), flags=interpolation)
 
     region = out[y0:y1, x0:x1].astype(np.float32)
     # Four channels per warp (the crop with its weight, the template crop with its detail keep): one
     # interpolation pass each, the same result as warping every image on its own.
-    pasted_weight = warp(np.dstack([np.asarray(crop, np.float32), np.asarray(mask, np.float32)]))
+    pasted_weight = warp(cv2.merge([np.asarray(crop, np.float32), np.asarray(mask, np.float32)]))
     pasted, weight = pasted_weight[..., :3], np.clip(pasted_weight[..., 3:], 0.0, 1.0)
     if template_crop is not None:
-        # Measured on the crop (cheap), spread to the neighbourhood, then taken to the frame.
-        change = np.abs(np.asarray(crop, np.float32) - np.asarray(template_crop, np.float32)).mean(axis=2)
-        reach = 2 * max(1, round(DETAIL_REACH * size)) + 1
-        change = cv2.dilate(change, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
-        keep = np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0)
-        base_keep = warp(np.dstack([np.asarray(template_crop, np.float32), keep]))
+        keep = detail_keep(crop, template_crop)
+        base_keep = warp(cv2.merge([np.asarray(template_crop, np.float32), keep]))
         pasted = pasted + base_keep[..., 3:] * (region - base_keep[..., :3])
     out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def detail_keep(crop: np.ndarray, template_crop: np.ndarray) -> np.ndarray:
+    """Where paste_back keeps the frame's own fine detail under a new crop: 1 where the crop equals the
+    template crop, fading to 0 at DETAIL_FADE grey levels of change or within DETAIL_REACH of it. [S, S]"""
+    size = crop.shape[0]
+    # Measured on the crop (cheap), spread to the neighbourhood.
+    change = np.abs(np.asarray(crop, np.float32) - np.asarray(template_crop, np.float32)).mean(axis=2)
+    reach = 2 * max(1, round(DETAIL_REACH * size)) + 1
+    change = cv2.dilate(change, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+    return np.clip(1.0 - change / DETAIL_FADE, 0.0, 1.0)
+
+
+def frame_box(
+    transform: np.ndarray, rect: tuple[int, int, int, int], shape: tuple[int, ...]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The frame's pixels that the crop's rectangle (left, top, right, bottom) covers, clipped to a frame
+    of `shape`, as (x0, y0, x1, y1), and the affine [2, 3] from that box's own pixels to the crop's
+    (what cv2.warpAffine takes to warp the crop into the box); None when it falls outside the frame."""
+    left, top, right, bottom = rect
+    back = invert(transform)
+    corners = transform_points(np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64), back)
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    box = back.copy()
+    box[:, 2] -= (x0, y0)  # into the box's own coordinates
+    return (x0, y0, x1, y1), box
+
+
+def add_detail(frame: np.ndarray, detail: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """frame [H, W, 3] uint8 plus `detail` [h, w, 3] float (signed grey levels) drawn where `transform`
+    (frame -> the detail's pixels) puts it, bicubic. Returns a new frame."""
+    out = frame.copy()
+    found = frame_box(transform, (0, 0, detail.shape[1], detail.shape[0]), frame.shape)
+    if found is None:
+        return out
+    (x0, y0, x1, y1), box = found
+    warped = cv2.warpAffine(np.asarray(detail, np.float32), box, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC)
+    out[y0:y1, x0:x1] = np.clip(out[y0:y1, x0:x1] + warped + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

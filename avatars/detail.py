@@ -40,7 +40,6 @@ FEATHER = 0.2
 # Below this cosine similarity between descriptors the bank has no mouth like the generated one, and
 # the detail fades out (none at MIN_SIMILARITY, all of it at FULL_SIMILARITY).
 MIN_SIMILARITY, FULL_SIMILARITY = 0.80, 0.95
-TEMPLATE_FADE = 12.0  # grey levels of change (1x) over which the template's own detail fades out
 
 
 def box(rows: int, cols: int, scale: int = 1) -> tuple[slice, slice]:
@@ -125,24 +124,17 @@ class DetailBank:
         best = int(np.argmax(similarity))
         return best, float(similarity[best])
 
-    def enlarge(self, region: np.ndarray, template: np.ndarray | None = None) -> np.ndarray:
-        """A generated region [3, R, W] in [-1, 1] -> [3, 2R, 2W] in [-1, 1]: bilinear, plus the detail
-        of the bank's nearest mouth in the lips box. template: the template frame's own region at 2x
-        [2R, 2W, 3] uint8; outside the lips box its detail is kept where the generated region stays
-        close to it (cheeks and jaw keep their skin), fading out over TEMPLATE_FADE grey levels."""
-        image = (np.clip(region, -1, 1).transpose(1, 2, 0) + 1) * 127.5  # [R, W, 3]
-        rows, cols = image.shape[:2]
-        large = cv2.resize(image, (cols * 2, rows * 2), interpolation=cv2.INTER_LINEAR)
+    def lend(self, mouth: np.ndarray, changed: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The detail for a generated region: mouth [R, W, 3] (0..255, as composited at 1x), changed
+        [R, W] in [0, 1] (where it departs from the template frame, whose own detail stays elsewhere).
+        Returns (the bank's nearest mouth's detail, weighted [2h, 2w, 3] float32, the (x, y) of its top
+        left in the region at 2x), or None when the bank has no mouth like it."""
+        rows, cols = mouth.shape[:2]
         rows_1x, cols_1x = box(rows, cols)
-        rows_2x, cols_2x = box(rows, cols, 2)
-        best, similarity = self.nearest(image[rows_1x, cols_1x])
+        best, similarity = self.nearest(mouth[rows_1x, cols_1x])
         strength = float(np.clip((similarity - MIN_SIMILARITY) / (FULL_SIMILARITY - MIN_SIMILARITY), 0.0, 1.0))
-        if strength > 0:
-            large[rows_2x, cols_2x] += self.detail[best].astype(np.float32) * (self.weight * strength)
-        if template is not None:
-            small, detail = split_detail(template)
-            change = cv2.GaussianBlur(np.abs(image - small).mean(axis=2), (0, 0), 1.0)
-            keep = cv2.resize(np.clip(1.0 - change / TEMPLATE_FADE, 0.0, 1.0), (cols * 2, rows * 2))[..., None]
-            keep[rows_2x, cols_2x] *= 1.0 - self.weight * strength  # the bank's detail there instead
-            large += detail * keep
-        return np.clip(large / 127.5 - 1.0, -1, 1).transpose(2, 0, 1)
+        if strength <= 0:
+            return None
+        where = cv2.resize(np.ascontiguousarray(changed[rows_1x, cols_1x], np.float32), self.detail.shape[2:0:-1])
+        detail = self.detail[best].astype(np.float32) * (self.weight * where[..., None] * strength)
+        return detail, (2 * cols_1x.start, 2 * rows_1x.start)

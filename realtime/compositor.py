@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from lipstream.avatars.align import match_colour, paste_back, region_to_crop, warp_to_crop
+from lipstream.avatars.align import add_detail, detail_keep, match_colour, paste_back, region_to_crop, warp_to_crop
 from lipstream.avatars.avatar import Avatar, read_frame
 from lipstream.avatars.detail import DetailBank
 from lipstream.avatars.options import HD_SCALE
@@ -58,7 +58,7 @@ class AvatarAssets:
 
     @property
     def hd_active(self) -> bool:
-        """Whether generated mouths are composited at 2x now."""
+        """Whether generated mouths take the hd path now (borrowed detail, or the upsampler)."""
         return self.detail is not None or self.upsampler is not None
 
     def attach_upsampler(self, upsampler: Upsampler) -> None:
@@ -89,21 +89,33 @@ class AvatarAssets:
 
     def composite(self, index: int, region: np.ndarray, blend: float = 1.0) -> np.ndarray:
         """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to
-        it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]"""
+        it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]
+
+        The hd path: a video avatar's mouth gets the fine detail of its bank's nearest real mouth, drawn
+        into the frame at the 2x crop's scale where the mouth departs from the template; a region the
+        upsampler made 2x is composited at the 2x crop."""
         frame = self.template(index)
         crop = np.asarray(self.crops[index])
         weight = self.paste_masks[index].astype(np.float32) / 255.0
         transform = self.transforms[index]
-        hd = self.detail is not None or region.shape[2] != crop.shape[1]
-        if hd:  # the crop at 2x
-            size = crop.shape[1] * HD_SCALE
-            transform = transform * HD_SCALE
+        rows = region.shape[1]
+        if region.shape[2] != crop.shape[1]:  # upsampled: the crop at the region's size
+            size = region.shape[2]
+            transform = transform * (size / crop.shape[1])
             crop = warp_to_crop(frame, transform, size, sharp=True)
             weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
-            if region.shape[2] != size:
-                region = self.detail.enlarge(region, crop[size - 2 * region.shape[1] :])
-        canvas = match_colour(region_to_crop(crop, region), crop, weight, region.shape[1])
-        return paste_back(frame, canvas, transform, weight * blend, crop, sharp=hd)
+        canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
+        out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=crop.shape[0] != self.crops.shape[1])
+        if self.detail is None or crop.shape[0] != self.crops.shape[1]:
+            return out
+        changed = (1.0 - detail_keep(canvas, crop)[-rows:]) * weight[-rows:] * blend
+        lent = self.detail.lend(canvas[-rows:], changed)
+        if lent is None:
+            return out
+        detail, (x, y) = lent
+        to_detail = transform * HD_SCALE
+        to_detail[:, 2] -= (x, y + HD_SCALE * (crop.shape[0] - rows))
+        return add_detail(out, detail, to_detail)
 
     def _image(self, index: int) -> np.ndarray:
         with self._lock:
