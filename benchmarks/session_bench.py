@@ -201,6 +201,44 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+def stage_breakdown(metrics_text: str, before_text: str = "") -> dict:
+    """Mean and approximate p95 per stage, from the lipstream_stage_seconds histogram (difference of
+    two scrapes when `before_text` is given)."""
+
+    def parse(text: str) -> dict[str, dict]:
+        stages: dict[str, dict] = {}
+        for line in text.splitlines():
+            if not line.startswith("lipstream_stage_seconds"):
+                continue
+            name, value = line.rsplit(" ", 1)
+            labels = dict(part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(","))
+            stage = labels["stage"].strip('"')
+            entry = stages.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            if name.startswith("lipstream_stage_seconds_bucket"):
+                entry["buckets"][labels["le"].strip('"')] = float(value)
+            elif name.startswith("lipstream_stage_seconds_sum"):
+                entry["sum"] = float(value)
+            elif name.startswith("lipstream_stage_seconds_count"):
+                entry["count"] = float(value)
+        return stages
+
+    now, then = parse(metrics_text), parse(before_text)
+    out = {}
+    for stage, entry in now.items():
+        old = then.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = entry["count"] - old["count"]
+        if count <= 0:
+            continue
+        cumulative = [(float(le), n - old["buckets"].get(le, 0.0)) for le, n in entry["buckets"].items()]
+        p95 = next((le for le, n in sorted(cumulative) if n >= 0.95 * count), float("inf"))
+        out[stage] = {
+            "calls": int(count),
+            "mean_ms": 1e3 * (entry["sum"] - old["sum"]) / count,
+            "p95_ms_at_most": 1e3 * p95,
+        }
+    return out
+
+
 def cpu_seconds(process: psutil.Process | None) -> float:
     """User + system CPU seconds of a process so far (0 for None)."""
     if process is None:
@@ -222,7 +260,8 @@ async def _run(
     processes = (psutil.Process(server_pid), psutil.Process())  # the server, and these clients
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/metrics") as response:
-            dropped_before = _metric(await response.text(), "lipstream_frames_dropped_total")
+            metrics_before = await response.text()
+        dropped_before = _metric(metrics_before, "lipstream_frames_dropped_total")
         for client in clients:
             await client.connect(http, base)
         settle = min(1.0, seconds / 2)
@@ -231,7 +270,8 @@ async def _run(
         await asyncio.sleep(seconds - settle)
         cores = [(cpu_seconds(p) - b) / (time.monotonic() - start) for p, b in zip(processes, before, strict=True)]
         async with http.get(f"{base}/metrics") as response:
-            dropped = _metric(await response.text(), "lipstream_frames_dropped_total") - dropped_before
+            metrics_after = await response.text()
+        dropped = _metric(metrics_after, "lipstream_frames_dropped_total") - dropped_before
         for client in clients:
             await client.close()
     results = []
@@ -259,6 +299,7 @@ async def _run(
     return {
         "sessions": results,
         "frames_dropped_by_server": dropped,
+        "stages": stage_breakdown(metrics_after, metrics_before),  # the server's, over the whole run
         # The clients share the machine with the server here; viewers elsewhere would not.
         "cpu_cores": {"server": cores[0], "clients": cores[1]},
     }

@@ -35,7 +35,7 @@ from lipstream.realtime.runtime import load_avatar
 from .engine_bench import markdown as engine_markdown
 from .engine_bench import run_engine_bench
 from .report import git_commit, machine_info, output_stem, write_json
-from .session_bench import BENCH_AVATAR, Client, _metric, _start_server, load_speech
+from .session_bench import BENCH_AVATAR, Client, _metric, _start_server, load_speech, stage_breakdown
 
 FRAME_MS = 40.0
 DRIFT_BURST_EVERY, DRIFT_BURST_LENGTH = 2.0, 0.8
@@ -74,44 +74,6 @@ def _summary(values: list[float]) -> dict | None:
         "min_ms": float(ms.min()),
         "max_ms": float(ms.max()),
     }
-
-
-def stage_breakdown(metrics_text: str, before_text: str = "") -> dict:
-    """Mean and approximate p95 per stage, from the lipstream_stage_seconds histogram (difference of
-    two scrapes when `before_text` is given)."""
-
-    def parse(text: str) -> dict[str, dict]:
-        stages: dict[str, dict] = {}
-        for line in text.splitlines():
-            if not line.startswith("lipstream_stage_seconds"):
-                continue
-            name, value = line.rsplit(" ", 1)
-            labels = dict(part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(","))
-            stage = labels["stage"].strip('"')
-            entry = stages.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
-            if name.startswith("lipstream_stage_seconds_bucket"):
-                entry["buckets"][labels["le"].strip('"')] = float(value)
-            elif name.startswith("lipstream_stage_seconds_sum"):
-                entry["sum"] = float(value)
-            elif name.startswith("lipstream_stage_seconds_count"):
-                entry["count"] = float(value)
-        return stages
-
-    now, then = parse(metrics_text), parse(before_text)
-    out = {}
-    for stage, entry in now.items():
-        old = then.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
-        count = entry["count"] - old["count"]
-        if count <= 0:
-            continue
-        cumulative = [(float(le), n - old["buckets"].get(le, 0.0)) for le, n in entry["buckets"].items()]
-        p95 = next((le for le, n in sorted(cumulative) if n >= 0.95 * count), float("inf"))
-        out[stage] = {
-            "calls": int(count),
-            "mean_ms": 1e3 * (entry["sum"] - old["sum"]) / count,
-            "p95_ms_at_most": 1e3 * p95,
-        }
-    return out
 
 
 async def _scrape(http: aiohttp.ClientSession, base: str) -> str:

@@ -181,19 +181,7 @@ class FrameScheduler:
         self, plans: list[FramePlan], speech: list[FramePlan], regions: list[np.ndarray]
     ) -> None:
         composite_started = time.perf_counter()
-        if any(p.session.assets.upsampler is not None for p in speech):
-            regions = await asyncio.to_thread(upsample, plans, regions)
-        # One worker thread per frame: OpenCV and numpy release the GIL, so the sessions' frames are
-        # composited side by side on the cores instead of one after the other.
-        generated = iter(regions)
-        images = await asyncio.gather(
-            *(
-                asyncio.to_thread(p.session.assets.composite, p.index, next(generated), p.blend)
-                if p.mel is not None
-                else asyncio.to_thread(p.session.assets.template, p.index)
-                for p in plans
-            )
-        )
+        images = await asyncio.to_thread(self._composite, plans, regions)
         composite_seconds = time.perf_counter() - composite_started
         self.metrics.stage("composite", composite_seconds)
         if speech:  # what a generated frame costs to composite (idle ones cost next to nothing)
@@ -260,3 +248,14 @@ class FrameScheduler:
             regions.extend(out["region"])
             styles.extend(out["ws"])
         return regions, styles
+
+    @staticmethod
+    def _composite(plans: list[FramePlan], regions: list[np.ndarray]) -> list[np.ndarray]:
+        regions = upsample(plans, regions)
+        generated = iter(regions)
+        return [
+            p.session.assets.composite(p.index, next(generated), p.blend)
+            if p.mel is not None
+            else p.session.assets.template(p.index)
+            for p in plans
+        ]
