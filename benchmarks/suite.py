@@ -28,7 +28,7 @@ import aiohttp
 import numpy as np
 import psutil
 
-from lipstream.dsp import MelConfig
+from lipstream.dsp import serving_config
 from lipstream.realtime.compositor import AvatarAssets
 from lipstream.realtime.runtime import load_avatar
 
@@ -305,7 +305,7 @@ def run_suite(
             "burst_s": DRIFT_BURST_LENGTH,
             "trials": trials,
             "concurrency_seconds": concurrency_seconds,
-            "mel_lookahead_ms": 1e3 * MelConfig().lookahead_seconds,
+            "mel_lookahead_ms": 1e3 * serving_config().lookahead_seconds,
         },
     } | measured
     stem = output_stem(out_dir, "suite")
@@ -431,7 +431,8 @@ def summary_markdown(payload: dict, plots: list[Path]) -> str:
         "frame before the onset's own frame already reacts to it: the first reaction waits for audio up to "
         "the end of that earlier window (0-40 ms after the onset), the jitter buffer (1 frame) and one tick "
         "of inference and compositing. The frame of the onset itself comes a look-ahead later; a shorter "
-        "look-ahead (`MelConfig.window_shift`) brings it 40 ms earlier per frame of shift, at the price of "
+        "look-ahead (`MelConfig.window_shift` + `SERVING_LEAD`) brings it 40 ms earlier per frame of shift, at the "
+        "price of "
         "less future context for the mouth shape (plosives are prepared before they sound).",
         "",
         "## Stage breakdown (server, per call)",

@@ -42,7 +42,7 @@ from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
 from lipstream.training.config import VideoEvalOptions
-from lipstream.training.evaluate import MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
+from lipstream.training.evaluate import MAX_LAG, MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
 
 from .motion import lips_box
 
@@ -88,6 +88,17 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     if keep.sum() < 3 or a[keep].std() == 0 or b[keep].std() == 0:
         return None
     return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+
+def lagged_pearson(a: np.ndarray, b: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int] | None:
+    """(Pearson's r, lag in frames) at the lag within +-max_lag where r is highest; a positive lag
+    means `a` moves that many frames before `b`."""
+    count = min(len(a), len(b))
+    shifted = (
+        (pearson(a[: count - lag], b[lag:count]) if lag >= 0 else pearson(a[-lag:count], b[: count + lag]), lag)
+        for lag in range(-max_lag, max_lag + 1)
+    )
+    return max(((r, lag) for r, lag in shifted if r is not None), default=None)
 
 
 class Measured:
@@ -243,6 +254,9 @@ def _score(
         real_std = float(np.nanstd(truth_gaps))
         entry["opening_amplitude_ratio"] = float(np.nanstd(gaps) / real_std) if real_std > 0 else None
         entry["opening_correlation"] = pearson(gaps, truth_gaps)
+        # The same at the best lag: a mouth right in shape but early or late by a frame shows here.
+        lagged = lagged_pearson(gaps, truth_gaps)
+        entry["opening_correlation_best_lag"], entry["opening_lag_frames"] = lagged if lagged else (None, None)
         best = lip_audio_r(gaps, mel)
         entry["lip_audio_r"], entry["lip_audio_lag_frames"] = best if best else (None, None)
         report["systems"][name] = entry

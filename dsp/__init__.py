@@ -21,6 +21,7 @@ from .mel import (
     mel_windows,
     melspectrogram,
     num_video_frames,
+    serving_config,
 )
 from .wav import WavFormatError, read_wav
 
@@ -44,5 +45,6 @@ __all__ = [
     "melspectrogram",
     "num_video_frames",
     "read_wav",
+    "serving_config",
     "to_s16",
 ]

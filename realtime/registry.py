@@ -14,7 +14,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from lipstream.avatars.errors import AvatarError
-from lipstream.dsp import FPS, MelConfig
+from lipstream.dsp import FPS, serving_config
 from lipstream.paths import InvalidNameError
 
 from .capacity import CapacityMonitor
@@ -65,7 +65,7 @@ class ServerState:
         self.watched: dict[str, str] = {}  # watch id -> session id
         # What the pipeline adds between audio in and mouth out, before the network: the mel window's
         # look-ahead, the jitter buffer, and one tick for inference and compositing.
-        self.pipeline_delay_ms = 1e3 * (MelConfig().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
+        self.pipeline_delay_ms = 1e3 * (serving_config().lookahead_seconds + (settings.jitter_frames + 1) / FPS)
         tick_model = time_tick(runtime, settings.max_sessions + 1) if settings.measured_admission else None
         self.capacity = CapacityMonitor(clock=clock, tick_model=tick_model)
         runtime.metrics.gauge("lipstream_sessions", "Open sessions", lambda: len(self.live))

@@ -23,7 +23,7 @@ from itertools import islice
 
 import numpy as np
 
-from lipstream.dsp import PLAYBACK_RATE, MelConfig, StreamingMelWindows, WindowBatch
+from lipstream.dsp import PLAYBACK_RATE, MelConfig, StreamingMelWindows, WindowBatch, serving_config
 
 from .audio_in import RateConverter, VoiceActivity
 from .compositor import AvatarAssets
@@ -106,7 +106,7 @@ class AvatarSession:
         self.id = session_id
         self.metrics = metrics or Metrics()
         self.assets = assets
-        self.mel_cfg = mel_cfg or MelConfig()
+        self.mel_cfg = mel_cfg or serving_config()
         self.jitter_frames = jitter_frames
         self.blend_frames = blend_frames
         self._blend = 0.0  # the last frame's weight of the generated lower face
