@@ -41,6 +41,7 @@ from lipstream.avatars.source import SourceInfo, iter_frames, probe, read_audio
 from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
+from lipstream.realtime.settings import MOTION_GAIN
 from lipstream.training.config import VideoEvalOptions
 from lipstream.training.evaluate import MAX_LAG, MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
 
@@ -118,9 +119,11 @@ class Measured:
         self.lips.append(np.ascontiguousarray(frame[box]))
 
 
-def _render(avatar_path: Path, samples: np.ndarray, engine: str, weights: str | None) -> tuple[list, bool]:
+def _render(avatar_path: Path, samples: np.ndarray, o: VideoEvalOptions) -> tuple[list, bool]:
     """The rendered frames, and whether they took the hd path (the avatar asks, and it could run)."""
-    runtime = build_runtime(str(avatar_path), engine=engine, weights=weights)
+    runtime = build_runtime(str(avatar_path), engine=o.engine, weights=o.weights)
+    if o.motion_gain is not None:
+        runtime.motion_gain = o.motion_gain
 
     async def collect() -> list:
         return [frame async for frame in rendered_frames(runtime, samples)]
@@ -169,12 +172,13 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             truth_transforms = smooth_transforms(frame_to_crop(truth_landmarks, CROP), 2.0)
         count = len(truth_landmarks)
         samples = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
-        rendered, hd_used = _render(avatar_path, samples, o.engine, weights)
+        rendered, hd_used = _render(avatar_path, samples, o)
         count = min(count, len(rendered), num_video_frames(len(samples)))
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
     report["avatar"] = {"name": avatar.name, "model_id": avatar.manifest.model_id} if o.avatar else None
     report["weights"] = weights or "profile default"
+    report["motion_gain"] = MOTION_GAIN if o.motion_gain is None else o.motion_gain
     report["hd"] = (avatar.manifest.extra.get("hd") or {}) | {"used": hd_used}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report

@@ -1,9 +1,10 @@
 """The two graphs that leave PyTorch, with their tensor names and shapes.
 
-- frame: mel window + cached face features + the previous frame's styles + the avatar's per-channel
-  generator shift -> generated region and this frame's styles (E_a + mapping + style smoothing + G),
-  run per video frame by the real-time server. Smoothing 0 renders without smoothing; a zero shift
-  is the general model, and personalised avatars (`personalize --delta-p channels`) share one batch.
+- frame: mel window + cached face features + the previous frame's styles + a motion gain + the
+  avatar's per-channel generator shift -> generated region and this frame's styles (E_a + mapping +
+  style smoothing + G), run per video frame by the real-time server. Smoothing 0 renders without
+  smoothing; gain 1 renders as trained; a zero shift is the general model, and personalised avatars
+  (`personalize --delta-p channels`) share one batch.
 - face_encoder: masked target + reference -> the face features an avatar caches (E_face + dW head).
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipstream.dsp import MelConfig
 from lipstream.models.config import ProfileConfig
 from lipstream.models.generator import channel_shift_size
 from lipstream.models.stylesync import StyleSync
 
 GRAPHS = ("frame", "face_encoder")
 # Raised whenever a graph's inputs or outputs change, so that older export folders are rebuilt.
-INTERFACE_VERSION = 3
+INTERFACE_VERSION = 4  # 4: motion_gain
 
 
 def map_names(cfg: ProfileConfig) -> list[str]:
@@ -29,6 +31,10 @@ class FrameGraph(nn.Module):
     def __init__(self, model: StyleSync) -> None:
         super().__init__()
         self.model = model
+        mel = MelConfig()
+        silence = torch.full((1, 1, mel.n_mels, mel.window_frames), -mel.max_abs_value)  # every mel at its floor
+        with torch.no_grad():
+            self.register_buffer("f_a_rest", model.audio_encoder(silence), persistent=False)  # [1, audio_dim]
 
     def forward(
         self,
@@ -37,10 +43,14 @@ class FrameGraph(nn.Module):
         delta_w: torch.Tensor,
         ws_prev: torch.Tensor,
         smoothing: torch.Tensor,
+        motion_gain: torch.Tensor,
         delta_p: torch.Tensor,
         maps: tuple[torch.Tensor, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.render_smoothed(mel, f_f, delta_w, list(maps), ws_prev, smoothing, delta_p)
+        # motion_gain [B, 1]: how far the audio moves each sample's styles from those of silence (1: as
+        # trained; Mapping.amplified).
+        motion = (self.f_a_rest, motion_gain)
+        return self.model.render_smoothed(mel, f_f, delta_w, list(maps), ws_prev, smoothing, delta_p, motion)
 
 
 class FaceEncoderGraph(nn.Module):
@@ -55,7 +65,7 @@ class FaceEncoderGraph(nn.Module):
 
 def input_names(graph: str, cfg: ProfileConfig) -> list[str]:
     if graph == "frame":
-        return ["mel", "f_f", "delta_w", "ws_prev", "smoothing", "delta_p", *map_names(cfg)]
+        return ["mel", "f_f", "delta_w", "ws_prev", "smoothing", "motion_gain", "delta_p", *map_names(cfg)]
     return ["target", "reference", "mask"]
 
 
@@ -70,6 +80,7 @@ def input_shapes(graph: str, cfg: ProfileConfig) -> dict[str, list[int]]:
         return {"target": [3, size, size], "reference": [3, size, size], "mask": [1, size, size]}
     styles = [cfg.num_layers, cfg.w_dim]
     shapes = {"mel": [1, 80, 16], "f_f": [cfg.face_dim], "delta_w": styles, "ws_prev": styles, "smoothing": [1]}
+    shapes["motion_gain"] = [1]
     shapes["delta_p"] = [channel_shift_size(cfg)]
     return shapes | {name: list(shape) for name, shape in zip(map_names(cfg), cfg.face_map_shapes(), strict=True)}
 
@@ -96,5 +107,6 @@ def example_args(graph: str, model: StyleSync, batch: int = 2) -> tuple:
         face = model.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
     ws_prev = torch.randn_like(face.delta_w)
     smoothing = torch.full((batch, 1), 0.3)
+    motion_gain = torch.full((batch, 1), 1.3)
     delta_p = 0.05 * torch.randn(batch, channel_shift_size(model.cfg))
-    return (inputs["mel"], face.f_f, face.delta_w, ws_prev, smoothing, delta_p, tuple(face.maps))
+    return (inputs["mel"], face.f_f, face.delta_w, ws_prev, smoothing, motion_gain, delta_p, tuple(face.maps))

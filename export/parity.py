@@ -48,6 +48,7 @@ def frame_feed(avatar: Avatar, windows: np.ndarray) -> dict[str, np.ndarray]:
     # Style smoothing exercised too: each frame blends in the styles of the one before it.
     feed["ws_prev"] = np.random.default_rng(0).standard_normal(feed["delta_w"].shape).astype(np.float32)
     feed["smoothing"] = np.full((count, 1), 0.3, np.float32)
+    feed["motion_gain"] = np.full((count, 1), 1.3, np.float32)  # and a mouth that moves more
     # And a per-channel shift (a personalised avatar's), different for every sample of the batch.
     shift = avatar.channel_shift()
     feed["delta_p"] = shift + 0.05 * np.random.default_rng(1).standard_normal((count, len(shift)), np.float32)

@@ -27,6 +27,18 @@ class Mapping(nn.Module):
         w = self.mlp(torch.cat([normalize_2nd_moment(f_a), normalize_2nd_moment(f_f)], dim=1))  # [B, w_dim]
         return w[:, None, :] + delta_w
 
+    def amplified(
+        self, f_a: torch.Tensor, f_a_rest: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor, gain: torch.Tensor
+    ) -> torch.Tensor:
+        """W+ with the audio's effect scaled: w_rest + gain (w - w_rest), where w_rest is the style of the
+        same face with the audio of silence (f_a_rest [1, audio_dim]); gain [B, 1]: 1 is `forward`, 0 the
+        mouth at rest, above 1 the mouth moves more (extrapolation in W). Returns [B, L, w_dim]."""
+        face = normalize_2nd_moment(f_f)
+        w = self.mlp(torch.cat([normalize_2nd_moment(f_a), face], dim=1))  # [B, w_dim]
+        rest = normalize_2nd_moment(f_a_rest).expand(f_a.shape[0], -1)
+        w_rest = self.mlp(torch.cat([rest, face], dim=1))  # [B, w_dim]
+        return (w_rest + gain * (w - w_rest))[:, None, :] + delta_w
+
 
 class StyleSmoothing(nn.Module):
     """Moving-average smoothing of the styles over frames (StyleLipSync's MaLS), in its causal form

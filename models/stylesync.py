@@ -70,10 +70,17 @@ class StyleSync(nn.Module):
         ws_prev: torch.Tensor,
         smoothing: torch.Tensor,
         delta_p: torch.Tensor | None = None,
+        motion: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`render` with the styles averaged over frames (see StyleSmoothing). ws_prev: the previous
-        frame's smoothed styles [B, L, w_dim]; smoothing: [B, 1]. Returns (region, smoothed styles)."""
-        ws = self.smoothing(self.styles(mel, f_f, delta_w), ws_prev, smoothing)
+        frame's smoothed styles [B, L, w_dim]; smoothing: [B, 1]; motion: (f_a of silence [1, audio_dim],
+        gain [B, 1]) scales how far the audio moves the styles (Mapping.amplified). Returns (region,
+        smoothed styles)."""
+        if motion is None:
+            styles = self.styles(mel, f_f, delta_w)
+        else:
+            styles = self.mapping.amplified(self.audio_encoder(mel), motion[0], f_f, delta_w, motion[1])
+        ws = self.smoothing(styles, ws_prev, smoothing)
         return self.generator(ws, maps, delta_p), ws
 
     def forward(

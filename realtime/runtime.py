@@ -28,6 +28,7 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler
+from .settings import MOTION_GAIN
 from .tracks import video_frame
 from .upsampling import Upsampler
 
@@ -42,6 +43,7 @@ class Runtime:
     loaded: dict[str, AvatarAssets] = field(default_factory=dict)
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
+    motion_gain: float = MOTION_GAIN  # how far the audio moves the styles (FrameScheduler); 1: as trained
     upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
 
     def __post_init__(self) -> None:
@@ -61,7 +63,9 @@ class Runtime:
         return assets
 
     def scheduler(self, clock: Clock) -> FrameScheduler:
-        return FrameScheduler(self.engine, clock, self.metrics, style_smoothing=self.style_smoothing)
+        return FrameScheduler(
+            self.engine, clock, self.metrics, style_smoothing=self.style_smoothing, motion_gain=self.motion_gain
+        )
 
     def avatar_names(self) -> list[str]:
         """The avatar served by default, the built-in ones, then every prepared avatar made for the

@@ -30,6 +30,7 @@ from .clock import Clock
 from .log import RateLimitedLog, spawn
 from .metrics import Metrics
 from .session import AvatarSession, FramePlan
+from .settings import MAX_MOTION_GAIN, MOTION_GAIN
 
 MAX_BEHIND = 3
 # An inference still running after this is abandoned for its frames (template frames are shown). Normal
@@ -83,11 +84,15 @@ class FrameScheduler:
         fps: int = FPS,
         inference_timeout: float = INFERENCE_TIMEOUT_S,
         style_smoothing: float = 0.0,
+        motion_gain: float = MOTION_GAIN,
     ) -> None:
         if not 0.0 <= style_smoothing < 1.0:
             raise ValueError(f"style smoothing must be in [0, 1) (0: off); got {style_smoothing}")
+        if not 0.0 <= motion_gain <= MAX_MOTION_GAIN:
+            raise ValueError(f"motion gain must be in [0, {MAX_MOTION_GAIN}] (1: as trained); got {motion_gain}")
         self.engine, self.clock, self.fps = engine, clock, fps
         self.style_smoothing = style_smoothing
+        self.motion_gain = motion_gain
         self._styles: dict[str, np.ndarray] = {}  # session id -> its last frame's smoothed styles
         self.metrics = metrics or Metrics()
         self.inference_timeout = inference_timeout
@@ -244,6 +249,7 @@ class FrameScheduler:
             blank = np.zeros_like(features[0]["delta_w"])
             feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in before])
             feed["smoothing"] = np.array([[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32)
+            feed["motion_gain"] = np.full((len(chunk), 1), self.motion_gain, np.float32)
             out = self.engine.run(feed)
             regions.extend(out["region"])
             styles.extend(out["ws"])

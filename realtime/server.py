@@ -129,6 +129,7 @@ async def health(request: web.Request) -> web.Response:
             "avatar": runtime.assets.avatar.name,
             "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
             "style_smoothing": state.scheduler.style_smoothing,
+            "motion_gain": state.scheduler.motion_gain,
             "engine": runtime.engine.kind,
             "model_id": runtime.engine.model_id,
         }

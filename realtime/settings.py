@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from .ice import IceSettings
 from .tts import EspeakProvider, TTSProvider
 
+# How far the audio moves the styles from those of silence (the frame graph's motion_gain, `serve` and
+# `render --motion-gain`; 1: as trained).
+MOTION_GAIN = 1.0
+MAX_MOTION_GAIN = 3.0
+
 
 @dataclass
 class ServerSettings:

@@ -52,6 +52,7 @@ class StubEngine(Engine):
             TensorSpec("delta_w", (LAYERS, W_DIM)),
             TensorSpec("ws_prev", (LAYERS, W_DIM)),
             TensorSpec("smoothing", (1,)),
+            TensorSpec("motion_gain", (1,)),
         ]
         outputs = [TensorSpec("region", (3, ROWS, SIZE)), TensorSpec("ws", (LAYERS, W_DIM))]
         super().__init__("frame", "stub", inputs, outputs, max_batch)

@@ -129,6 +129,33 @@ def test_audio_and_face_both_drive_the_output(rt: StyleSync) -> None:
     assert (base - other_face).abs().mean() > 1e-3
 
 
+def test_the_motion_gain_scales_how_far_the_audio_moves_the_mouth(rt: StyleSync) -> None:
+    """Gain 1 renders as trained, gain 0 renders the mouth of silence whatever the audio, and each sample
+    of a batch takes its own gain."""
+    from lipstream.dsp import MelConfig
+    from lipstream.export.graphs import FrameGraph
+
+    graph = FrameGraph(rt)
+    inputs = example_inputs(rt.cfg, batch=3, seed=5)
+    silence = torch.full_like(inputs["mel"], -MelConfig().max_abs_value)
+    with torch.no_grad():
+        face = rt.encode_face(inputs["target"], inputs["reference"], inputs["mask"])
+        zeros, shift = torch.zeros_like(face.delta_w), torch.zeros(3, channel_shift_size(rt.cfg))
+
+        def frame(mel: torch.Tensor, gain: list[float]) -> torch.Tensor:
+            gains = torch.tensor(gain)[:, None]
+            return graph(mel, face.f_f, face.delta_w, zeros, torch.zeros(3, 1), gains, shift, tuple(face.maps))[0]
+
+        as_trained = rt.render(inputs["mel"], face.f_f, face.delta_w, face.maps)
+        at_rest = rt.render(silence, face.f_f, face.delta_w, face.maps)
+        torch.testing.assert_close(frame(inputs["mel"], [1.0, 1.0, 1.0]), as_trained, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(frame(inputs["mel"], [0.0, 0.0, 0.0]), at_rest, rtol=1e-4, atol=1e-4)
+        mixed = frame(inputs["mel"], [1.0, 0.0, 1.5])
+    torch.testing.assert_close(mixed[:2], torch.stack([as_trained[0], at_rest[1]]), rtol=1e-4, atol=1e-4)
+    further = (mixed[2] - at_rest[2]).abs().mean()
+    assert further > 1.2 * (as_trained[2] - at_rest[2]).abs().mean(), "gain 1.5 moves the mouth further"
+
+
 def test_each_sample_of_a_batch_is_rendered_independently(rt: StyleSync) -> None:
     inputs = example_inputs(rt.cfg, batch=3, seed=4)
     with torch.no_grad():

@@ -117,4 +117,5 @@ class VideoEvalOptions:
     reference_percentile: float = REFERENCE_PERCENTILE  # the avatar's reference mouth opening
     hd: str = "auto"  # the hd path (prepare's --hd)
     avatar: str | None = None  # a prepared (e.g. personalised) avatar to score instead of preparing one
+    motion_gain: float | None = None  # the render's; None: the server's (realtime.settings.MOTION_GAIN)
     show_progress: bool = True

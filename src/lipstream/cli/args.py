@@ -36,6 +36,7 @@ positive_int = _number(int, lambda v: v >= 1, "a whole number of at least 1")
 non_negative_int = _number(int, lambda v: v >= 0, "a whole number of at least 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above 0")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number of at least 0")
+motion_gain = _number(float, lambda v: 0 <= v <= 3, "a number from 0 (a mouth at rest) to 3 (1: as trained)")
 smoothing_factor = _number(float, lambda v: 0 <= v < 1, "a number from 0 (off) to below 1, e.g. 0.3")
 percentile = _number(float, lambda v: 0 <= v <= 100, "a percentile from 0 to 100")
 share = _number(float, lambda v: 0 <= v <= 1, "a probability from 0 to 1, e.g. 0.3")
@@ -61,6 +62,10 @@ def engine_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+MOTION_HELP = (
+    "how far the audio moves the mouth from its rest: the styles are extrapolated from those of silence, "
+    "w_rest + G (w - w_rest); 1 renders as trained, more opens the mouth wider (%(default)s)"
+)
 SMOOTH_HELP = (
     "average the styles over frames (StyleLipSync's MaLS, causal): weight of the previous frame, 0 (off, "
     "default) to <1; the mouth lags speech by a/(1-a) frames"
@@ -80,3 +85,10 @@ def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -
     parser.add_argument("--weights", help=WEIGHTS_HELP)
     if smoothing:
         parser.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
+        add_motion_gain(parser)
+
+
+def add_motion_gain(parser: argparse.ArgumentParser) -> None:
+    from lipstream.realtime.settings import MOTION_GAIN
+
+    parser.add_argument("--motion-gain", type=motion_gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)

@@ -23,6 +23,7 @@ from .args import (
     ENGINE_KINDS,
     REFERENCE_HELP,
     SMOOTH_HELP,
+    add_motion_gain,
     add_profile,
     defaults,
     non_negative_float,
@@ -173,6 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.reference_percentile,
             args.hd,
             args.avatar,
+            motion_gain=args.motion_gain,
         )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
@@ -365,5 +367,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render only each clip's last SECONDS, reference from its start (a personalised avatar's held-out end)",
     )
     evaluate.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
+    add_motion_gain(evaluate)  # --video: the render's
     evaluate.add_argument("--expert", help="fp16 SyncNet expert for the sync scores")
     evaluate.set_defaults(func=cmd_evaluate)
