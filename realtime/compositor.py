@@ -35,6 +35,8 @@ class AvatarAssets:
         self.f_f = np.asarray(avatar.array("features/f_f.npy"), np.float32)
         self.delta_w = np.asarray(avatar.array("features/delta_w.npy"), np.float32)
         self.delta_p = avatar.channel_shift()  # per avatar, not per frame
+        # The avatar's own motion gain (its manifest's, e.g. the built-in default's), times the server's.
+        self.motion_gain = float(avatar.manifest.extra.get("motion_gain", 1.0))
         self.maps = avatar.feature_maps()
         self.frame_size = avatar.manifest.frame_size  # (width, height)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()

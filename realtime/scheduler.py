@@ -249,7 +249,8 @@ class FrameScheduler:
             blank = np.zeros_like(features[0]["delta_w"])
             feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in before])
             feed["smoothing"] = np.array([[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32)
-            feed["motion_gain"] = np.full((len(chunk), 1), self.motion_gain, np.float32)
+            gains = [[self.motion_gain * p.session.assets.motion_gain] for p in chunk]  # the server's x the avatar's
+            feed["motion_gain"] = np.array(gains, np.float32)
             out = self.engine.run(feed)
             regions.extend(out["region"])
             styles.extend(out["ws"])

@@ -18,6 +18,7 @@ class FakeAssets:
 
     upsampler = None  # no hd path
     hd_features = None
+    motion_gain = 1.0
 
     def __init__(self, frames: int = 4) -> None:
         self.loop = np.arange(frames)
@@ -57,6 +58,7 @@ class StubEngine(Engine):
         outputs = [TensorSpec("region", (3, ROWS, SIZE)), TensorSpec("ws", (LAYERS, W_DIM))]
         super().__init__("frame", "stub", inputs, outputs, max_batch)
         self.batches: list[int] = []
+        self.gains: list[list[float]] = []  # each call's motion_gain per sample
         self.fail = False
         self.hold: threading.Event | None = None
 
@@ -66,4 +68,5 @@ class StubEngine(Engine):
         if self.fail:
             raise RuntimeError("the stub engine was told to fail")
         self.batches.append(batch)
+        self.gains.append(feed["motion_gain"][:, 0].tolist())
         return {"region": np.zeros((batch, 3, ROWS, SIZE), np.float32), "ws": feed["ws_prev"]}

@@ -68,6 +68,23 @@ def test_every_session_speaking_goes_into_one_batch(speech: np.ndarray) -> None:
     asyncio.run(scenario())
 
 
+def test_each_sample_gets_its_avatars_motion_gain_times_the_servers(speech: np.ndarray) -> None:
+    async def scenario() -> None:
+        clock, metrics, engine = FakeClock(), Metrics(), StubEngine()
+        plain, lively = speaking_session("a", speech, metrics), speaking_session("b", speech, metrics)
+        lively.assets.motion_gain = 1.5
+        scheduler = FrameScheduler(engine, clock, metrics, motion_gain=1.2)
+        scheduler.add(plain)
+        scheduler.add(lively)
+        for _ in range(10):
+            await scheduler.tick()
+        assert [1.2, 1.8] in [[round(g, 4) for g in call] for call in engine.gains]
+        with pytest.raises(ValueError, match="motion gain must be in"):
+            FrameScheduler(engine, clock, metrics, motion_gain=-1.0)
+
+    asyncio.run(scenario())
+
+
 def test_an_engine_failure_shows_template_frames_is_logged_and_the_next_batch_tries_again(
     speech: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:
