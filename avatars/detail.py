@@ -5,9 +5,10 @@ holds detail that no 128-px image carries (lip lines, the edges of teeth), and t
 blurred even below that. Every video avatar has seconds of its own real mouth, so at prepare time a
 bank of its frames is kept: for each, the lips box at 2x the crop, split into what a 1x crop shows and
 the rest (the detail), and a small descriptor of the 1x mouth. Per generated frame, the real frame
-whose mouth looks most like the generated one gives its detail, added to the generated mouth enlarged
-2x (example-based super-resolution, Freeman, Jones and Pasztor, 2002; here with the exemplars taken
-from the same person). The generated shape and colour stay; only the fine texture is borrowed.
+whose mouth looks most like the generated one lends its detail, which the compositor draws into the
+frame at the 2x scale where the generated mouth departs from the template frame (example-based
+super-resolution, Freeman, Jones and Pasztor, 2002; here with the exemplars taken from the same
+person). The generated shape and colour stay; only the fine texture is borrowed.
 
 Files (in the avatar's `features/`): detail.npy [N, 2H, 2W, 3] int8, the detail of N bank frames in
 the lips box at 2x; detail_keys.npy [N, D] float32, their unit-norm descriptors.
@@ -103,7 +104,7 @@ def write_bank(folder: Path, frame_at: Callable[[int], np.ndarray], transforms: 
 
 
 class DetailBank:
-    """An avatar's bank at run time: `enlarge` makes a generated region 2x with borrowed detail."""
+    """An avatar's bank at run time: `lend` gives a generated mouth the detail of the most similar real one."""
 
     def __init__(self, detail: np.ndarray, keys: np.ndarray) -> None:
         if detail.ndim != 4 or keys.ndim != 2 or len(detail) != len(keys) or len(keys) == 0:
