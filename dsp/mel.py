@@ -195,8 +195,7 @@ def mel_windows(
 # five faces the model never saw, its opening correlated best with the real one a frame or two early.
 # Three mel frames (30 ms of look-ahead) make it lead by about a frame: the opening's correlation with
 # the real mouth rose on each of the five (mean 0.272 -> 0.320; six mel frames: 0.323, for 30 ms more
-# latency). Training and offline scoring keep
-# MelConfig() as the weights and sync experts were trained.
+# latency). Training and offline scoring keep MelConfig(), as the weights and sync experts were trained.
 SERVING_LEAD = 3
 
 
