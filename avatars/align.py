@@ -179,6 +179,7 @@ def paste_back(
     mask: np.ndarray,
     template_crop: np.ndarray | None = None,
     sharp: bool = False,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend a crop into its frame through the inverse transform.
 
@@ -195,6 +196,7 @@ def paste_back(
 
     sharp: bicubic instead of bilinear, for a crop that carries detail at the frame's own scale (the hd
     path): about 3x the warps' cost, and bilinear would blur what the crop adds.
+    keep: detail_keep(crop, template_crop), when the caller has worked it out already.
     """
     size = crop.shape[0]
     out = frame.copy()
@@ -218,7 +220,7 @@ def paste_back(
     pasted_weight = warp(cv2.merge([np.asarray(crop, np.float32), np.asarray(mask, np.float32)]))
     pasted, weight = pasted_weight[..., :3], np.clip(pasted_weight[..., 3:], 0.0, 1.0)
     if template_crop is not None:
-        keep = detail_keep(crop, template_crop)
+        keep = detail_keep(crop, template_crop) if keep is None else keep
         base_keep = warp(cv2.merge([np.asarray(template_crop, np.float32), keep]))
         pasted = pasted + base_keep[..., 3:] * (region - base_keep[..., :3])
     out[y0:y1, x0:x1] = np.clip(region + weight * (pasted - region) + 0.5, 0, 255).astype(np.uint8)

@@ -252,7 +252,7 @@ def prepare_avatar(
             read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame),
             mel_cfg.sample_rate,
         )
-        first = cv2.imread(str(partial / "frames" / "000000.jpg"))
+        first = cv2.imread(str(frame_file(partial, 0)))
         files = {str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()}
         manifest = Manifest(
             format_version=FORMAT_VERSION,

@@ -8,11 +8,7 @@ import cv2
 import numpy as np
 
 from .align import invert, paste_back, transform_points
-from .avatar import Avatar
-
-
-def _read(path: str) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+from .avatar import Avatar, read_frame
 
 
 def _tile(image: np.ndarray, height: int, label: str) -> np.ndarray:
@@ -24,7 +20,7 @@ def _tile(image: np.ndarray, height: int, label: str) -> np.ndarray:
 
 def contact_sheet(avatar: Avatar, index: int = 0, height: int = 256) -> np.ndarray:
     """[height, W, 3] uint8 RGB."""
-    frame = _read(str(avatar.frame_path(index)))
+    frame = read_frame(avatar.path, index)
     transform = avatar.array("transforms.npy")[index]
     crop = np.array(avatar.array("crops.npy")[index])
     mask = avatar.array("masks.npy")[index].astype(np.float32)

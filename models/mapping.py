@@ -23,9 +23,12 @@ class Mapping(nn.Module):
     def forward(self, f_a: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
         # f_a: [B, audio_dim]; f_f: [B, face_dim]; delta_w: [B, L, w_dim] personal offsets (zeros
         # for the general model). Returns ws: [B, L, w_dim].
-        # Each part is brought to unit RMS first so that neither drowns the other.
-        w = self.mlp(torch.cat([normalize_2nd_moment(f_a), normalize_2nd_moment(f_f)], dim=1))  # [B, w_dim]
-        return w[:, None, :] + delta_w
+        return self.style(f_a, f_f)[:, None, :] + delta_w
+
+    def style(self, f_a: torch.Tensor, f_f: torch.Tensor) -> torch.Tensor:
+        """w [B, w_dim] of f_a [B, audio_dim] and f_f [B, face_dim]. Each part is brought to unit RMS first
+        so that neither drowns the other."""
+        return self.mlp(torch.cat([normalize_2nd_moment(f_a), normalize_2nd_moment(f_f)], dim=1))
 
     def amplified(
         self, f_a: torch.Tensor, f_a_rest: torch.Tensor, f_f: torch.Tensor, delta_w: torch.Tensor, gain: torch.Tensor
@@ -33,10 +36,8 @@ class Mapping(nn.Module):
         """W+ with the audio's effect scaled: w_rest + gain (w - w_rest), where w_rest is the style of the
         same face with the audio of silence (f_a_rest [1, audio_dim]); gain [B, 1]: 1 is `forward`, 0 the
         mouth at rest, above 1 the mouth moves more (extrapolation in W). Returns [B, L, w_dim]."""
-        face = normalize_2nd_moment(f_f)
-        w = self.mlp(torch.cat([normalize_2nd_moment(f_a), face], dim=1))  # [B, w_dim]
-        rest = normalize_2nd_moment(f_a_rest).expand(f_a.shape[0], -1)
-        w_rest = self.mlp(torch.cat([rest, face], dim=1))  # [B, w_dim]
+        w = self.style(f_a, f_f)  # [B, w_dim]
+        w_rest = self.style(f_a_rest.expand(f_a.shape[0], -1), f_f)  # [B, w_dim]
         return (w_rest + gain * (w - w_rest))[:, None, :] + delta_w
 
 

@@ -107,10 +107,12 @@ class AvatarAssets:
             crop = warp_to_crop(frame, transform, size, sharp=True)
             weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
         canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
-        out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=crop.shape[0] != self.crops.shape[1])
-        if self.detail is None or crop.shape[0] != self.crops.shape[1]:
+        upsampled = crop.shape[0] != self.crops.shape[1]
+        keep = detail_keep(canvas, crop)  # once: the paste and the lent detail both use it
+        out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=upsampled, keep=keep)
+        if self.detail is None or upsampled:
             return out
-        changed = (1.0 - detail_keep(canvas, crop)[-rows:]) * weight[-rows:] * blend
+        changed = (1.0 - keep[-rows:]) * weight[-rows:] * blend
         lent = self.detail.lend(canvas[-rows:], changed)
         if lent is None:
             return out

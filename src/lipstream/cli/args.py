@@ -36,7 +36,6 @@ positive_int = _number(int, lambda v: v >= 1, "a whole number of at least 1")
 non_negative_int = _number(int, lambda v: v >= 0, "a whole number of at least 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number above 0")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number of at least 0")
-motion_gain = _number(float, lambda v: 0 <= v <= 3, "a number from 0 (a mouth at rest) to 3 (1: as trained)")
 smoothing_factor = _number(float, lambda v: 0 <= v < 1, "a number from 0 (off) to below 1, e.g. 0.3")
 percentile = _number(float, lambda v: 0 <= v <= 100, "a percentile from 0 to 100")
 share = _number(float, lambda v: 0 <= v <= 1, "a probability from 0 to 1, e.g. 0.3")
@@ -89,6 +88,8 @@ def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -
 
 
 def add_motion_gain(parser: argparse.ArgumentParser) -> None:
-    from lipstream.realtime.settings import MOTION_GAIN
+    from lipstream.realtime.settings import MAX_MOTION_GAIN, MOTION_GAIN
 
-    parser.add_argument("--motion-gain", type=motion_gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
+    expected = f"a number from 0 (a mouth at rest) to {MAX_MOTION_GAIN:g} (1: as trained)"
+    gain = _number(float, lambda v: 0 <= v <= MAX_MOTION_GAIN, expected)
+    parser.add_argument("--motion-gain", type=gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
