@@ -39,6 +39,7 @@ from lipstream.avatars.masks import ushape_mask
 from lipstream.avatars.prepare import prepare_avatar, track_face
 from lipstream.avatars.source import SourceInfo, iter_frames, probe, read_audio
 from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
+from lipstream.dsp.voice import VoiceWarp
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
 from lipstream.realtime.settings import MOTION_GAIN
@@ -124,6 +125,7 @@ def _render(avatar_path: Path, samples: np.ndarray, o: VideoEvalOptions) -> tupl
     runtime = build_runtime(str(avatar_path), engine=o.engine, weights=o.weights)
     if o.motion_gain is not None:
         runtime.motion_gain = o.motion_gain
+    runtime.voice_warp = o.voice_warp
 
     async def collect() -> list:
         return [frame async for frame in rendered_frames(runtime, samples)]
@@ -179,6 +181,9 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
     report["avatar"] = {"name": avatar.name, "model_id": avatar.manifest.model_id} if o.avatar else None
     report["weights"] = weights or "profile default"
     report["motion_gain"] = MOTION_GAIN if o.motion_gain is None else o.motion_gain
+    voice = VoiceWarp(mel_cfg, fixed=o.voice_warp)
+    voice.observe(samples)  # what the render's session heard, whole: its warp at the end
+    report["voice_warp"] = {"setting": "auto" if o.voice_warp is None else o.voice_warp, "alpha": voice.alpha}
     report["hd"] = (avatar.manifest.extra.get("hd") or {}) | {"used": hd_used}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report

@@ -17,10 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .media import FPS, MEL_SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from .voice import VoiceWarp
 
 
 class AudioInputError(ValueError):
@@ -136,10 +140,11 @@ def _preemphasise(x: np.ndarray, previous: float, cfg: MelConfig) -> np.ndarray:
     return x - cfg.preemphasis * np.concatenate([[previous], x[:-1]])
 
 
-def _frames_to_mel(frames: np.ndarray, cfg: MelConfig) -> np.ndarray:
-    """Pre-emphasised, padded signal frames [T, n_fft] -> normalised log-mel [n_mels, T]."""
+def _frames_to_mel(frames: np.ndarray, cfg: MelConfig, filterbank: np.ndarray | None = None) -> np.ndarray:
+    """Pre-emphasised, padded signal frames [T, n_fft] -> normalised log-mel [n_mels, T], through
+    cfg's filterbank or the one given ([n_mels, bins], e.g. a voice's warped one)."""
     magnitude = np.abs(np.fft.rfft(frames * cfg.hann, axis=1))  # [T, bins]
-    mel = cfg.filterbank @ magnitude.T  # [n_mels, T]
+    mel = (cfg.filterbank if filterbank is None else filterbank) @ magnitude.T  # [n_mels, T]
     db = 20.0 * np.log10(np.maximum(1e-5, mel)) - cfg.ref_level_db
     scaled = 2.0 * cfg.max_abs_value * (db - cfg.min_level_db) / -cfg.min_level_db - cfg.max_abs_value
     return np.clip(scaled, -cfg.max_abs_value, cfg.max_abs_value).astype(np.float32)
@@ -209,11 +214,13 @@ class StreamingMel:
     """Mel frames of a stream that arrives in chunks of any size; same values as `melspectrogram`.
 
     `push` returns the mel frames completed by a chunk; `flush` ends the stream (zero padding, as the
-    batch function does) and returns the rest.
+    batch function does) and returns the rest. With a `voice`, each frame goes through the voice's
+    filterbank of the moment (`dsp.voice`), and the voice hears every chunk first.
     """
 
-    def __init__(self, cfg: MelConfig | None = None) -> None:
+    def __init__(self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None) -> None:
         self.cfg = cfg or MelConfig()
+        self.voice = voice
         self.samples_in = 0  # input samples received so far
         self.frames_out = 0  # mel frames emitted so far
         self._last_sample = 0.0  # previous raw sample, for pre-emphasis across chunks
@@ -225,6 +232,8 @@ class StreamingMel:
         if self._ended:
             raise RuntimeError("this stream was flushed; start a new StreamingMel for new audio")
         x = _check_samples(samples)
+        if self.voice is not None:
+            self.voice.observe(x)
         if x.size:
             emphasised = _preemphasise(x, self._last_sample, self.cfg)
             self._last_sample = float(x[-1])
@@ -243,7 +252,8 @@ class StreamingMel:
     def _emit(self) -> np.ndarray:
         cfg = self.cfg
         count = 0 if len(self._pending) < cfg.n_fft else 1 + (len(self._pending) - cfg.n_fft) // cfg.hop_length
-        mel = _frames_to_mel(_frame_signal(self._pending, count, cfg), cfg)
+        filterbank = None if self.voice is None else self.voice.filterbank()
+        mel = _frames_to_mel(_frame_signal(self._pending, count, cfg), cfg, filterbank)
         self._pending = self._pending[count * cfg.hop_length :]
         self.frames_out += count
         return mel
@@ -267,9 +277,9 @@ class StreamingMelWindows:
     K = `num_video_frames(total samples)`, once `flush` has been called.
     """
 
-    def __init__(self, cfg: MelConfig | None = None) -> None:
+    def __init__(self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None) -> None:
         self.cfg = cfg or MelConfig()
-        self._mel = StreamingMel(self.cfg)
+        self._mel = StreamingMel(self.cfg, voice)
         self._frames = np.zeros((self.cfg.n_mels, 0), np.float32)  # kept mel frames
         self._frames_offset = 0  # mel index of self._frames[:, 0]
         self.next_frame = 0  # next video frame to emit

@@ -120,7 +120,11 @@ class ServerState:
         self._admit(client)  # others may have been admitted while the avatar loaded
         session_id, watch_id = self._new_id(), self._new_id()
         session = AvatarSession(
-            session_id, assets, jitter_frames=self.settings.jitter_frames, metrics=self.runtime.metrics
+            session_id,
+            assets,
+            jitter_frames=self.settings.jitter_frames,
+            metrics=self.runtime.metrics,
+            voice_warp=self.runtime.voice_warp,
         )
         live = LiveSession(session, Broadcast(session), client, watch_id, self.clock)
         self.live[session_id] = live

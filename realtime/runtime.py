@@ -28,7 +28,7 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler
-from .settings import MOTION_GAIN
+from .settings import MOTION_GAIN, VOICE_WARP
 from .tracks import video_frame
 from .upsampling import Upsampler
 
@@ -44,6 +44,7 @@ class Runtime:
     samples_dir: Path | None = None  # speech files the browser client may play through its connection
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
     motion_gain: float = MOTION_GAIN  # how far the audio moves the styles (FrameScheduler); 1: as trained
+    voice_warp: float | None = VOICE_WARP  # each session's formant warp (dsp/voice.py); None: by its pitch
     upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
 
     def __post_init__(self) -> None:

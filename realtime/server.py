@@ -130,6 +130,7 @@ async def health(request: web.Request) -> web.Response:
             "pipeline_delay_ms": round(state.pipeline_delay_ms, 1),
             "style_smoothing": state.scheduler.style_smoothing,
             "motion_gain": state.scheduler.motion_gain,
+            "voice_warp": "auto" if runtime.voice_warp is None else runtime.voice_warp,
             "engine": runtime.engine.kind,
             "model_id": runtime.engine.model_id,
         }

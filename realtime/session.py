@@ -17,6 +17,7 @@ A frame's audio leaves together with its image, so sound and mouth cannot drift 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
@@ -24,10 +25,14 @@ from itertools import islice
 import numpy as np
 
 from lipstream.dsp import PLAYBACK_RATE, MelConfig, StreamingMelWindows, WindowBatch, serving_config
+from lipstream.dsp.voice import VoiceWarp
 
 from .audio_in import RateConverter, VoiceActivity
 from .compositor import AvatarAssets
 from .metrics import Metrics
+from .settings import VOICE_WARP
+
+logger = logging.getLogger("lipstream.realtime")
 
 MAX_BUFFER_SECONDS = 30.0
 # Frames over which the view passes from the template's own lower face to the generated one at speech
@@ -100,6 +105,7 @@ class AvatarSession:
         queue_frames: int = 25,
         metrics: Metrics | None = None,
         blend_frames: tuple[int, int] = (BLEND_IN_FRAMES, BLEND_OUT_FRAMES),
+        voice_warp: float | None = VOICE_WARP,
     ) -> None:
         if min(blend_frames) < 1:
             raise ValueError(f"blend_frames (in, out) must be at least 1 each (1: no blending); got {blend_frames}")
@@ -107,6 +113,9 @@ class AvatarSession:
         self.metrics = metrics or Metrics()
         self.assets = assets
         self.mel_cfg = mel_cfg or serving_config()
+        # The speaker's formants brought to the model's voice (dsp/voice.py): one pitch history for the
+        # whole session, across interruptions.
+        self.voice = VoiceWarp(self.mel_cfg, fixed=voice_warp)
         self.jitter_frames = jitter_frames
         self.blend_frames = blend_frames
         self._blend = 0.0  # the last frame's weight of the generated lower face
@@ -132,7 +141,7 @@ class AvatarSession:
 
     # -- input side -------------------------------------------------------------------------------
     def _new_stream(self) -> None:
-        self._mel = StreamingMelWindows(self.mel_cfg)
+        self._mel = StreamingMelWindows(self.mel_cfg, self.voice)
         self._vad = VoiceActivity()
         self._samples = np.zeros(0, np.float32)  # this stream's samples from _offset on
         self._offset = 0
@@ -168,8 +177,11 @@ class AvatarSession:
         self._playback = np.concatenate([self._playback, playback])
         with self.metrics.timed("vad"):
             self._vad.push(samples)
+        alpha = self.voice.alpha
         with self.metrics.timed("mel"):
             windows = self._mel.push(samples)
+        if self.voice.alpha != alpha:
+            logger.info("session %s: the voice warp is now %.2f (from the speaker's pitch)", self.id, self.voice.alpha)
         self._queue(windows)
 
     def end_of_input(self) -> None:

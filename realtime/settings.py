@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lipstream.dsp.voice import DEFAULT_WARP
+
 from .ice import IceSettings
 from .tts import EspeakProvider, TTSProvider
 
@@ -12,6 +14,9 @@ from .tts import EspeakProvider, TTSProvider
 # `render --motion-gain`; 1: as trained).
 MOTION_GAIN = 1.0
 MAX_MOTION_GAIN = 3.0
+# The mel filterbank's warp towards the voice the model learnt (`serve` and `render --voice-warp`):
+# None follows each session's speaker by pitch, 1 (the default, dsp/voice.py says why) hears it as it is.
+VOICE_WARP: float | None = DEFAULT_WARP
 
 
 @dataclass

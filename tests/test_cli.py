@@ -55,6 +55,8 @@ def test_models_text_names_params_and_gflops(capsys: pytest.CaptureFixture[str])
         ["serve", "--max-sessions", "0"],
         ["serve", "--port", "70000"],
         ["serve", "--jitter-frames", "-1"],
+        ["serve", "--voice-warp", "2"],
+        ["render", "default", "a.wav", "--voice-warp", "high"],
         ["train", "generator", "--steps", "two"],
         ["evaluate", "--max-clips", "0"],
         ["bench", "session", "--sessions", "0"],
@@ -76,6 +78,7 @@ def test_defaults_are_the_librarys() -> None:
     """The CLI restates no default: what `serve`, `personalize`, `train` and `prepare` fall back to is
     what the library's settings say, and the benchmarks pass nothing they were not given."""
     from lipstream.avatars import options
+    from lipstream.realtime.runtime import Runtime
     from lipstream.realtime.settings import ServerSettings
     from lipstream.training.config import GeneratorTrainConfig, PersonalizeConfig
 
@@ -86,6 +89,8 @@ def test_defaults_are_the_librarys() -> None:
         ServerSettings.max_sessions_per_client,
         ServerSettings.jitter_frames,
     )
+    assert (serve.motion_gain, serve.voice_warp) == (Runtime.motion_gain, Runtime.voice_warp)
+    assert parser.parse_args(["serve", "--voice-warp", "off"]).voice_warp == 1.0
     assert parser.parse_args(["personalize", "a"]).epochs == PersonalizeConfig.epochs
     generator = parser.parse_args(["train", "generator"])
     assert (generator.steps, generator.lr, generator.grid_share) == (

@@ -12,6 +12,7 @@ from fakes import FakeAssets
 
 from lipstream.benchmarks.motion import mouth_box, transition_report
 from lipstream.benchmarks.transitions import play
+from lipstream.dsp.voice import alpha_for_pitch
 from lipstream.realtime.clock import MonotonicClock
 from lipstream.realtime.metrics import Metrics
 from lipstream.realtime.runtime import Runtime
@@ -270,3 +271,19 @@ def test_avatars_with_their_own_shifts_share_one_inference_call(
         np.testing.assert_allclose(together[sample], alone, atol=1e-4)
     unshifted = original({k: v[2:] if k != "delta_p" else np.zeros_like(v[2:]) for k, v in feed.items()})["region"][0]
     assert np.abs(together[2] - unshifted).max() > 1e-2
+
+
+def test_the_sessions_voice_warp_follows_its_speaker_across_interrupts() -> None:
+    """With `--voice-warp auto`, a high voice pushed into a session sets its formant warp (dsp/voice.py)
+    and an interrupt keeps it; a fixed warp (the default, 1) is never moved."""
+    t = np.arange(32_000) / 16_000
+    high_voice = (0.1 * sum(np.sin(2 * np.pi * 230 * k * t) / k for k in range(1, 15))).astype(np.float32)
+    session, _ = _fake_session(queue_frames=100, voice_warp=None)
+    session.push_audio(high_voice)
+    assert session.voice.alpha == alpha_for_pitch(230.0) > 1.2
+    session.clear_buffer()
+    session.push_audio(np.zeros(1_600, np.float32))
+    assert session.voice.alpha == alpha_for_pitch(230.0)
+    fixed, _ = _fake_session(queue_frames=100)
+    fixed.push_audio(high_voice)
+    assert fixed.voice.alpha == 1.0

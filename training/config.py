@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lipstream.avatars.options import REFERENCE_PERCENTILE
+from lipstream.dsp.voice import DEFAULT_WARP
 
 SYNC_FRAMES = 5  # frames per SyncNet window and per generator sample (0.2 s at 25 fps)
 
@@ -118,4 +119,5 @@ class VideoEvalOptions:
     hd: str = "auto"  # the hd path (prepare's --hd)
     avatar: str | None = None  # a prepared (e.g. personalised) avatar to score instead of preparing one
     motion_gain: float | None = None  # the render's; None: the server's (realtime.settings.MOTION_GAIN)
+    voice_warp: float | None = DEFAULT_WARP  # the render's formant warp (dsp/voice.py); None: by the voice's pitch
     show_progress: bool = True

@@ -65,6 +65,12 @@ MOTION_HELP = (
     "how far the audio moves the mouth from its rest: the styles are extrapolated from those of silence, "
     "w_rest + G (w - w_rest); 1 renders as trained, more opens the mouth wider (%(default)s)"
 )
+VOICE_HELP = (
+    "warp the mel filterbank so that the model hears the speaker's formants where its training voice "
+    "(a man's) had them: off (default) hears the voice as it is, auto follows each session's pitch, a "
+    "factor such as 1.2 fixes the warp (above 1 lowers a higher voice); it helps a voice saying what the "
+    "model was trained on and hurts others (README, Avatars)"
+)
 SMOOTH_HELP = (
     "average the styles over frames (StyleLipSync's MaLS, causal): weight of the previous frame, 0 (off, "
     "default) to <1; the mouth lags speech by a/(1-a) frames"
@@ -84,12 +90,28 @@ def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -
     parser.add_argument("--weights", help=WEIGHTS_HELP)
     if smoothing:
         parser.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
-        add_motion_gain(parser)
+        add_mouth_options(parser)
 
 
-def add_motion_gain(parser: argparse.ArgumentParser) -> None:
-    from lipstream.realtime.settings import MAX_MOTION_GAIN, MOTION_GAIN
+def voice_warp(text: str) -> float | None:
+    """--voice-warp: auto (None), off (1) or a factor in dsp.voice's range."""
+    from lipstream.dsp.voice import VoiceWarpError, check_alpha
+
+    if text in ("auto", "off"):
+        return None if text == "auto" else 1.0
+    try:
+        return check_alpha(float(text))
+    except VoiceWarpError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a factor such as 1.2, got {text!r}") from err
+
+
+def add_mouth_options(parser: argparse.ArgumentParser) -> None:
+    """--motion-gain and --voice-warp: how the audio moves the mouth."""
+    from lipstream.realtime.settings import MAX_MOTION_GAIN, MOTION_GAIN, VOICE_WARP
 
     expected = f"a number from 0 (a mouth at rest) to {MAX_MOTION_GAIN:g} (1: as trained)"
     gain = _number(float, lambda v: 0 <= v <= MAX_MOTION_GAIN, expected)
     parser.add_argument("--motion-gain", type=gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
+    parser.add_argument("--voice-warp", type=voice_warp, default=VOICE_WARP, metavar="auto|off|F", help=VOICE_HELP)

@@ -158,7 +158,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
     runtime.style_smoothing = args.smooth_styles
-    runtime.motion_gain = args.motion_gain
+    runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
     result = render(runtime, args.audio, args.output)
     print(
         f"wrote {result.path}: {result.frames} frames ({result.speech_frames} generated), "

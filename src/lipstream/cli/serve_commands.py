@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, samples_dir=args.samples
     )
     runtime.style_smoothing = args.smooth_styles
-    runtime.motion_gain = args.motion_gain
+    runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
     tokens = settings.tokens
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "

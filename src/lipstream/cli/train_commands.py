@@ -23,7 +23,7 @@ from .args import (
     ENGINE_KINDS,
     REFERENCE_HELP,
     SMOOTH_HELP,
-    add_motion_gain,
+    add_mouth_options,
     add_profile,
     defaults,
     non_negative_float,
@@ -175,6 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.hd,
             args.avatar,
             motion_gain=args.motion_gain,
+            voice_warp=args.voice_warp,
         )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
@@ -367,6 +368,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render only each clip's last SECONDS, reference from its start (a personalised avatar's held-out end)",
     )
     evaluate.add_argument("--smooth-styles", type=smoothing_factor, default=0.0, metavar="A", help=SMOOTH_HELP)
-    add_motion_gain(evaluate)  # --video: the render's
+    add_mouth_options(evaluate)  # --video: the render's
     evaluate.add_argument("--expert", help="fp16 SyncNet expert for the sync scores")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,88 @@
+"""The voice warp (dsp/voice.py): a speaker's pitch, the warp it implies, and the filterbank that hears a
+higher voice's formants where the model's voice had them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipstream.dsp import MelConfig, StreamingMelWindows, mel_windows, melspectrogram, num_video_frames
+from lipstream.dsp.voice import (
+    MAX_ALPHA,
+    MIN_VOICED_FRAMES,
+    PITCH_FRAME,
+    REFERENCE_F0_HZ,
+    VoiceWarp,
+    VoiceWarpError,
+    alpha_for_pitch,
+    frame_pitch,
+    warped_filterbank,
+)
+
+RATE = 16_000
+
+
+def _voice(f0: float, seconds: float, seed: int = 0) -> np.ndarray:
+    """A vowel-like buzz: harmonics of f0 falling off as 1/k, a little noise. [n] float32"""
+    t = np.arange(int(RATE * seconds)) / RATE
+    harmonics = sum(np.sin(2 * np.pi * f0 * k * t + k) / k for k in range(1, int(4000 / f0)))
+    noise = np.random.default_rng(seed).normal(0, 0.01, t.size)
+    return (0.1 * harmonics + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [95.0, 120.0, 220.0, 310.0])
+def test_pitch_of_a_voiced_frame_and_none_for_noise_or_silence(f0: float) -> None:
+    frames = _voice(f0, 1.0)[: 20 * PITCH_FRAME].reshape(20, PITCH_FRAME).astype(np.float64)
+    assert np.nanmedian(frame_pitch(frames, RATE)) == pytest.approx(f0, rel=0.03)
+    rng = np.random.default_rng(1)
+    unvoiced = np.stack([rng.normal(0, 0.1, PITCH_FRAME), np.zeros(PITCH_FRAME)])
+    assert np.isnan(frame_pitch(unvoiced, RATE)).all()
+
+
+def test_a_tone_alpha_times_higher_lands_in_the_plain_banks_bin() -> None:
+    """The warped bank hears S(alpha f): a formant at alpha F peaks where F peaks in the plain bank."""
+    cfg = MelConfig()
+    bins = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+
+    def peak(bank: np.ndarray, hz: float, width: float = 40.0) -> int:  # the mel bin a formant at hz excites
+        return int(np.argmax(bank @ np.exp(-0.5 * ((bins - hz) / width) ** 2)))
+
+    for hz in (500.0, 1200.0, 2500.0):
+        for alpha in (1.1, 1.25):
+            assert abs(peak(warped_filterbank(cfg, alpha), alpha * hz, 40 * alpha) - peak(cfg.filterbank, hz)) <= 1
+            assert abs(peak(cfg.filterbank, alpha * hz) - peak(cfg.filterbank, hz)) >= 2  # unwarped: elsewhere
+    np.testing.assert_array_equal(warped_filterbank(cfg, 1.0), cfg.filterbank)
+
+
+def test_the_warp_follows_the_speakers_pitch_once_enough_of_it_is_voiced() -> None:
+    cfg = MelConfig()
+    voice = VoiceWarp(cfg)
+    voice.observe(_voice(220.0, (MIN_VOICED_FRAMES - 2) * PITCH_FRAME / RATE).astype(np.float64))
+    assert voice.alpha == 1.0  # too little heard yet
+    voice.observe(_voice(220.0, 2.0).astype(np.float64))
+    assert voice.alpha == alpha_for_pitch(220.0) == pytest.approx((220 / REFERENCE_F0_HZ) ** (1 / 3), abs=0.011)
+    voice.observe(np.zeros(RATE * 3))  # silence moves nothing
+    assert voice.alpha == alpha_for_pitch(220.0)
+    assert alpha_for_pitch(REFERENCE_F0_HZ) == 1.0 and alpha_for_pitch(1000.0) == MAX_ALPHA
+
+
+def test_a_fixed_warp_is_kept_and_one_out_of_range_refused() -> None:
+    voice = VoiceWarp(MelConfig(), fixed=1.1)
+    voice.observe(_voice(300.0, 2.0).astype(np.float64))
+    assert voice.alpha == 1.1
+    with pytest.raises(VoiceWarpError, match="outside"):
+        VoiceWarp(MelConfig(), fixed=2.0)
+
+
+def test_streaming_through_an_unwarped_voice_gives_the_batch_features_and_a_warp_changes_them() -> None:
+    cfg = MelConfig()
+    audio = _voice(200.0, 2.0)
+    reference = mel_windows(melspectrogram(audio, cfg), 0, num_video_frames(len(audio), cfg), cfg)
+
+    def streamed(voice: VoiceWarp) -> np.ndarray:
+        stream = StreamingMelWindows(cfg, voice)
+        parts = [stream.push(audio[i : i + 333]).windows for i in range(0, len(audio), 333)]
+        return np.concatenate([*parts, stream.flush().windows])
+
+    np.testing.assert_array_equal(streamed(VoiceWarp(cfg, fixed=1.0)), reference)
+    assert np.abs(streamed(VoiceWarp(cfg, fixed=1.2)) - reference).mean() > 0.05
