@@ -156,8 +156,10 @@ def _frame_signal(signal: np.ndarray, count: int, cfg: MelConfig) -> np.ndarray:
     return signal[starts + np.arange(cfg.n_fft)[None]]
 
 
-def melspectrogram(samples: np.ndarray, cfg: MelConfig | None = None) -> np.ndarray:
-    """Normalised log-mel spectrogram of a whole clip.
+def melspectrogram(
+    samples: np.ndarray, cfg: MelConfig | None = None, filterbank: np.ndarray | None = None
+) -> np.ndarray:
+    """Normalised log-mel spectrogram of a whole clip, through cfg's filterbank or the one given.
 
     samples: [N] float audio in [-1, 1] at cfg.sample_rate.
     Returns [n_mels, 1 + N // hop_length] float32 in [-max_abs_value, max_abs_value].
@@ -166,7 +168,7 @@ def melspectrogram(samples: np.ndarray, cfg: MelConfig | None = None) -> np.ndar
     x = _check_samples(samples)
     pad = np.zeros(cfg.n_fft // 2)
     signal = np.concatenate([pad, _preemphasise(x, 0.0, cfg), pad])
-    return _frames_to_mel(_frame_signal(signal, 1 + len(x) // cfg.hop_length, cfg), cfg)
+    return _frames_to_mel(_frame_signal(signal, 1 + len(x) // cfg.hop_length, cfg), cfg, filterbank)
 
 
 def num_video_frames(num_samples: int, cfg: MelConfig | None = None) -> int:

@@ -52,6 +52,8 @@ def test_the_cache_holds_aligned_crops_landmarks_and_mel(cache: Path) -> None:
     assert crops.shape == (52, 128, 128, 3) and crops.dtype == np.uint8
     assert landmarks.shape == (52, 478, 2)
     assert mel.shape == (80, 1 + 52 * 640 // 200)
+    audio = np.load(clip / "audio.npy")
+    assert audio.shape == (52 * 640,) and audio.dtype == np.float16 and np.abs(audio).max() > 0.03
     lips = landmarks[:, [13, 14], :].astype(float)
     assert np.all((lips[..., 1] > 64) & (lips[..., 1] < 128)), "the mouth is in the crop's lower half"
 
@@ -149,6 +151,34 @@ def test_augmented_samples_are_mirrored_and_colour_cast_alike_in_every_frame_and
         coloured += np.ptp(casts) > 0.01
     assert 3 <= mirrored <= 17
     assert coloured >= 15  # the channels get different gains: a colour cast, not only brightness
+
+
+def test_voice_augmentation_warps_the_generators_audio_and_leaves_the_experts_and_the_frames(cache: Path) -> None:
+    from lipstream.dsp import MelConfig
+
+    clips = load_clips(cache, "train")
+    clip, cfg = clips[0], MelConfig()
+    # the cache's audio is the clip's: heard unwarped (alpha 1.0 recomputed), it gives the cached mel
+    assert np.abs(clip.warped_mel(1.0, cfg) - clip.mel).max() == 0
+    clip._warped.pop(1.0)
+    assert np.abs(clip.warped_mel(1.0, cfg) - clip.mel).max() < 0.05  # 0.6 dB: both are float16 in the cache
+
+    def centroid(mel: np.ndarray) -> float:  # mean mel bin of the energy in speech
+        power = 10.0 ** (mel[:, mel.max(axis=0) > 0])
+        return float((np.arange(80)[:, None] * power).sum() / power.sum())
+
+    # above 1, formants come down the mel axis (a higher voice heard as a lower one), below 1 they go up
+    own = centroid(clip.mel)
+    assert centroid(clip.warped_mel(1.2, cfg)) < own - 0.4 and centroid(clip.warped_mel(0.85, cfg)) > own + 0.4
+    plain = GeneratorSamples(clips, length=12, seed=5)
+    voiced = GeneratorSamples(clips, length=12, seed=5, voice=(1.25, 0.5))
+    changed = 0
+    for i in range(12):
+        a, b = plain[i], voiced[i]
+        assert torch.equal(a["targets"], b["targets"]) and torch.equal(a["sync_mel"], b["sync_mel"])
+        assert b["mels"].abs().max() <= 4.0
+        changed += not torch.allclose(a["mels"], b["mels"], atol=0.05)
+    assert changed >= 9
 
 
 def test_grid_share_sets_how_often_grid_clips_are_drawn(cache: Path) -> None:
@@ -254,6 +284,23 @@ def test_generator_training_steps_with_every_loss_checkpoints_resumes_and_export
     weights = export_generator(tmp_path / "run" / "checkpoint.pt", tmp_path / "rt.pt")
     assert all(t.dtype == torch.float16 for t in torch.load(weights, weights_only=True).values())
     assert load_stylesync("rt", weights)[1].startswith("rt-trained-")
+
+
+def test_an_audio_fine_tune_with_other_voices_moves_only_the_audio_encoder_and_mapping(
+    cache: Path, tmp_path: Path
+) -> None:
+    from lipstream.training.generator_train import GeneratorTrainConfig, GeneratorTrainer
+
+    config = GeneratorTrainConfig(steps=2, batch=2, trainable="audio", voice_factor=1.25, voice_level=0.5)
+    trainer = GeneratorTrainer(cache, tmp_path / "run", config)
+    assert trainer.batches().__next__()["mels"].shape == (2, 5, 1, 80, 16)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.run(log=False)["step"] == 2
+    after = trainer.model.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"audio_encoder", "mapping"}
+    with pytest.raises(ValueError, match="'all' or 'audio'"):
+        GeneratorTrainer(cache, tmp_path / "other", replace(config, trainable="face"))
 
 
 def test_personalisation_learns_dw_and_dp_and_stores_them_with_the_avatar(

@@ -39,6 +39,13 @@ class GeneratorTrainConfig:
     lambda_mouth_adv: float = 0.0  # the lips' patch discriminator; 0: not trained at all
     lambda_fm: float = 0.0  # feature matching in the lips' discriminator (needs lambda_mouth_adv > 0)
     colour_cast: bool = True  # augmentation: per-channel colour cast, or only a shared gain and offset
+    # voice augmentation (loaders.GeneratorSamples): formants warped by up to this factor either way
+    # (1: the clips' own voices), and the level moved by up to this many mel units (1 = 12.5 dB)
+    voice_factor: float = 1.0
+    voice_level: float = 0.0
+    # what learns: "all", or "audio": the audio encoder and the mapping alone, the face encoder and the
+    # generator frozen (a fine-tune of how speech becomes styles that cannot change how a mouth is drawn)
+    trainable: str = "all"
     perceptual: str = "ms-ssim"  # or "none" (the ablation)
     gan_from_step: int = 3000
     adv_stride: int = SYNC_FRAMES  # the discriminator sees every n-th generated frame (it costs 2x G)

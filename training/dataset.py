@@ -6,6 +6,8 @@ an avatar does. One folder per clip under the cache root, written atomically, ea
     crops.npy      [N, S, S, 3] uint8 aligned face crops of the profile's size
     landmarks.npy  [N, 478, 2] float16 landmarks in crop pixels (mouth landmarks for LMD, pose masks)
     mel.npy        [80, T] float16 log-mel of the clip's audio (frame k <-> samples 640 k .. 640 k + 640)
+    audio.npy      [640 N] float16 the clip's audio at 16 kHz, from which training hears other voices
+                   (the voice augmentation of loaders.py warps its spectrum)
     meta.json      source, identity, split, frame count, interpolated frames
 
 `index.json` lists the clips. Building again skips clips already built from an unchanged source, so
@@ -108,6 +110,7 @@ def build_clip(
         mel_cfg = MelConfig()
         audio = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
         np.save(partial / "mel.npy", melspectrogram(audio, mel_cfg).astype(np.float16))
+        np.save(partial / "audio.npy", audio.astype(np.float16))  # not int16: decoded audio may pass 1
         meta = {
             "clip_id": source.clip_id,
             "source": str(source.path.resolve()),
@@ -155,7 +158,8 @@ def build_dataset(
     for source in sources:
         out = root / source.clip_id
         known = index["clips"].get(source.clip_id)
-        if known and known.get("source_stamp") == _stamp(source.path) and (out / "meta.json").is_file():
+        built = all((out / name).is_file() for name in ("meta.json", "audio.npy"))  # caches before audio.npy: again
+        if known and known.get("source_stamp") == _stamp(source.path) and built:
             if (known["split"], known["identity"]) != (source.split, source.identity):  # split rules changed
                 known |= {"split": source.split, "identity": source.identity}
                 (out / "meta.json").write_text(json.dumps(known, indent=2))

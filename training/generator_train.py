@@ -72,6 +72,11 @@ class GeneratorTrainer:
             state = torch.load(config.init, map_location="cpu", weights_only=True)
             self.model.load_state_dict({k: v.float() for k, v in state.items()})
         self.model.delta_w.requires_grad_(False)
+        if config.trainable == "audio":
+            self.model.face_encoder.requires_grad_(False)
+            self.model.generator.requires_grad_(False)
+        elif config.trainable != "all":
+            raise ValueError(f"trainable is 'all' or 'audio', not {config.trainable!r}")
         self.disc = Discriminator(cfg).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.g_opt = torch.optim.Adam(trainable, lr=config.lr, betas=(0.5, 0.99))
@@ -210,8 +215,15 @@ class GeneratorTrainer:
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         c = self.config
         clips = load_clips(self.cache, "train")
+        voice = (c.voice_factor, c.voice_level) if c.voice_factor > 1.0 or c.voice_level > 0.0 else None
         data = GeneratorSamples(
-            clips, c.steps * c.batch, seed=c.seed, grid_share=c.grid_share, augment=True, colour_cast=c.colour_cast
+            clips,
+            c.steps * c.batch,
+            seed=c.seed,
+            grid_share=c.grid_share,
+            augment=True,
+            colour_cast=c.colour_cast,
+            voice=voice,
         )
         loader = DataLoader(Subset(data, range(self.step * c.batch, len(data))), batch_size=c.batch, drop_last=True)
         return iter(loader)

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from lipstream.dsp.voice import MAX_ALPHA
 from lipstream.engines.select import ENGINE_KINDS
 from lipstream.models.config import PROFILES
 
@@ -40,6 +41,8 @@ smoothing_factor = _number(float, lambda v: 0 <= v < 1, "a number from 0 (off) t
 percentile = _number(float, lambda v: 0 <= v <= 100, "a percentile from 0 to 100")
 share = _number(float, lambda v: 0 <= v <= 1, "a probability from 0 to 1, e.g. 0.3")
 port_number = _number(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
+# the voice augmentation's largest warp: at most dsp.voice's (a child's voice from a man's)
+voice_factor = _number(float, lambda v: 1 <= v <= MAX_ALPHA, f"a warp factor from 1 (off) to {MAX_ALPHA}, e.g. 1.25")
 
 
 def instance_name(text: str) -> str:

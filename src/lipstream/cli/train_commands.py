@@ -33,6 +33,7 @@ from .args import (
     positive_int,
     share,
     smoothing_factor,
+    voice_factor,
 )
 
 SYNCNET = defaults(SyncTrainConfig)
@@ -110,6 +111,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         lambda_mouth_adv=args.lambda_mouth_adv,
         lambda_fm=args.lambda_fm,
         colour_cast=args.augment == "colour",
+        voice_factor=args.voice_augment,
+        voice_level=args.voice_level,
+        trainable=args.trainable,
         init=args.init,
     )
     result = GeneratorTrainer(_cache(args), out, config, resume=args.resume).run()
@@ -287,6 +291,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("colour", "light"),
         default="colour" if g["colour_cast"] else "light",
         help="colour: per-channel colour casts; light: brightness and contrast only (with mirroring, both)",
+    )
+    generator.add_argument(
+        "--voice-augment",
+        type=voice_factor,
+        default=g["voice_factor"],
+        metavar="FACTOR",
+        help="hear each sample with its formants warped by a factor in [1/FACTOR, FACTOR], "
+        "e.g. 1.25 (%(default)s: the clips' own voices)",
+    )
+    generator.add_argument(
+        "--voice-level",
+        type=non_negative_float,
+        default=g["voice_level"],
+        metavar="MEL",
+        help="and its level moved by up to this many mel units either way, 1 = 12.5 dB (%(default)s)",
+    )
+    generator.add_argument(
+        "--trainable",
+        choices=("all", "audio"),
+        default=g["trainable"],
+        help="what learns: all, or audio (the audio encoder and mapping; face encoder and generator frozen)",
     )
     generator.add_argument("--init", help="fp16 weights to start from, e.g. models/weights/rt.pt (a fine-tune)")
     generator.set_defaults(func=cmd_train_generator)
