@@ -27,6 +27,8 @@ class Engine(ABC):
     """A compiled graph ("frame" or "face_encoder") of one model, identified by `model_id`."""
 
     kind: str = "engine"
+    variant: str | None = None  # how it runs the graph, where it has variants (ONNX Runtime's levels)
+    variant_choice: dict | None = None  # what the start-up choice among them measured (engines/variants.py)
 
     def __init__(
         self, graph: str, model_id: str, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int
@@ -69,6 +71,11 @@ class Engine(ABC):
                 f"{', '.join(map(str, spec.shape))}]"
             )
         return array
+
+    @property
+    def label(self) -> str:
+        """The engine's kind, and its variant where it has them: "onnxruntime (basic)"."""
+        return f"{self.kind} ({self.variant})" if self.variant else self.kind
 
     @property
     def input_names(self) -> list[str]:

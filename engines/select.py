@@ -11,6 +11,11 @@ if TYPE_CHECKING:  # engines run files that export made; they never import it (n
     from lipstream.models.stylesync import StyleSync
 
 ENGINE_KINDS = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
+# How the CPU engine runs the graph: an ONNX Runtime optimisation level on the fp32 graph, or fp16, the
+# fp16 graph (a gain only where the CPU computes in fp16, e.g. AVX-512 FP16); auto: the fastest of them
+# whose outputs match the first's, timed at start-up (engines/variants.py). Other engines have one way.
+CPU_VARIANTS = ("all", "extended", "basic", "fp16")
+ENGINE_VARIANTS = ("auto", *CPU_VARIANTS)
 
 
 def resolve_kind(kind: str) -> str:
@@ -28,11 +33,19 @@ def resolve_kind(kind: str) -> str:
 
 
 def open_engine(
-    kind: str, export: ExportResult, graph: str, model: StyleSync | None = None, fp16: bool | None = None
+    kind: str,
+    export: ExportResult,
+    graph: str,
+    model: StyleSync | None = None,
+    fp16: bool | None = None,
+    variant: str = "all",
 ) -> Engine:
     """An engine for one graph of an export. fp16 (default: on GPUs when the export has fp16 graphs)
-    picks the fp16 graph; `torch` needs the PyTorch model itself."""
+    picks the fp16 graph; `torch` needs the PyTorch model itself; `variant` (ENGINE_VARIANTS) is how
+    the CPU engine runs it."""
     kind = resolve_kind(kind)
+    if variant not in ENGINE_VARIANTS:
+        raise EngineError(f"unknown engine variant {variant!r}; choose one of: {', '.join(ENGINE_VARIANTS)}")
     settings = export.settings
     model_id, max_batch = settings["model_id"], settings["batch"][1]
     has_fp16 = "fp16_file" in settings["graphs"][graph]
@@ -54,9 +67,25 @@ def open_engine(
         return trt.TensorRTEngine(path, graph, model_id, max_batch)
     from .onnxruntime_engine import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(
-        export.graph_path(graph, use_fp16), graph, model_id, cuda=kind == "onnxruntime-cuda", max_batch=max_batch
-    )
+    cuda = kind == "onnxruntime-cuda"
+
+    def open_variant(name: str) -> OnnxRuntimeEngine:
+        if name == "fp16" and not has_fp16:
+            raise EngineError(f"{export.folder} has no fp16 graphs; export with --fp16")
+        path = export.graph_path(graph, use_fp16 or name == "fp16")
+        level = "all" if name == "fp16" else name
+        engine = OnnxRuntimeEngine(path, graph, model_id, cuda, max_batch=max_batch, level=level)
+        engine.variant = name
+        return engine
+
+    if variant != "auto" or cuda:
+        return open_variant(CPU_VARIANTS[0] if variant == "auto" or cuda else variant)
+    from .variants import fastest_variant
+
+    candidates = [name for name in CPU_VARIANTS if name != "fp16" or has_fp16]
+    engine, choice = fastest_variant(open_variant, candidates)
+    engine.variant_choice = choice.as_dict()
+    return engine
 
 
 def check_model(engine: Engine, avatar_model_id: str, avatar_name: str) -> None:

@@ -28,7 +28,7 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler
-from .settings import MOTION_GAIN, VOICE_WARP
+from .settings import ENGINE_VARIANT, MOTION_GAIN, VOICE_WARP
 from .tracks import video_frame
 from .upsampling import Upsampler
 
@@ -191,12 +191,15 @@ def build_runtime(
     profile: str = "rt",
     weights: str | None = None,
     samples_dir: str | Path | None = None,
+    variant: str = ENGINE_VARIANT,
 ) -> Runtime:
     weights = weights if weights is not None else own_weights(avatar)  # a personalised avatar's own model
     model, model_id = load_stylesync(profile, weights)
     loaded = load_avatar(avatar, profile, model_id)
-    export = export_onnx(profile, weights=weights, fp16=engine in ("auto", "tensorrt", "onnxruntime-cuda"))
-    runner = open_engine(engine, export, "frame", model=model)
+    # fp16 graphs for GPUs, and for the CPU's start-up choice, which times them too (engines/select.py)
+    fp16 = engine in ("auto", "tensorrt", "onnxruntime-cuda") or variant in ("auto", "fp16")
+    export = export_onnx(profile, weights=weights, fp16=fp16)
+    runner = open_engine(engine, export, "frame", model=model, variant=variant)
     check_model(runner, loaded.manifest.model_id, loaded.name)
     warm_up(runner)
     return Runtime(AvatarAssets(loaded), runner, samples_dir=Path(samples_dir) if samples_dir else None)

@@ -132,6 +132,8 @@ async def health(request: web.Request) -> web.Response:
             "motion_gain": state.scheduler.motion_gain,
             "voice_warp": "auto" if runtime.voice_warp is None else runtime.voice_warp,
             "engine": runtime.engine.kind,
+            "engine_variant": runtime.engine.variant,  # ONNX Runtime's optimisation level; null elsewhere
+            "engine_variant_choice": runtime.engine.variant_choice,  # what the start-up choice timed (auto)
             "model_id": runtime.engine.model_id,
         }
     )

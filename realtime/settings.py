@@ -17,6 +17,9 @@ MAX_MOTION_GAIN = 3.0
 # The mel filterbank's warp towards the voice the model learnt (`serve` and `render --voice-warp`):
 # None follows each session's speaker by pitch, 1 (the default, dsp/voice.py says why) hears it as it is.
 VOICE_WARP: float | None = DEFAULT_WARP
+# How the CPU engine runs the graph (engines/select.py's ENGINE_VARIANTS): auto times ONNX Runtime's
+# optimisation levels at start-up and keeps the fastest that matches the default's outputs.
+ENGINE_VARIANT = "auto"
 
 
 @dataclass

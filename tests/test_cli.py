@@ -185,6 +185,8 @@ def test_serve_answers_health_on_its_port(tmp_path: Path, cache: Path) -> None:
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.5)
         assert health["status"] == "ok" and health["avatar"] == "default-rt" and health["engine"] == "onnxruntime"
+        choice = health["engine_variant_choice"]  # serve times ONNX Runtime's levels and keeps the fastest
+        assert health["engine_variant"] == choice["chosen"] and choice["chosen"] in choice["ms_per_frame"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lipstream.dsp.voice import MAX_ALPHA
-from lipstream.engines.select import ENGINE_KINDS
+from lipstream.engines.select import ENGINE_KINDS, ENGINE_VARIANTS
 from lipstream.models.config import PROFILES
 
 
@@ -88,7 +88,16 @@ def add_profile(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -> None:
     """--engine, --profile, --weights (and --smooth-styles): how an avatar's model runs."""
+    from lipstream.realtime.settings import ENGINE_VARIANT
+
     parser.add_argument("--engine", choices=ENGINE_KINDS, default="auto", help="inference engine (default auto)")
+    parser.add_argument(
+        "--engine-variant",
+        choices=ENGINE_VARIANTS,
+        default=ENGINE_VARIANT,
+        help="how ONNX Runtime on the CPU runs the graph: its optimisation level, or auto, the fastest of them "
+        "that matches the default's outputs, timed at start-up (%(default)s)",
+    )
     add_profile(parser)
     parser.add_argument("--weights", help=WEIGHTS_HELP)
     if smoothing:

@@ -156,13 +156,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     from lipstream.realtime.render import render
     from lipstream.realtime.runtime import build_runtime
 
-    runtime = build_runtime(args.avatar, engine=args.engine, profile=args.profile, weights=args.weights)
+    runtime = build_runtime(
+        args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, variant=args.engine_variant
+    )
     runtime.style_smoothing = args.smooth_styles
     runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
     result = render(runtime, args.audio, args.output)
     print(
         f"wrote {result.path}: {result.frames} frames ({result.speech_frames} generated), "
-        f"{result.frames / max(result.seconds, 1e-9):.1f} frames/s with {runtime.engine.kind}"
+        f"{result.frames / max(result.seconds, 1e-9):.1f} frames/s with {runtime.engine.label}"
     )
     return 0
 

@@ -62,13 +62,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     runtime = build_runtime(
-        args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, samples_dir=args.samples
+        args.avatar,
+        engine=args.engine,
+        profile=args.profile,
+        weights=args.weights,
+        samples_dir=args.samples,
+        variant=args.engine_variant,
     )
     runtime.style_smoothing = args.smooth_styles
     runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
     tokens = settings.tokens
     print(
-        f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.kind} ({runtime.engine.model_id}) "
+        f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.label} ({runtime.engine.model_id}) "
         f"on http://{args.host}:{args.port}"
         + (f"; {len(tokens)} bearer token(s) required to open, drive or watch sessions" if tokens else "")
     )
