@@ -2,17 +2,20 @@
 and how well each uses the CPU.
 
 lipstream bench engine [--profile rt] [--engines onnxruntime,torch] [--batches 1,2,4,8,16] [--rounds 3]
-    [--ops]
+    [--ops] [--variants all,extended,basic,fp16]
 
 Efficiency: in the same run, a plain fp32 matmul (PyTorch, 1024 x 1024) is timed on the same thread
 count; the graph's achieved GFLOP/s (frames/s x GFLOPs per frame, counted by torch's flop counter)
 over the matmul's GFLOP/s is a figure that a different or busy host changes much less than
 milliseconds. Each configuration is timed in `rounds` interleaved rounds and the best kept.
 `--ops` adds ONNX Runtime's own profile: the share of time per operator type at batch 1 and 8.
+`--variants` times ONNX Runtime's ways of running the graph (engines/select.py's CPU_VARIANTS: its
+optimisation levels, and the fp16 graph), the candidates of the server's start-up choice.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -24,16 +27,12 @@ import numpy as np
 from lipstream.engines.base import Engine
 from lipstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from lipstream.engines.select import open_engine, resolve_kind
+from lipstream.engines.variants import random_feed
 from lipstream.export.onnx_export import export_onnx
 from lipstream.models.report import profile_report
 from lipstream.models.weights import load_stylesync
 
 from .report import git_commit, machine_info, output_stem, percentiles_ms, write_json
-
-
-def random_feed(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {s.name: rng.standard_normal((batch, *s.shape)).astype(np.float32) for s in engine.inputs}
 
 
 def time_engine(engine: Engine, batch: int, runs: int, warmup: int = 3) -> dict[str, float]:
@@ -104,20 +103,23 @@ def run_engine_bench(
     out_dir: Path = Path("benchmarks/results"),
     rounds: int = 3,
     ops: bool = False,
+    variants: tuple[str, ...] = ("all",),
 ) -> dict:
     import torch
 
     kinds = [resolve_kind(k) for k in engines]
-    export = export_onnx(profile, fp16=any(k in ("tensorrt", "onnxruntime-cuda") for k in kinds))
+    export = export_onnx(profile, fp16=any(k in ("tensorrt", "onnxruntime-cuda") for k in kinds) or "fp16" in variants)
     model, _ = load_stylesync(profile)
     gflops = profile_report(profile)["gflops_per_frame"]
     engines_open: list[tuple[str, int, Engine]] = []  # (label, threads, engine)
     for kind in kinds:
         if kind == "onnxruntime":  # the thread count is measured, not assumed
-            for t in ort_threads:
-                path = export.graph_path("frame")
-                engine = OnnxRuntimeEngine(path, "frame", export.settings["model_id"], threads=t)
-                engines_open.append((f"onnxruntime ({t} threads)", t, engine))
+            for variant, t in itertools.product(variants, ort_threads):
+                path = export.graph_path("frame", fp16=variant == "fp16")
+                level = "all" if variant == "fp16" else variant
+                engine = OnnxRuntimeEngine(path, "frame", export.settings["model_id"], threads=t, level=level)
+                label = f"onnxruntime ({t} threads)" if variant == "all" else f"onnxruntime ({t} threads, {variant})"
+                engines_open.append((label, t, engine))
         else:
             engine = open_engine(kind, export, "frame", model=model)
             engines_open.append((kind, torch.get_num_threads(), engine))
@@ -155,6 +157,7 @@ def run_engine_bench(
             "runs": runs,
             "rounds": rounds,
             "batches": list(batches),
+            "variants": list(variants),
             "model_id": export.settings["model_id"],
             "gflops_per_frame": gflops,
         },

@@ -41,7 +41,7 @@ class VariantChoice:
         return asdict(self)
 
 
-def parity_feed(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feed(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the engine's shapes, drawn from a fixed seed: every variant sees the same numbers."""
     rng = np.random.default_rng(seed)
     return {s.name: rng.standard_normal((batch, *s.shape)).astype(np.float32) for s in engine.inputs}
@@ -84,7 +84,7 @@ def fastest_variant(
             engines[name] = open_variant(name)
         reference_name = variants[0]
         batches = [b for b in batches if b <= engines[reference_name].max_batch] or [1]
-        feeds = {b: parity_feed(engines[reference_name], b) for b in batches}
+        feeds = {b: random_feed(engines[reference_name], b) for b in batches}
         largest = feeds[max(batches)]
         expected = engines[reference_name].run(largest)
         choice = VariantChoice(chosen=reference_name)

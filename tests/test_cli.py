@@ -62,6 +62,7 @@ def test_models_text_names_params_and_gflops(capsys: pytest.CaptureFixture[str])
         ["bench", "session", "--sessions", "0"],
         ["bench", "engine", "--batches", "1,0"],
         ["bench", "engine", "--engines", "onnxruntime,cuda"],
+        ["bench", "engine", "--variants", "all,int8"],
         ["models", "--latency", "-1"],
         ["models", "--profile", "fast"],
     ],

@@ -170,12 +170,15 @@ def test_engine_benchmark_writes_json_plot_and_table(
         out_dir=tmp_path,
         rounds=2,
         ops=True,
+        variants=("all", "basic"),  # the start-up choice's candidates, labelled apart from the default
     )
     saved = json.loads(Path(payload["files"][0]).read_text())
     assert saved["machine"]["cores"] and saved["commit"] and saved["settings"]["profile"] == "rt"
     assert [(r["engine"], r["batch"]) for r in saved["results"]] == [
         ("onnxruntime (2 threads)", 1),
         ("onnxruntime (2 threads)", 2),
+        ("onnxruntime (2 threads, basic)", 1),
+        ("onnxruntime (2 threads, basic)", 2),
         ("torch", 1),
         ("torch", 2),
     ]

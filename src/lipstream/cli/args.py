@@ -56,12 +56,20 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return tuple(positive_int(part.strip()) for part in text.split(","))
 
 
-def engine_kinds(text: str) -> tuple[str, ...]:
-    kinds = tuple(part.strip() for part in text.split(","))
-    unknown = [k for k in kinds if k not in ENGINE_KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r}; expected some of: {', '.join(ENGINE_KINDS)}")
-    return kinds
+def choice_list(what: str, choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argument type: a comma-separated list of some of `choices` (engines, variants)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        picked = tuple(part.strip() for part in text.split(","))
+        unknown = [p for p in picked if p not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; expected some of: {', '.join(choices)}")
+        return picked
+
+    return parse
+
+
+engine_kinds = choice_list("engine", ENGINE_KINDS)
 
 
 MOTION_HELP = (

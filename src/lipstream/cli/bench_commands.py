@@ -12,7 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .args import ENGINE_KINDS, add_profile, engine_kinds, positive_float, positive_int, positive_ints
+from lipstream.engines.select import CPU_VARIANTS
+
+from .args import ENGINE_KINDS, add_profile, choice_list, engine_kinds, positive_float, positive_int, positive_ints
 
 # Each benchmark: its function ("module:name" under lipstream.benchmarks), imported only when it runs
 # or when its --help is printed (the benchmarks import the whole stack, torch included).
@@ -120,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     engine = benchmark("engine", ENGINE, cmd_engine, "per-frame graph latency and frames/s per engine and batch size")
     add_profile(engine)
     engine.add_argument("--engines", type=engine_kinds, help=f"comma-separated, of: {', '.join(ENGINE_KINDS)}")
+    engine.add_argument(
+        "--variants",
+        type=choice_list("variant", CPU_VARIANTS),
+        help=f"ONNX Runtime on the CPU: comma-separated, of: {', '.join(CPU_VARIANTS)} (engines/select.py)",
+    )
     engine.add_argument("--batches", type=positive_ints, help="comma-separated batch sizes")
     engine.add_argument("--runs", type=positive_int, help="timed calls per engine and batch (median and p95)")
     engine.add_argument("--rounds", type=positive_int, help="interleaved rounds; the best of each is kept")
