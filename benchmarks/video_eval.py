@@ -19,12 +19,18 @@ Measures, per system:
 - for `model`, the seam: gradient energy in the band where the generated region fades into the
   frame, against the same band of the template frame it was pasted onto (1: no visible edge).
 Writes evaluation.json and contact_sheet.png (aligned crops, and the lips box at full resolution).
+
+Without --template or --avatar the clip is its own template, and rendered frame k is shown on its real
+frame k; compositing that keeps the template where the audio changes nothing (`--keep-template`,
+realtime.compositor.rest_keep) would then show the truth itself, so it is off for such a run, and the
+report says so. Score it with a template from elsewhere (another part of the video, `--template`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -52,6 +58,9 @@ SYSTEMS = ("model", "static", "ground-truth")
 CROP = 128  # the crop the pixel measures use (LMD "at 128")
 GAP_CROP = 256  # the crop mediapipe measures the inner-lip gap on
 SEAM_BAND = (0.1, 0.9)  # paste weights that count as the seam band
+OWN_TEMPLATE = "the clip is its own template, so keeping the template would show its real frames; give --template"
+
+logger = logging.getLogger(__name__)
 
 
 def sharpness(frame: np.ndarray, box: tuple[slice, slice]) -> float:
@@ -120,9 +129,9 @@ class Measured:
         self.lips.append(np.ascontiguousarray(frame[box]))
 
 
-def _render(avatar_path: Path, samples: np.ndarray, o: VideoEvalOptions) -> tuple[list, bool]:
+def _render(avatar_path: Path, samples: np.ndarray, o: VideoEvalOptions, keep: bool) -> tuple[list, bool]:
     """The rendered frames, and whether they took the hd path (the avatar asks, and it could run)."""
-    runtime = build_runtime(str(avatar_path), engine=o.engine, weights=o.weights)
+    runtime = build_runtime(str(avatar_path), engine=o.engine, weights=o.weights, keep_template=keep)
     if o.motion_gain is not None:
         runtime.motion_gain = o.motion_gain
     runtime.voice_warp = o.voice_warp
@@ -143,6 +152,10 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
     if info.kind != "video" or not info.has_audio:
         raise ValueError(f"{clip}: evaluate --video needs a video with an audio track (it drives the render)")
     max_frames = round(o.max_seconds * FPS)
+    # Scored on its own frames, the clip must not show them: keeping the template would show the truth.
+    keep = o.keep_template and (template is not None or o.avatar is not None)
+    if keep != o.keep_template:
+        logger.info("%s: --keep-template is off: %s", clip, OWN_TEMPLATE)
     mel_cfg = MelConfig()
     with tempfile.TemporaryDirectory(prefix="lipstream-eval-") as scratch:
         if o.avatar is not None:
@@ -174,7 +187,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
             truth_transforms = smooth_transforms(frame_to_crop(truth_landmarks, CROP), 2.0)
         count = len(truth_landmarks)
         samples = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
-        rendered, hd_used = _render(avatar_path, samples, o)
+        rendered, hd_used = _render(avatar_path, samples, o, keep)
         count = min(count, len(rendered), num_video_frames(len(samples)))
         report = _score(avatar, info, rendered[:count], truth_landmarks, truth_transforms, samples, out)
     report |= {"clip": str(Path(clip).resolve()), "template": str(Path(template).resolve()) if template else None}
@@ -183,6 +196,9 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
     report["motion_gain"] = MOTION_GAIN if o.motion_gain is None else o.motion_gain
     voice = VoiceWarp(mel_cfg, fixed=o.voice_warp)
     voice.observe(samples)  # what the render's session heard, whole: its warp at the end
+    report["keep_template"] = keep
+    if keep != o.keep_template:
+        report["keep_template_off_because"] = OWN_TEMPLATE
     report["voice_warp"] = {"setting": "auto" if o.voice_warp is None else o.voice_warp, "alpha": voice.alpha}
     report["hd"] = (avatar.manifest.extra.get("hd") or {}) | {"used": hd_used}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -23,6 +23,29 @@ if TYPE_CHECKING:
     from .upsampling import Upsampler
 
 FRAME_CACHE_BYTES = 512 * 1024 * 1024
+# Where the audio changes the generated region by this many grey levels (mean over RGB) from the region
+# the same template frame gets in silence, the generated region is shown whole; where it changes it
+# less, the template's own crop shows through in proportion, and where it changes nothing, the real
+# frame is untouched. Within REST_REACH pixels (of the 128-px crop) of a change, and smoothed by
+# REST_SIGMA, so that the mouth's surroundings follow it without a hard edge.
+REST_FADE = 24.0
+REST_REACH = 3
+REST_SIGMA = 2.0
+
+
+def rest_keep(region: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """How much of the template to keep under a generated region [3, rows, S] (in [-1, 1]), given the
+    region its frame gets in silence (same shape, uint8 in 0..255 or float in [-1, 1]): 1 where the audio
+    changed nothing, 0 where it changed the region by REST_FADE grey levels or more. [rows, S] float32.
+
+    Why: on a face the model never saw, the generator misses what the reference cannot show it (a
+    beard, stubble, skin texture, the light), in silence as much as in speech. What the audio changes
+    is the mouth and what moves with it; everything else is better taken from the real frame."""
+    rest = rest.astype(np.float32) / 127.5 - 1.0 if rest.dtype == np.uint8 else rest
+    change = np.abs(np.asarray(region, np.float32) - rest).mean(axis=0) * 127.5
+    change = cv2.dilate(change, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * REST_REACH + 1,) * 2))
+    change = cv2.GaussianBlur(change, (0, 0), REST_SIGMA)
+    return np.clip(1.0 - change / REST_FADE, 0.0, 1.0)
 
 
 class AvatarAssets:
@@ -45,6 +68,13 @@ class AvatarAssets:
         self.upsampler: Upsampler | None = None  # the hd path of a photo, when weights exist
         self.hd_features: np.ndarray | None = None
         self.detail = DetailBank.of(avatar) if self.hd_method == "detail" else None  # a video's hd path
+        # Template frame -> the region the model generates for it in silence, uint8 [3, rows, S], for the
+        # frames speech is shown on (the idle loop's); Runtime.with_rest renders them once per load.
+        self.rest: dict[int, np.ndarray] = {}
+
+    def attach_rest(self, regions: dict[int, np.ndarray]) -> None:
+        """Turns on rest keeping (rest_keep) with regions [3, rows, S] in [-1, 1] by template frame."""
+        self.rest = {i: np.round((np.clip(r, -1, 1) + 1) * 127.5).astype(np.uint8) for i, r in regions.items()}
 
     @property
     def hd(self) -> bool:
@@ -93,6 +123,10 @@ class AvatarAssets:
         """A generated region [3, rows, S] in [-1, 1] pasted onto template frame `index`, colour-matched to
         it and feathered; `blend` in (0, 1] scales the paste weight (entering and leaving speech). [H, W, 3]
 
+        With the frame's rest region attached, only what the audio changes is taken from the model: the
+        template crop shows through wherever the region equals the one of silence (rest_keep), so that
+        a generated region that the audio left unchanged gives the template frame back exactly.
+
         The hd path: a video avatar's mouth gets the fine detail of its bank's nearest real mouth, drawn
         into the frame at the 2x crop's scale where the mouth departs from the template; a region the
         upsampler made 2x is composited at the 2x crop."""
@@ -108,6 +142,10 @@ class AvatarAssets:
             weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_LINEAR)
         canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
         upsampled = crop.shape[0] != self.crops.shape[1]
+        rest = self.rest.get(index)
+        if rest is not None and rest.shape == region.shape:  # not the upsampler's 2x region
+            kept = rest_keep(region, rest)[..., None]
+            canvas[-rows:] = kept * crop[-rows:] + (1.0 - kept) * canvas[-rows:]
         keep = detail_keep(canvas, crop)  # once: the paste and the lent detail both use it
         out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=upsampled, keep=keep)
         if self.detail is None or upsampled:

@@ -27,12 +27,13 @@ from .capacity import TickModel
 from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
-from .scheduler import FrameScheduler
-from .settings import ENGINE_VARIANT, MOTION_GAIN, VOICE_WARP
+from .scheduler import FrameScheduler, frame_feed
+from .settings import ENGINE_VARIANT, KEEP_TEMPLATE, MOTION_GAIN, VOICE_WARP
 from .tracks import video_frame
 from .upsampling import Upsampler
 
 logger = logging.getLogger("lipstream.realtime")
+REST_BATCH = 8  # frames per engine call when an avatar's rest regions are rendered
 
 
 @dataclass
@@ -46,9 +47,39 @@ class Runtime:
     motion_gain: float = MOTION_GAIN  # how far the audio moves the styles (FrameScheduler); 1: as trained
     voice_warp: float | None = VOICE_WARP  # each session's formant warp (dsp/voice.py); None: by its pitch
     upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
+    keep_template: bool = KEEP_TEMPLATE  # rest regions for every avatar loaded (compositor.rest_keep)
 
     def __post_init__(self) -> None:
-        self.with_hd(self.assets)
+        self.ready(self.assets)
+
+    def ready(self, assets: AvatarAssets) -> AvatarAssets:
+        """A newly loaded avatar's assets made ready to serve: the hd path, and its rest regions."""
+        return self.with_rest(self.with_hd(assets))
+
+    def with_rest(self, assets: AvatarAssets) -> AvatarAssets:
+        """`assets` with the region the engine generates in silence for each frame its idle loop shows
+        (speech is shown on those frames), so that compositing takes only what the audio changes from
+        the model (compositor.rest_keep). Rendered once per loaded avatar, REST_BATCH frames a call."""
+        if assets.rest or not self.keep_template:
+            return assets
+        started = time.perf_counter()
+        indices = sorted({int(i) for i in assets.loop})
+        mel = np.zeros(next(s.shape for s in self.engine.inputs if s.name == "mel"), np.float32)
+        regions: dict[int, np.ndarray] = {}
+        step = min(REST_BATCH, self.engine.max_batch)
+        for start in range(0, len(indices), step):
+            part = indices[start : start + step]
+            silent = [0.0] * len(part)  # motion gain 0: the styles of silence, whatever the mel says
+            feed = frame_feed([assets.features(i) for i in part], [mel] * len(part), [None] * len(part), 0.0, silent)
+            regions.update(zip(part, self.engine.run(feed)["region"], strict=True))
+        assets.attach_rest(regions)
+        logger.info(
+            "avatar %s: rest regions of %d frames rendered in %.1f s",
+            assets.avatar.name,
+            len(indices),
+            time.perf_counter() - started,
+        )
+        return assets
 
     def with_hd(self, assets: AvatarAssets) -> AvatarAssets:
         """`assets` with the region upsampler attached where its avatar's hd path needs it and it can run
@@ -95,7 +126,7 @@ class Runtime:
         if name is None or name == served or (name in BUILT_IN and f"{name}-{self.profile}" == served):
             return self.assets
         if name not in self.loaded and name in BUILT_IN:
-            self.loaded[name] = self.with_hd(AvatarAssets(built_in_avatar(name, self.profile)))
+            self.loaded[name] = self.ready(AvatarAssets(built_in_avatar(name, self.profile)))
         if name not in self.loaded:
             folder = avatars_dir() / check_name(name)
             if own_weights(str(folder)) is not None:
@@ -104,7 +135,7 @@ class Runtime:
                     f"serve it with: lipstream serve --avatar {name}"
                 )
             avatar = Avatar.load(folder, model_id=self.engine.model_id)
-            self.loaded[name] = self.with_hd(AvatarAssets(avatar))
+            self.loaded[name] = self.ready(AvatarAssets(avatar))
         return self.loaded[name]
 
 
@@ -192,6 +223,7 @@ def build_runtime(
     weights: str | None = None,
     samples_dir: str | Path | None = None,
     variant: str = ENGINE_VARIANT,
+    keep_template: bool = KEEP_TEMPLATE,
 ) -> Runtime:
     weights = weights if weights is not None else own_weights(avatar)  # a personalised avatar's own model
     model, model_id = load_stylesync(profile, weights)
@@ -202,4 +234,5 @@ def build_runtime(
     runner = open_engine(engine, export, "frame", model=model, variant=variant)
     check_model(runner, loaded.manifest.model_id, loaded.name)
     warm_up(runner)
-    return Runtime(AvatarAssets(loaded), runner, samples_dir=Path(samples_dir) if samples_dir else None)
+    samples = Path(samples_dir) if samples_dir else None
+    return Runtime(AvatarAssets(loaded), runner, samples_dir=samples, keep_template=keep_template)

@@ -75,6 +75,24 @@ def _consume_result(job: asyncio.Future) -> None:
         job.exception()
 
 
+def frame_feed(
+    features: list[dict[str, np.ndarray]],
+    mels: list[np.ndarray],
+    previous: list[np.ndarray | None],
+    smoothing: float,
+    gains: list[float],
+) -> dict[str, np.ndarray]:
+    """The frame graph's inputs for a batch: each sample's avatar features (AvatarAssets.features), mel
+    window, styles of its frame before (None: no smoothing) and motion gain."""
+    feed = {name: np.stack([f[name] for f in features]) for name in features[0]}
+    feed["mel"] = np.stack(mels).astype(np.float32)
+    blank = np.zeros_like(features[0]["delta_w"])
+    feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in previous])
+    feed["smoothing"] = np.array([[0.0 if ws is None else smoothing] for ws in previous], np.float32)
+    feed["motion_gain"] = np.array([[gain] for gain in gains], np.float32)
+    return feed
+
+
 class FrameScheduler:
     def __init__(
         self,
@@ -243,14 +261,13 @@ class FrameScheduler:
         for start in range(0, len(plans), self.engine.max_batch):
             chunk = plans[start : start + self.engine.max_batch]
             before = previous[start : start + self.engine.max_batch]
-            features = [p.session.assets.features(p.index) for p in chunk]
-            feed = {name: np.stack([f[name] for f in features]) for name in features[0]}
-            feed["mel"] = np.stack([p.mel for p in chunk]).astype(np.float32)
-            blank = np.zeros_like(features[0]["delta_w"])
-            feed["ws_prev"] = np.stack([blank if ws is None else ws for ws in before])
-            feed["smoothing"] = np.array([[0.0 if ws is None else self.style_smoothing] for ws in before], np.float32)
-            gains = [[self.motion_gain * p.session.assets.motion_gain] for p in chunk]  # the server's x the avatar's
-            feed["motion_gain"] = np.array(gains, np.float32)
+            feed = frame_feed(
+                [p.session.assets.features(p.index) for p in chunk],
+                [p.mel for p in chunk],
+                before,
+                self.style_smoothing,
+                [self.motion_gain * p.session.assets.motion_gain for p in chunk],  # the server's x the avatar's
+            )
             out = self.engine.run(feed)
             regions.extend(out["region"])
             styles.extend(out["ws"])

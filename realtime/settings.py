@@ -20,6 +20,9 @@ VOICE_WARP: float | None = DEFAULT_WARP
 # How the CPU engine runs the graph (engines/select.py's ENGINE_VARIANTS): auto times ONNX Runtime's
 # optimisation levels at start-up and keeps the fastest that matches the default's outputs.
 ENGINE_VARIANT = "auto"
+# Compositing takes from the model only what the audio changes, and keeps the template's own pixels
+# wherever the generated region equals the one of silence (compositor.rest_keep; `--keep-template`).
+KEEP_TEMPLATE = True
 
 
 @dataclass

@@ -91,6 +91,7 @@ def test_defaults_are_the_librarys() -> None:
         ServerSettings.jitter_frames,
     )
     assert (serve.motion_gain, serve.voice_warp) == (Runtime.motion_gain, Runtime.voice_warp)
+    assert (serve.keep_template == "on") == Runtime.keep_template
     assert parser.parse_args(["serve", "--voice-warp", "off"]).voice_warp == 1.0
     assert parser.parse_args(["personalize", "a"]).epochs == PersonalizeConfig.epochs
     generator = parser.parse_args(["train", "generator"])
@@ -188,6 +189,7 @@ def test_serve_answers_health_on_its_port(tmp_path: Path, cache: Path) -> None:
         assert health["status"] == "ok" and health["avatar"] == "default-rt" and health["engine"] == "onnxruntime"
         choice = health["engine_variant_choice"]  # serve times ONNX Runtime's levels and keeps the fastest
         assert health["engine_variant"] == choice["chosen"] and choice["chosen"] in choice["ms_per_frame"]
+        assert health["keep_template"] is True
     finally:
         server.terminate()
         server.wait(timeout=30)

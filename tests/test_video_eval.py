@@ -28,3 +28,5 @@ def test_a_clip_is_scored_against_its_own_footage(
     assert 0 < model["sharpness_ratio"] < 1.0 and model["lmd_px"] > 0
     assert 0.5 < report["seam"]["ratio"] < 1.5 and report["seam"]["frames"] > 50
     assert report["face_width_px"] > 150
+    # Its own template: keeping the template where the audio changes nothing would show the truth.
+    assert report["keep_template"] is False and "own template" in report["keep_template_off_because"]

@@ -128,10 +128,18 @@ def voice_warp(text: str) -> float | None:
 
 
 def add_mouth_options(parser: argparse.ArgumentParser) -> None:
-    """--motion-gain and --voice-warp: how the audio moves the mouth."""
-    from lipstream.realtime.settings import MAX_MOTION_GAIN, MOTION_GAIN, VOICE_WARP
+    """--motion-gain, --voice-warp and --keep-template: how the audio moves the mouth, and what of the
+    generated face is shown."""
+    from lipstream.realtime.settings import KEEP_TEMPLATE, MAX_MOTION_GAIN, MOTION_GAIN, VOICE_WARP
 
     expected = f"a number from 0 (a mouth at rest) to {MAX_MOTION_GAIN:g} (1: as trained)"
     gain = _number(float, lambda v: 0 <= v <= MAX_MOTION_GAIN, expected)
     parser.add_argument("--motion-gain", type=gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
     parser.add_argument("--voice-warp", type=voice_warp, default=VOICE_WARP, metavar="auto|off|F", help=VOICE_HELP)
+    parser.add_argument(
+        "--keep-template",
+        choices=("on", "off"),
+        default="on" if KEEP_TEMPLATE else "off",
+        help="take from the model only what the audio changes and keep the template's own pixels elsewhere "
+        "(off: the whole generated lower face, as before) (%(default)s)",
+    )

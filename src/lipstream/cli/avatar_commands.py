@@ -157,7 +157,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     from lipstream.realtime.runtime import build_runtime
 
     runtime = build_runtime(
-        args.avatar, engine=args.engine, profile=args.profile, weights=args.weights, variant=args.engine_variant
+        args.avatar,
+        engine=args.engine,
+        profile=args.profile,
+        weights=args.weights,
+        variant=args.engine_variant,
+        keep_template=args.keep_template == "on",
     )
     runtime.style_smoothing = args.smooth_styles
     runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp

@@ -68,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         weights=args.weights,
         samples_dir=args.samples,
         variant=args.engine_variant,
+        keep_template=args.keep_template == "on",
     )
     runtime.style_smoothing = args.smooth_styles
     runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp

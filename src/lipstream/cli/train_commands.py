@@ -180,6 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.avatar,
             motion_gain=args.motion_gain,
             voice_warp=args.voice_warp,
+            keep_template=args.keep_template == "on",
         )
         report = evaluate_videos(args.video, args.out, options)
         print(json.dumps(report["mean"], indent=2))
