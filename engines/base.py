@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,13 +37,19 @@ class Engine(ABC):
         self.graph, self.model_id = graph, model_id
         self.inputs, self.outputs, self.max_batch = inputs, outputs, max_batch
         self.closed = False
+        # One call at a time: the scheduler's worker runs every tick's batch, and an avatar loading on
+        # another thread renders its rest regions through the same engine (TensorRT's buffers, bound
+        # once, and a CUDA graph per batch size cannot serve two calls at once).
+        self._lock = threading.Lock()
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """feed: every input by name, [B, ...] float32 with one B. Returns every output by name."""
         if self.closed:
             raise EngineError(f"{self.kind} {self.graph} engine was closed")
         batch = self._batch(feed)
-        return self._run({spec.name: self._checked(spec, feed) for spec in self.inputs}, batch)
+        checked = {spec.name: self._checked(spec, feed) for spec in self.inputs}
+        with self._lock:
+            return self._run(checked, batch)
 
     @abstractmethod
     def _run(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]: ...
