@@ -12,6 +12,7 @@ import pytest
 from test_hardening import _call
 from test_server import serving
 
+from lipstream.realtime import capacity
 from lipstream.realtime.capacity import CapacityMonitor, TickModel
 from lipstream.realtime.clock import FakeClock
 from lipstream.realtime.runtime import Runtime
@@ -98,9 +99,15 @@ def test_the_tick_model_refuses_what_would_not_fit_when_every_session_speaks() -
     assert model.refusal(3, available_cores=None) is None, "no CPU reading: the tick's time alone decides"
 
 
-def test_the_monitor_projects_its_sessions_all_speaking_with_what_it_measured_live() -> None:
+def test_the_monitor_projects_its_sessions_all_speaking_with_what_it_measured_live(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    # A machine with two idle cores on the fake clock: this is about the projection from the measured
+    # stage costs, not about how busy the shared test host happens to be (it once read 0 idle cores).
+    monkeypatch.setattr(capacity, "_machine_cpu", lambda: (0.0, 2.0 * clock.now()))
+
     async def scenario() -> None:
-        clock = FakeClock()
         model = TickModel({1: 0.004, 2: 0.006}, composite=0.002, encode=0.002, threads=1)
         monitor = CapacityMonitor(window=1.0, first_session_cores=0.0, clock=clock, tick_model=model)
         monitor.sample(0, 1, {"composite_frame": (0.0, 0.0), "encode_send": (0.0, 0.0)})

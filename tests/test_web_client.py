@@ -280,8 +280,9 @@ def test_a_sample_streams_and_interrupt_goes_idle(browser: Browser, server: str,
     assert "Interrupted" in page.text_content("#status")
     # The server's playback events reached the page over its data channel, and the page shows them.
     events = page.evaluate("window.lipstreamEvents")
-    ended = next(e for e in events if e["event"] == "speech_ended")
-    assert ended["interrupted"] is True and ended["position_s"] > 0
+    # (On a loaded host an underrun may end an utterance before the click; the interrupted one must come.)
+    ended = [e for e in events if e["event"] == "speech_ended" and e["interrupted"]]
+    assert ended and ended[0]["position_s"] > 0, events
     # A microphone (or a sample played through it) never stops sending: after the interrupt its audio
     # starts a new utterance, which the panel shows.
     last = events[-1]
