@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lipstream.engines.base import Engine
-from lipstream.engines.onnxruntime_engine import OnnxRuntimeEngine
-from lipstream.engines.select import open_engine, resolve_kind
+from lipstream.engines.select import onnxruntime_variant, open_engine, resolve_kind
 from lipstream.engines.variants import random_feed
 from lipstream.export.onnx_export import export_onnx
 from lipstream.models.report import profile_report
@@ -115,9 +114,7 @@ def run_engine_bench(
     for kind in kinds:
         if kind == "onnxruntime":  # the thread count is measured, not assumed
             for variant, t in itertools.product(variants, ort_threads):
-                path = export.graph_path("frame", fp16=variant == "fp16")
-                level = "all" if variant == "fp16" else variant
-                engine = OnnxRuntimeEngine(path, "frame", export.settings["model_id"], threads=t, level=level)
+                engine = onnxruntime_variant(export, "frame", variant, threads=t)
                 label = f"onnxruntime ({t} threads)" if variant == "all" else f"onnxruntime ({t} threads, {variant})"
                 engines_open.append((label, t, engine))
         else:

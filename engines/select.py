@@ -10,6 +10,8 @@ if TYPE_CHECKING:  # engines run files that export made; they never import it (n
     from lipstream.export.onnx_export import ExportResult
     from lipstream.models.stylesync import StyleSync
 
+    from .onnxruntime_engine import OnnxRuntimeEngine
+
 ENGINE_KINDS = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
 # How the CPU engine runs the graph: an ONNX Runtime optimisation level on the fp32 graph, or fp16, the
 # fp16 graph (a gain only where the CPU computes in fp16, e.g. AVX-512 FP16); auto: the fastest of them
@@ -65,18 +67,10 @@ def open_engine(
         if not path.is_file():
             trt.build_engine(export.graph_path(graph, use_fp16), path, max_batch)
         return trt.TensorRTEngine(path, graph, model_id, max_batch)
-    from .onnxruntime_engine import OnnxRuntimeEngine
-
     cuda = kind == "onnxruntime-cuda"
 
-    def open_variant(name: str) -> OnnxRuntimeEngine:
-        if name == "fp16" and not has_fp16:
-            raise EngineError(f"{export.folder} has no fp16 graphs; export with --fp16")
-        path = export.graph_path(graph, use_fp16 or name == "fp16")
-        level = "all" if name == "fp16" else name
-        engine = OnnxRuntimeEngine(path, graph, model_id, cuda, max_batch=max_batch, level=level)
-        engine.variant = name
-        return engine
+    def open_variant(name: str) -> Engine:
+        return onnxruntime_variant(export, graph, name, cuda=cuda, fp16=use_fp16)
 
     if variant != "auto" or cuda:
         return open_variant(CPU_VARIANTS[0] if variant == "auto" or cuda else variant)
@@ -85,6 +79,24 @@ def open_engine(
     candidates = [name for name in CPU_VARIANTS if name != "fp16" or has_fp16]
     engine, choice = fastest_variant(open_variant, candidates)
     engine.variant_choice = choice.as_dict()
+    return engine
+
+
+def onnxruntime_variant(
+    export: ExportResult, graph: str, variant: str, cuda: bool = False, fp16: bool = False, threads: int | None = None
+) -> OnnxRuntimeEngine:
+    """ONNX Runtime on one graph of an export, run as `variant` (CPU_VARIANTS): an optimisation level on
+    the fp32 graph (the fp16 one where `fp16`), or `fp16`, the fp16 graph at the full level."""
+    from .onnxruntime_engine import DEFAULT_THREADS, OnnxRuntimeEngine
+
+    if variant == "fp16" and "fp16_file" not in export.settings["graphs"][graph]:
+        raise EngineError(f"{export.folder} has no fp16 graphs; export with --fp16")
+    path = export.graph_path(graph, fp16 or variant == "fp16")
+    level = "all" if variant == "fp16" else variant
+    model_id, max_batch = export.settings["model_id"], export.settings["batch"][1]
+    threads = DEFAULT_THREADS if threads is None else threads
+    engine = OnnxRuntimeEngine(path, graph, model_id, cuda, threads=threads, max_batch=max_batch, level=level)
+    engine.variant = variant
     return engine
 
 

@@ -3,9 +3,10 @@ Runtime's graph optimisation levels), each checked against the first for parity,
 that interleave them, so that a neighbour's load falls on all alike.
 
 Why at start-up: what wins depends on the host. On the 2-core AMD EPYC where the graph was tuned, the
-full optimisation (`all`, with its NCHWc layout and the Reorder nodes around it) and `basic` run within
-a few per cent of each other and `extended` is about 25 % slower; on an Intel Xeon the same graph ran 3x
-slower than on the EPYC (issue 23), and which level loses least there can only be measured there.
+full optimisation (`all`, with its NCHWc layout and the Reorder nodes around it) wins: 12.1 / 8.3 ms
+per frame at batch 1 / 8, against 13.2 / 11.1 for `basic` and 14.0 / 11.1 for `extended` (`lipstream
+bench engine --variants ...`, 2026-12-07); on an Intel Xeon the same graph ran 3x slower than on the
+EPYC (issue 23), and which level loses least there can only be measured there.
 """
 
 from __future__ import annotations

@@ -94,6 +94,25 @@ def add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="rt", help="model profile (default rt)")
 
 
+def runtime_from_options(args: argparse.Namespace, **extra: Any) -> Any:
+    """The Runtime that `serve` and `render` build from add_model_options' options (with smoothing and
+    the mouth options), `extra` going to build_runtime as it is."""
+    from lipstream.realtime.runtime import build_runtime
+
+    runtime = build_runtime(
+        args.avatar,
+        engine=args.engine,
+        profile=args.profile,
+        weights=args.weights,
+        variant=args.engine_variant,
+        keep_template=args.keep_template == "on",
+        **extra,
+    )
+    runtime.style_smoothing = args.smooth_styles
+    runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
+    return runtime
+
+
 def add_model_options(parser: argparse.ArgumentParser, smoothing: bool = True) -> None:
     """--engine, --profile, --weights (and --smooth-styles): how an avatar's model runs."""
     from lipstream.realtime.settings import ENGINE_VARIANT

@@ -23,6 +23,7 @@ from .args import (
     percentile,
     positive_float,
     positive_int,
+    runtime_from_options,
 )
 
 PERSONALIZE = defaults(PersonalizeConfig)
@@ -154,18 +155,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from lipstream.realtime.render import render
-    from lipstream.realtime.runtime import build_runtime
 
-    runtime = build_runtime(
-        args.avatar,
-        engine=args.engine,
-        profile=args.profile,
-        weights=args.weights,
-        variant=args.engine_variant,
-        keep_template=args.keep_template == "on",
-    )
-    runtime.style_smoothing = args.smooth_styles
-    runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
+    runtime = runtime_from_options(args)
     result = render(runtime, args.audio, args.output)
     print(
         f"wrote {result.path}: {result.frames} frames ({result.speech_frames} generated), "

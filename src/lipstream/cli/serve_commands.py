@@ -10,7 +10,15 @@ from pathlib import Path
 from lipstream.realtime.ice import IceSettings
 from lipstream.realtime.settings import ServerSettings
 
-from .args import add_model_options, defaults, instance_name, non_negative_int, port_number, positive_int
+from .args import (
+    add_model_options,
+    defaults,
+    instance_name,
+    non_negative_int,
+    port_number,
+    positive_int,
+    runtime_from_options,
+)
 
 SERVER = defaults(ServerSettings)
 
@@ -51,7 +59,6 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from lipstream.realtime.runtime import build_runtime
     from lipstream.realtime.server import create_app
 
     settings = serve_settings(args)
@@ -61,17 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    runtime = build_runtime(
-        args.avatar,
-        engine=args.engine,
-        profile=args.profile,
-        weights=args.weights,
-        samples_dir=args.samples,
-        variant=args.engine_variant,
-        keep_template=args.keep_template == "on",
-    )
-    runtime.style_smoothing = args.smooth_styles
-    runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
+    runtime = runtime_from_options(args, samples_dir=args.samples)
     tokens = settings.tokens
     print(
         f"serving avatar {runtime.assets.avatar.name!r} with {runtime.engine.label} ({runtime.engine.model_id}) "
