@@ -48,7 +48,7 @@ from lipstream.dsp import FPS, MelConfig, melspectrogram, num_video_frames
 from lipstream.dsp.voice import VoiceWarp
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import build_runtime
-from lipstream.realtime.settings import MOTION_GAIN
+from lipstream.realtime.settings import MOTION_GAIN, voice_reference
 from lipstream.training.config import VideoEvalOptions
 from lipstream.training.evaluate import MAX_LAG, MouthLandmarks, lip_audio_r, psnr_ssim_lmd, temporal_jerk
 
@@ -135,6 +135,7 @@ def _render(avatar_path: Path, samples: np.ndarray, o: VideoEvalOptions, keep: b
     if o.motion_gain is not None:
         runtime.motion_gain = o.motion_gain
     runtime.voice_warp = o.voice_warp
+    runtime.voice_norm = voice_reference(o.voice_norm)
 
     async def collect() -> list:
         return [frame async for frame in rendered_frames(runtime, samples)]
@@ -200,6 +201,7 @@ def evaluate_video(clip: str | Path, out: str | Path, options: VideoEvalOptions 
     if keep != o.keep_template:
         report["keep_template_off_because"] = OWN_TEMPLATE
     report["voice_warp"] = {"setting": "auto" if o.voice_warp is None else o.voice_warp, "alpha": voice.alpha}
+    report["voice_norm"] = o.voice_norm
     report["hd"] = (avatar.manifest.extra.get("hd") or {}) | {"used": hd_used}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report

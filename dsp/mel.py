@@ -24,7 +24,7 @@ import numpy as np
 from .media import FPS, MEL_SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from .voice import VoiceWarp
+    from .voice import VoiceNorm, VoiceWarp
 
 
 class AudioInputError(ValueError):
@@ -217,12 +217,16 @@ class StreamingMel:
 
     `push` returns the mel frames completed by a chunk; `flush` ends the stream (zero padding, as the
     batch function does) and returns the rest. With a `voice`, each frame goes through the voice's
-    filterbank of the moment (`dsp.voice`), and the voice hears every chunk first.
+    filterbank of the moment (`dsp.voice`), and the voice hears every chunk first; with a `norm`, the
+    frames are then mapped to the learnt voice's speech statistics (`dsp.voice.VoiceNorm`).
     """
 
-    def __init__(self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None) -> None:
+    def __init__(
+        self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None, norm: VoiceNorm | None = None
+    ) -> None:
         self.cfg = cfg or MelConfig()
         self.voice = voice
+        self.norm = norm
         self.samples_in = 0  # input samples received so far
         self.frames_out = 0  # mel frames emitted so far
         self._last_sample = 0.0  # previous raw sample, for pre-emphasis across chunks
@@ -258,7 +262,7 @@ class StreamingMel:
         mel = _frames_to_mel(_frame_signal(self._pending, count, cfg), cfg, filterbank)
         self._pending = self._pending[count * cfg.hop_length :]
         self.frames_out += count
-        return mel
+        return mel if self.norm is None else self.norm(mel)
 
 
 @dataclass(frozen=True)
@@ -279,9 +283,11 @@ class StreamingMelWindows:
     K = `num_video_frames(total samples)`, once `flush` has been called.
     """
 
-    def __init__(self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None) -> None:
+    def __init__(
+        self, cfg: MelConfig | None = None, voice: VoiceWarp | None = None, norm: VoiceNorm | None = None
+    ) -> None:
         self.cfg = cfg or MelConfig()
-        self._mel = StreamingMel(self.cfg, voice)
+        self._mel = StreamingMel(self.cfg, voice, norm)
         self._frames = np.zeros((self.cfg.n_mels, 0), np.float32)  # kept mel frames
         self._frames_offset = 0  # mel index of self._frames[:, 0]
         self.next_frame = 0  # next video frame to emit

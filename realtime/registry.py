@@ -125,6 +125,7 @@ class ServerState:
             jitter_frames=self.settings.jitter_frames,
             metrics=self.runtime.metrics,
             voice_warp=self.runtime.voice_warp,
+            voice_norm=self.runtime.voice_norm,
         )
         live = LiveSession(session, Broadcast(session), client, watch_id, self.clock)
         self.live[session_id] = live

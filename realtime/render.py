@@ -41,7 +41,9 @@ async def rendered_frames(
     """Every video frame of `samples` (16 kHz mono float32; `playback`: the same at 48 kHz, else they
     are upsampled for the frames' audio), from a fresh session whose ticks follow each other at once."""
     total = num_video_frames(len(samples))
-    session = AvatarSession("render", runtime.assets, queue_frames=total + 1, voice_warp=runtime.voice_warp)
+    session = AvatarSession(
+        "render", runtime.assets, queue_frames=total + 1, voice_warp=runtime.voice_warp, voice_norm=runtime.voice_norm
+    )
     scheduler = runtime.scheduler(MonotonicClock())
     scheduler.add(session)
     step, ratio = SAMPLE_RATE, PLAYBACK_RATE // SAMPLE_RATE  # a second at a time

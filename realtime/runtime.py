@@ -16,6 +16,7 @@ from lipstream.avatars import Avatar
 from lipstream.avatars.default import BUILT_IN, DEFAULT_NAME, built_in_avatar
 from lipstream.avatars.errors import AvatarCacheError
 from lipstream.avatars.manifest import MANIFEST, Manifest
+from lipstream.dsp.voice import VoiceReference
 from lipstream.engines.base import Engine, EngineError
 from lipstream.engines.select import check_model, open_engine
 from lipstream.export.onnx_export import ExportError, export_onnx
@@ -28,7 +29,7 @@ from .clock import Clock
 from .compositor import AvatarAssets
 from .metrics import Metrics
 from .scheduler import FrameScheduler, frame_feed
-from .settings import ENGINE_VARIANT, KEEP_TEMPLATE, MOTION_GAIN, VOICE_WARP
+from .settings import ENGINE_VARIANT, KEEP_TEMPLATE, MOTION_GAIN, VOICE_WARP, voice_reference
 from .tracks import video_frame
 from .upsampling import Upsampler
 
@@ -46,6 +47,8 @@ class Runtime:
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
     motion_gain: float = MOTION_GAIN  # how far the audio moves the styles (FrameScheduler); 1: as trained
     voice_warp: float | None = VOICE_WARP  # each session's formant warp (dsp/voice.py); None: by its pitch
+    # the speech statistics each session's voice is mapped to (dsp/voice.py's VoiceNorm); None: off
+    voice_norm: VoiceReference | None = field(default_factory=voice_reference)
     upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
     keep_template: bool = KEEP_TEMPLATE  # rest regions for every avatar loaded (compositor.rest_keep)
 

@@ -25,7 +25,7 @@ from itertools import islice
 import numpy as np
 
 from lipstream.dsp import PLAYBACK_RATE, MelConfig, StreamingMelWindows, WindowBatch, serving_config
-from lipstream.dsp.voice import VoiceWarp
+from lipstream.dsp.voice import VoiceNorm, VoiceReference, VoiceWarp
 
 from .audio_in import RateConverter, VoiceActivity
 from .compositor import AvatarAssets
@@ -106,6 +106,7 @@ class AvatarSession:
         metrics: Metrics | None = None,
         blend_frames: tuple[int, int] = (BLEND_IN_FRAMES, BLEND_OUT_FRAMES),
         voice_warp: float | None = VOICE_WARP,
+        voice_norm: VoiceReference | None = None,
     ) -> None:
         if min(blend_frames) < 1:
             raise ValueError(f"blend_frames (in, out) must be at least 1 each (1: no blending); got {blend_frames}")
@@ -116,6 +117,8 @@ class AvatarSession:
         # The speaker's formants brought to the model's voice (dsp/voice.py): one pitch history for the
         # whole session, across interruptions.
         self.voice = VoiceWarp(self.mel_cfg, fixed=voice_warp)
+        # ... and its speech statistics to the learnt voice's (one history across interruptions, too)
+        self.norm = None if voice_norm is None else VoiceNorm(voice_norm, self.mel_cfg.max_abs_value)
         self.jitter_frames = jitter_frames
         self.blend_frames = blend_frames
         self._blend = 0.0  # the last frame's weight of the generated lower face
@@ -141,7 +144,7 @@ class AvatarSession:
 
     # -- input side -------------------------------------------------------------------------------
     def _new_stream(self) -> None:
-        self._mel = StreamingMelWindows(self.mel_cfg, self.voice)
+        self._mel = StreamingMelWindows(self.mel_cfg, self.voice, self.norm)
         self._vad = VoiceActivity()
         self._samples = np.zeros(0, np.float32)  # this stream's samples from _offset on
         self._offset = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lipstream.dsp.voice import DEFAULT_WARP
+from lipstream.dsp.voice import DEFAULT_REFERENCE, DEFAULT_WARP, VoiceReference
 
 from .ice import IceSettings
 from .tts import EspeakProvider, TTSProvider
@@ -17,6 +17,16 @@ MAX_MOTION_GAIN = 3.0
 # The mel filterbank's warp towards the voice the model learnt (`serve` and `render --voice-warp`):
 # None follows each session's speaker by pitch, 1 (the default, dsp/voice.py says why) hears it as it is.
 VOICE_WARP: float | None = DEFAULT_WARP
+# Each session's voice mapped to the speech statistics of the voice the model learnt (dsp/voice.py's
+# VoiceNorm; `serve` and `render --voice-norm`).
+VOICE_NORM = True
+
+
+def voice_reference(on: bool = VOICE_NORM) -> VoiceReference | None:
+    """The reference that sessions' voices are normalised to: the shipped one when `on`, else None."""
+    return VoiceReference.from_json(DEFAULT_REFERENCE) if on else None
+
+
 # How the CPU engine runs the graph (engines/select.py's ENGINE_VARIANTS): auto times ONNX Runtime's
 # optimisation levels at start-up and keeps the fastest that matches the default's outputs.
 ENGINE_VARIANT = "auto"

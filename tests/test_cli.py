@@ -57,6 +57,7 @@ def test_models_text_names_params_and_gflops(capsys: pytest.CaptureFixture[str])
         ["serve", "--jitter-frames", "-1"],
         ["serve", "--voice-warp", "2"],
         ["render", "default", "a.wav", "--voice-warp", "high"],
+        ["render", "default", "a.wav", "--voice-norm", "yes"],
         ["train", "generator", "--steps", "two"],
         ["evaluate", "--max-clips", "0"],
         ["bench", "session", "--sessions", "0"],
@@ -80,8 +81,8 @@ def test_defaults_are_the_librarys() -> None:
     what the library's settings say, and the benchmarks pass nothing they were not given."""
     from lipstream.avatars import options
     from lipstream.realtime.runtime import Runtime
-    from lipstream.realtime.settings import ServerSettings
-    from lipstream.training.config import GeneratorTrainConfig, PersonalizeConfig
+    from lipstream.realtime.settings import VOICE_NORM, ServerSettings
+    from lipstream.training.config import GeneratorTrainConfig, PersonalizeConfig, VideoEvalOptions
 
     parser = build_parser()
     serve = parser.parse_args(["serve"])
@@ -92,7 +93,9 @@ def test_defaults_are_the_librarys() -> None:
     )
     assert (serve.motion_gain, serve.voice_warp) == (Runtime.motion_gain, Runtime.voice_warp)
     assert (serve.keep_template == "on") == Runtime.keep_template
+    assert (serve.voice_norm == "on") == VOICE_NORM
     assert parser.parse_args(["serve", "--voice-warp", "off"]).voice_warp == 1.0
+    assert (parser.parse_args(["evaluate"]).voice_norm == "on") == VideoEvalOptions.voice_norm
     assert parser.parse_args(["personalize", "a"]).epochs == PersonalizeConfig.epochs
     generator = parser.parse_args(["train", "generator"])
     assert (generator.steps, generator.lr, generator.grid_share) == (
@@ -189,7 +192,7 @@ def test_serve_answers_health_on_its_port(tmp_path: Path, cache: Path) -> None:
         assert health["status"] == "ok" and health["avatar"] == "default-rt" and health["engine"] == "onnxruntime"
         choice = health["engine_variant_choice"]  # serve times ONNX Runtime's levels and keeps the fastest
         assert health["engine_variant"] == choice["chosen"] and choice["chosen"] in choice["ms_per_frame"]
-        assert health["keep_template"] is True
+        assert health["keep_template"] is True and health["voice_norm"] is True
     finally:
         server.terminate()
         server.wait(timeout=30)

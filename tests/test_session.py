@@ -14,7 +14,7 @@ from fakes import FakeAssets
 from lipstream.avatars.align import invert, transform_points
 from lipstream.benchmarks.motion import mouth_box, transition_report
 from lipstream.benchmarks.transitions import play
-from lipstream.dsp.voice import alpha_for_pitch
+from lipstream.dsp.voice import DEFAULT_REFERENCE, FULL_STRENGTH_FRAMES, VoiceReference, alpha_for_pitch
 from lipstream.realtime.clock import MonotonicClock
 from lipstream.realtime.compositor import REST_REACH, REST_SIGMA, AvatarAssets, rest_keep
 from lipstream.realtime.metrics import Metrics
@@ -293,6 +293,22 @@ def test_the_sessions_voice_warp_follows_its_speaker_across_interrupts() -> None
     fixed, _ = _fake_session(queue_frames=100)
     fixed.push_audio(high_voice)
     assert fixed.voice.alpha == 1.0
+
+
+def test_the_sessions_voice_normalisation_hears_speech_across_interrupts() -> None:
+    """With a voice reference, a session maps its speaker's log-mel to it: the speech heard before an
+    interrupt still counts after it; without one, a session has no mapping."""
+    reference = VoiceReference.from_json(DEFAULT_REFERENCE)
+    t = np.arange(32_000) / 16_000
+    voice = (0.05 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 20))).astype(np.float32)
+    session, _ = _fake_session(queue_frames=100, voice_norm=reference)
+    session.push_audio(voice)
+    heard = session.norm.speech_frames
+    assert heard > FULL_STRENGTH_FRAMES
+    session.clear_buffer()
+    session.push_audio(voice[:8_000])
+    assert session.norm.speech_frames > heard
+    assert _fake_session()[0].norm is None
 
 
 def _within(moved: np.ndarray, crop_area: np.ndarray, transform: np.ndarray, rows: int) -> bool:

@@ -30,3 +30,4 @@ def test_a_clip_is_scored_against_its_own_footage(
     assert report["face_width_px"] > 150
     # Its own template: keeping the template where the audio changes nothing would show the truth.
     assert report["keep_template"] is False and "own template" in report["keep_template_off_because"]
+    assert report["voice_norm"] is True

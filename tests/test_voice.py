@@ -1,17 +1,25 @@
 """The voice warp (dsp/voice.py): a speaker's pitch, the warp it implies, and the filterbank that hears a
-higher voice's formants where the model's voice had them."""
+higher voice's formants where the model's voice had them; and the speech-level normalisation that maps a
+voice's log-mel statistics to the learnt voice's."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lipstream.dsp import MelConfig, StreamingMelWindows, mel_windows, melspectrogram, num_video_frames
 from lipstream.dsp.voice import (
+    DEFAULT_REFERENCE,
+    FULL_STRENGTH_FRAMES,
     MAX_ALPHA,
     MIN_VOICED_FRAMES,
     PITCH_FRAME,
     REFERENCE_F0_HZ,
+    VoiceNorm,
+    VoiceReference,
+    VoiceReferenceError,
     VoiceWarp,
     VoiceWarpError,
     alpha_for_pitch,
@@ -86,3 +94,64 @@ def test_streaming_through_an_unwarped_voice_gives_the_batch_features_and_a_warp
 
     np.testing.assert_array_equal(streamed(VoiceWarp(cfg, fixed=1.0)), reference)
     assert np.abs(streamed(VoiceWarp(cfg, fixed=1.2)) - reference).mean() > 0.05
+
+
+def _reference(bands: int = 80) -> VoiceReference:
+    return VoiceReference(np.linspace(-1.0, -2.0, bands), np.full(bands, 0.8))
+
+
+def test_a_voice_is_mapped_to_the_references_mean_and_spread_band_by_band() -> None:
+    """Speech frames of another level and contrast (each band its own), heard for 20 s, come out with the
+    reference's per-band mean and spread; frames of digital silence count for nothing."""
+    ref, rng = _reference(), np.random.default_rng(0)
+    mean, spread = rng.uniform(-1.5, 0.5, 80), rng.uniform(0.4, 1.2, 80)
+    speech = (mean[:, None] + spread[:, None] * rng.standard_normal((80, 1600))).clip(-3.0, 3.0)
+    silence = np.full((80, 400), -4.0)
+    norm = VoiceNorm(ref)
+    norm(silence[:, :200])
+    assert norm.speech_frames == 0
+    out = norm(np.concatenate([speech[:, :800], silence[:, 200:], speech[:, 800:]], axis=1))[:, -800:]
+    assert norm.speech_frames == 1600
+    np.testing.assert_allclose(out.mean(axis=1), ref.mean, atol=0.1)
+    np.testing.assert_allclose(out.std(axis=1), ref.std, rtol=0.12)
+    assert np.abs(out).max() <= MelConfig.max_abs_value
+
+
+def test_the_mapping_starts_as_none_and_any_chunking_gives_the_same_frames() -> None:
+    """Before any speech a frame passes unchanged; the mapping grows over FULL_STRENGTH_FRAMES of speech;
+    frames pushed whole or in pieces come out equal."""
+    ref, rng = _reference(), np.random.default_rng(1)
+    first = ref.mean[:, None] + 2.0 + 0.3 * rng.standard_normal((80, 1))
+    assert np.allclose(VoiceNorm(ref)(np.full((80, 3), -4.0)), -4.0)
+    quiet = VoiceNorm(ref)
+    # the first speech frame is its own history at a weight of 1/FULL_STRENGTH_FRAMES
+    moved = quiet(first)[:, 0] - first[:, 0]
+    assert np.abs(moved).max() < 2.5 / FULL_STRENGTH_FRAMES * 10
+    stream = rng.normal(-0.5, 0.7, (80, 300))
+    whole = VoiceNorm(ref)(stream)
+    pieces, parts = VoiceNorm(ref), np.split(stream, [1, 7, 50, 51, 200], axis=1)
+    np.testing.assert_array_equal(np.concatenate([pieces(p) for p in parts], axis=1), whole)
+
+
+def test_the_shipped_reference_loads_and_a_broken_one_is_refused(tmp_path: Path) -> None:
+    ref = VoiceReference.from_json(DEFAULT_REFERENCE)
+    assert ref.mean.shape == ref.std.shape == (MelConfig().n_mels,) and (ref.std > 0).all()
+    bad = tmp_path / "voice.json"
+    for text in ('{"mean": [0, 1]}', '{"mean": [0, 1], "std": [1, 0]}', '{"mean": [0], "std": [1, 1]}'):
+        bad.write_text(text)
+        with pytest.raises(VoiceReferenceError, match="mean"):
+            VoiceReference.from_json(bad)
+
+
+def test_a_session_stream_through_the_normalisation_differs_from_the_voice_as_it_is() -> None:
+    """StreamingMelWindows with a VoiceNorm: the windows of a quiet voice are raised towards the learnt
+    voice's level; without one they are the batch function's."""
+    cfg = MelConfig()
+    quiet = 0.05 * _voice(180.0, 3.0)
+    plain = mel_windows(melspectrogram(quiet, cfg), 0, num_video_frames(len(quiet)), cfg)
+    stream = StreamingMelWindows(cfg, None, VoiceNorm(VoiceReference.from_json(DEFAULT_REFERENCE)))
+    normed = np.concatenate(
+        [stream.push(quiet[i : i + 500]).windows for i in range(0, len(quiet), 500)] + [stream.flush().windows]
+    )
+    assert normed.shape == plain.shape
+    assert normed[-25:].mean() > plain[-25:].mean() + 0.3

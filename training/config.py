@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lipstream.avatars.options import REFERENCE_PERCENTILE
 from lipstream.dsp.voice import DEFAULT_WARP
-from lipstream.realtime.settings import KEEP_TEMPLATE
+from lipstream.realtime.settings import KEEP_TEMPLATE, VOICE_NORM
 
 SYNC_FRAMES = 5  # frames per SyncNet window and per generator sample (0.2 s at 25 fps)
 
@@ -128,5 +128,6 @@ class VideoEvalOptions:
     avatar: str | None = None  # a prepared (e.g. personalised) avatar to score instead of preparing one
     motion_gain: float | None = None  # the render's; None: the server's (realtime.settings.MOTION_GAIN)
     voice_warp: float | None = DEFAULT_WARP  # the render's formant warp (dsp/voice.py); None: by the voice's pitch
+    voice_norm: bool = VOICE_NORM  # the render maps the voice to the learnt voice's statistics (VoiceNorm)
     keep_template: bool = KEEP_TEMPLATE  # the render keeps the template where the audio changes nothing (rest_keep)
     show_progress: bool = True

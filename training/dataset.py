@@ -32,6 +32,7 @@ from lipstream.avatars.masks import crop_landmarks
 from lipstream.avatars.prepare import check_face_size, track_face
 from lipstream.avatars.source import iter_frames, probe, read_audio
 from lipstream.dsp import FPS, MelConfig, melspectrogram
+from lipstream.dsp.voice import VoiceReference, speech_mask
 from lipstream.models.config import get_profile
 from lipstream.paths import cache_dir
 from lipstream.progress import Progress
@@ -175,3 +176,23 @@ def build_dataset(
         progress.step()
     progress.close()
     return index
+
+
+def voice_reference(root: Path, identity: str = "grid_s1", split: str = "train") -> tuple[VoiceReference, int]:
+    """The speech statistics of one identity's clips in the cache at `root` (each clip's speech frames by
+    dsp.voice.speech_mask): the reference that sessions' voices are normalised to. Returns it and the
+    number of speech frames it was measured on."""
+    index_path = root / INDEX
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{root} holds no training cache ({INDEX}); build one with `lipstream dataset build`")
+    clips = [
+        c
+        for c, meta in json.loads(index_path.read_text())["clips"].items()
+        if meta["identity"] == identity and meta["split"] == split
+    ]
+    frames = [mel[:, speech_mask(mel)] for mel in (np.load(root / c / "mel.npy").astype(np.float64) for c in clips)]
+    if not frames or not sum(f.shape[1] for f in frames):
+        raise ValueError(f"no {split} clip of identity {identity!r} with speech in {root}; name one the cache holds")
+    speech = np.concatenate(frames, axis=1)
+    source = f"{identity} {split} clips of {root.name} ({len(clips)} clips)"
+    return VoiceReference(speech.mean(axis=1), speech.std(axis=1), source), speech.shape[1]

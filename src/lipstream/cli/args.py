@@ -98,6 +98,7 @@ def runtime_from_options(args: argparse.Namespace, **extra: Any) -> Any:
     """The Runtime that `serve` and `render` build from add_model_options' options (with smoothing and
     the mouth options), `extra` going to build_runtime as it is."""
     from lipstream.realtime.runtime import build_runtime
+    from lipstream.realtime.settings import voice_reference
 
     runtime = build_runtime(
         args.avatar,
@@ -110,6 +111,7 @@ def runtime_from_options(args: argparse.Namespace, **extra: Any) -> Any:
     )
     runtime.style_smoothing = args.smooth_styles
     runtime.motion_gain, runtime.voice_warp = args.motion_gain, args.voice_warp
+    runtime.voice_norm = voice_reference(args.voice_norm == "on")
     return runtime
 
 
@@ -149,12 +151,19 @@ def voice_warp(text: str) -> float | None:
 def add_mouth_options(parser: argparse.ArgumentParser) -> None:
     """--motion-gain, --voice-warp and --keep-template: how the audio moves the mouth, and what of the
     generated face is shown."""
-    from lipstream.realtime.settings import KEEP_TEMPLATE, MAX_MOTION_GAIN, MOTION_GAIN, VOICE_WARP
+    from lipstream.realtime.settings import KEEP_TEMPLATE, MAX_MOTION_GAIN, MOTION_GAIN, VOICE_NORM, VOICE_WARP
 
     expected = f"a number from 0 (a mouth at rest) to {MAX_MOTION_GAIN:g} (1: as trained)"
     gain = _number(float, lambda v: 0 <= v <= MAX_MOTION_GAIN, expected)
     parser.add_argument("--motion-gain", type=gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
     parser.add_argument("--voice-warp", type=voice_warp, default=VOICE_WARP, metavar="auto|off|F", help=VOICE_HELP)
+    parser.add_argument(
+        "--voice-norm",
+        choices=("on", "off"),
+        default="on" if VOICE_NORM else "off",
+        help="map each band of the speaker's log-mel, over their speech, to the mean and spread of the voice "
+        "the model learnt (off: the voice as it is) (%(default)s)",
+    )
     parser.add_argument(
         "--keep-template",
         choices=("on", "off"),

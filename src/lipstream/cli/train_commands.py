@@ -71,6 +71,22 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_voice(args: argparse.Namespace) -> int:
+    from lipstream.dsp.voice import DEFAULT_REFERENCE
+    from lipstream.training.dataset import default_root, voice_reference
+
+    root = Path(args.cache) if args.cache else default_root("rt")
+    try:
+        reference, frames = voice_reference(root, args.identity, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lipstream dataset voice: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else DEFAULT_REFERENCE
+    reference.to_json(out, frames)
+    print(f"wrote {out}: speech statistics of {reference.source}, {frames} speech frames")
+    return 0
+
+
 def cmd_train_syncnet(args: argparse.Namespace) -> int:
     from lipstream.training.syncnet_train import train_syncnet
 
@@ -180,6 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.avatar,
             motion_gain=args.motion_gain,
             voice_warp=args.voice_warp,
+            voice_norm=args.voice_norm == "on",
             keep_template=args.keep_template == "on",
         )
         report = evaluate_videos(args.video, args.out, options)
@@ -237,6 +254,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--limit", type=non_negative_int, default=0, help="only the first N clips (0: all)")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_dataset_build)
+    voice = dataset_sub.add_parser(
+        "voice", help="the learnt voice's speech statistics, which sessions' voices are normalised to (--voice-norm)"
+    )
+    voice.add_argument("--cache", help="training cache (default: <cache>/dataset/rt)")
+    voice.add_argument("--identity", default="grid_s1", help="the identity whose voice the model learnt (grid_s1)")
+    voice.add_argument("--split", default="train")
+    voice.add_argument("--out", help="JSON to write (default: the shipped models/weights/rt.voice.json)")
+    voice.set_defaults(func=cmd_dataset_voice)
 
     train = sub.add_parser("train", help="training jobs (resumable)")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
