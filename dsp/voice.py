@@ -145,113 +145,94 @@ class VoiceWarp:
         return warped_filterbank(self.cfg, self.alpha)
 
 
-# Speech-level normalisation: a stream's log-mel statistics matched to those of the voice the model
-# learnt. Each band's mean and spread over the stream's speech frames (cepstral mean and variance
-# normalisation, done here on log-mel bands) are mapped onto the reference's, so a quieter, brighter or
-# differently recorded voice reaches the audio encoder at the level and contrast it was trained on.
+# Speech-level normalisation: a stream's log-mel bands shifted so that, over its speech, each has the
+# mean it had in the voice the model learnt (cepstral mean normalisation, done on log-mel bands): a
+# quieter, brighter or differently recorded voice reaches the audio encoder at the level and spectral
+# balance it was trained on. Matching each band's spread as well (variance normalisation) was measured
+# too: it raised the opening correlation no more and lowered the lip-audio correlation (README).
 SPEECH_BELOW_PEAK = 2.0  # normalised units (25 dB): a frame this far below the stream's loud end is not speech
 SPEECH_PEAK_PERCENTILE = 90.0  # the stream's loud end: this percentile of recent frames' loudness
 SPEECH_FLOOR = -3.5  # a frame quieter than this (digital silence is -4) is never speech
 LOUDNESS_HISTORY = 800  # frames above the floor (10 s) whose loudness sets the speech threshold
-SPEECH_HISTORY = 1600  # speech frames (20 s of speech) whose statistics are matched
-FULL_STRENGTH_FRAMES = 80  # speech frames (1 s) before the mapping is whole; it blends in linearly
-STATS_EVERY = 4  # mel frames (50 ms) between measurements of the statistics
-MAX_CONTRAST = 2.0  # a band's spread is scaled by at most this, or at least its inverse
-MIN_SPREAD = 0.05  # normalised units: a band flatter than this is treated as this flat
-
+SPEECH_HISTORY = 1600  # speech frames (20 s of speech) whose mean is matched
+FULL_STRENGTH_FRAMES = 80  # speech frames (1 s) before the shift is whole; it grows linearly to it
+MEASURE_EVERY = 4  # mel frames (50 ms) between measurements of the stream's mean
 
 # The shipped reference: GRID s1's training clips, the voice that rt.pt learnt (`lipstream dataset voice`).
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "models" / "weights" / "rt.voice.json"
 
 
 class VoiceReferenceError(ValueError):
-    """A voice reference that is not two lists of one number per mel band."""
+    """A voice reference that is not a list of one finite number per mel band."""
 
 
 @dataclass(frozen=True)
 class VoiceReference:
-    """Per-band mean and standard deviation of the learnt voice's speech frames (normalised log-mel)."""
+    """The learnt voice's mean normalised log-mel over its speech frames, per band."""
 
     mean: np.ndarray  # [n_mels]
-    std: np.ndarray  # [n_mels]
     source: str = ""
 
     @classmethod
     def from_json(cls, path: str | Path) -> VoiceReference:
         data = json.loads(Path(path).read_text())
         try:
-            mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
+            mean = np.asarray(data["mean"], np.float64)
         except (KeyError, TypeError, ValueError) as err:
-            raise VoiceReferenceError(f"{path}: expected {{'mean': [...], 'std': [...]}} per mel band ({err})") from err
-        if mean.ndim != 1 or mean.shape != std.shape or not np.all(np.isfinite(mean)) or not np.all(std > 0):
+            raise VoiceReferenceError(f"{path}: expected {{'mean': [one number per mel band]}} ({err})") from err
+        if mean.ndim != 1 or not mean.size or not np.all(np.isfinite(mean)):
             raise VoiceReferenceError(
-                f"{path}: 'mean' and 'std' must be equal-length lists of finite numbers, std > 0; "
+                f"{path}: 'mean' must be a list of finite numbers, one per mel band; "
                 "write it again with `lipstream dataset voice`"
             )
-        return cls(mean, std, str(data.get("source", "")))
+        return cls(mean, str(data.get("source", "")))
 
     def to_json(self, path: str | Path, frames: int) -> None:
-        fields = {
-            "source": self.source,
-            "speech_frames": frames,
-            "mean": self.mean.round(4).tolist(),
-            "std": self.std.round(4).tolist(),
-        }
+        fields = {"source": self.source, "speech_frames": frames, "mean": self.mean.round(4).tolist()}
         lines = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in fields.items())
         Path(path).write_text("{\n" + lines + "\n}\n")
 
 
-def loudness(mel: np.ndarray) -> np.ndarray:
-    """Each mel frame's loudness: its mean over bands. mel: [n_mels, T] normalised. [T]"""
-    return mel.mean(axis=0)
-
-
 def speech_mask(mel: np.ndarray, peak: float | None = None) -> np.ndarray:
-    """Frames of `mel` [n_mels, T] that hold speech: within SPEECH_BELOW_PEAK of the loud end (`peak`, by
-    default the SPEECH_PEAK_PERCENTILE of these frames' own loudness) and above SPEECH_FLOOR. [T] bool"""
-    level = loudness(mel)
+    """Frames of `mel` [n_mels, T] (normalised) that hold speech: their loudness (mean over bands) within
+    SPEECH_BELOW_PEAK of the loud end (`peak`, by default the SPEECH_PEAK_PERCENTILE of these frames'
+    own loudness) and above SPEECH_FLOOR. [T] bool"""
+    level = mel.mean(axis=0)
     if peak is None:
         peak = float(np.percentile(level, SPEECH_PEAK_PERCENTILE)) if level.size else 0.0
     return (level >= peak - SPEECH_BELOW_PEAK) & (level > SPEECH_FLOOR)
 
 
 class VoiceNorm:
-    """A stream's speech-level normalisation towards `reference`: each band x -> (x - m) / s * s_ref + m_ref,
-    m and s being the band's mean and spread over the speech among the last SPEECH_HISTORY frames kept,
-    blended from the reference's own (no change) over the first FULL_STRENGTH_FRAMES of speech.
+    """A stream's speech-level normalisation towards `reference`: each band x -> x - m + m_ref, m being
+    the band's mean over the speech among the last SPEECH_HISTORY frames kept, grown from the reference's
+    own (no shift) over the first FULL_STRENGTH_FRAMES of speech.
 
-    Which kept frames are speech is decided again whenever the statistics are measured (every
-    STATS_EVERY frames), against the stream's loud end of the moment: room noise heard before the first
-    word, taken for speech while nothing louder had come, drops out once speech arrives. Like VoiceWarp,
-    it outlives a stream: a session's speaker stays the same across interruptions."""
+    Which kept frames are speech is decided again whenever the mean is measured (every MEASURE_EVERY
+    frames), against the stream's loud end of the moment: room noise heard before the first word, taken
+    for speech while nothing louder had come, drops out once speech arrives. Like VoiceWarp, it outlives
+    a stream: a session's speaker stays the same across interruptions."""
 
     def __init__(self, reference: VoiceReference, max_abs: float = MelConfig.max_abs_value) -> None:
         self.reference = reference
         self.max_abs = max_abs  # the normalised log-mel's range, kept
-        bands = len(reference.mean)
         self._loudness = np.zeros(LOUDNESS_HISTORY)  # the last sounding frames' loudness, oldest overwritten
         self._sounding = 0  # frames above SPEECH_FLOOR heard in all
         self._frames = 0  # frames heard in all
         self._peak = 0.0  # the loud end of the frames heard lately
-        self._kept = np.zeros((SPEECH_HISTORY, bands))  # frames that were speech when heard, oldest overwritten
-        self._kept_squares = np.zeros((SPEECH_HISTORY, bands))
+        self._kept = np.zeros((SPEECH_HISTORY, len(reference.mean)))  # frames that were speech when heard
         self._kept_loudness = np.full(SPEECH_HISTORY, -np.inf)
-        self._count = 0  # frames kept in all
+        self._count = 0  # frames kept in all (the oldest are overwritten)
         self.speech_frames = 0  # kept frames that count as speech now
-        self._mean, self._spread = reference.mean, reference.std
-
-    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """The stream's (mean, spread) per band as the mapping uses them now."""
-        return self._mean, self._spread
+        self.shift = np.zeros(len(reference.mean))  # what each band gets added now
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        """Maps mel [n_mels, T] (normalised log-mel), each frame by the statistics measured up to and
-        including it, so any chunking of a stream gives the same frames. float32"""
+        """Maps mel [n_mels, T] (normalised log-mel), each frame by the mean measured up to and including
+        it, so any chunking of a stream gives the same frames. float32"""
         out = np.empty(mel.shape, np.float32)
         for t, frame in enumerate(mel.T.astype(np.float64)):
             self._hear(frame)
-            scale = np.clip(self.reference.std / np.maximum(self._spread, MIN_SPREAD), 1 / MAX_CONTRAST, MAX_CONTRAST)
-            out[:, t] = np.clip((frame - self._mean) * scale + self.reference.mean, -self.max_abs, self.max_abs)
+            out[:, t] = np.clip(frame + self.shift, -self.max_abs, self.max_abs)
         return out
 
     def _hear(self, frame: np.ndarray) -> None:
@@ -265,19 +246,11 @@ class VoiceNorm:
             self._peak = float(np.partition(recent, rank)[rank])
             if level >= self._peak - SPEECH_BELOW_PEAK:
                 slot = self._count % SPEECH_HISTORY
-                self._kept[slot], self._kept_squares[slot], self._kept_loudness[slot] = frame, frame**2, level
+                self._kept[slot], self._kept_loudness[slot] = frame, level
                 self._count += 1
-        if not self._frames % STATS_EVERY:
-            self._measure()
-
-    def _measure(self) -> None:
-        speech = (self._kept_loudness >= self._peak - SPEECH_BELOW_PEAK).astype(np.float64)
-        self.speech_frames = count = int(speech.sum())
-        ref = self.reference
-        if not count:
-            self._mean, self._spread = ref.mean, ref.std
-            return
-        mean = speech @ self._kept / count
-        spread = np.sqrt(np.maximum(speech @ self._kept_squares / count - mean**2, 0.0))
-        weight = min(1.0, count / FULL_STRENGTH_FRAMES)
-        self._mean, self._spread = weight * mean + (1 - weight) * ref.mean, weight * spread + (1 - weight) * ref.std
+        if not self._frames % MEASURE_EVERY:
+            speech = (self._kept_loudness >= self._peak - SPEECH_BELOW_PEAK).astype(np.float64)
+            self.speech_frames = count = int(speech.sum())
+            if count:
+                weight = min(1.0, count / FULL_STRENGTH_FRAMES)
+                self.shift = weight * (self.reference.mean - speech @ self._kept / count)

@@ -47,7 +47,7 @@ class Runtime:
     style_smoothing: float = 0.0  # weight of the previous frame's styles (FrameScheduler); 0: off
     motion_gain: float = MOTION_GAIN  # how far the audio moves the styles (FrameScheduler); 1: as trained
     voice_warp: float | None = VOICE_WARP  # each session's formant warp (dsp/voice.py); None: by its pitch
-    # the speech statistics each session's voice is mapped to (dsp/voice.py's VoiceNorm); None: off
+    # the mean speech spectrum each session's voice is shifted to (dsp/voice.py's VoiceNorm); None: off
     voice_norm: VoiceReference | None = field(default_factory=voice_reference)
     upsampler: Upsampler | None = None  # a photo's hd path (models/upsampler.py), made on first use
     keep_template: bool = KEEP_TEMPLATE  # rest regions for every avatar loaded (compositor.rest_keep)

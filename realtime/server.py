@@ -131,7 +131,7 @@ async def health(request: web.Request) -> web.Response:
             "style_smoothing": state.scheduler.style_smoothing,
             "motion_gain": state.scheduler.motion_gain,
             "voice_warp": "auto" if runtime.voice_warp is None else runtime.voice_warp,
-            "voice_norm": runtime.voice_norm is not None,  # voices mapped to the learnt voice's statistics
+            "voice_norm": runtime.voice_norm is not None,  # voices shifted to the learnt voice's mean spectrum
             "keep_template": runtime.keep_template,  # compositing keeps what the audio does not change
             "engine": runtime.engine.kind,
             "engine_variant": runtime.engine.variant,  # ONNX Runtime's optimisation level; null elsewhere

@@ -117,7 +117,7 @@ class AvatarSession:
         # The speaker's formants brought to the model's voice (dsp/voice.py): one pitch history for the
         # whole session, across interruptions.
         self.voice = VoiceWarp(self.mel_cfg, fixed=voice_warp)
-        # ... and its speech statistics to the learnt voice's (one history across interruptions, too)
+        # ... and its mean speech spectrum to the learnt voice's (one history across interruptions, too)
         self.norm = None if voice_norm is None else VoiceNorm(voice_norm, self.mel_cfg.max_abs_value)
         self.jitter_frames = jitter_frames
         self.blend_frames = blend_frames

@@ -97,36 +97,41 @@ def test_streaming_through_an_unwarped_voice_gives_the_batch_features_and_a_warp
 
 
 def _reference(bands: int = 80) -> VoiceReference:
-    return VoiceReference(np.linspace(-1.0, -2.0, bands), np.full(bands, 0.8))
+    return VoiceReference(np.linspace(-1.0, -2.0, bands))
 
 
-def test_a_voice_is_mapped_to_the_references_mean_and_spread_band_by_band() -> None:
-    """Speech frames of another level and contrast (each band its own), heard for 20 s, come out with the
-    reference's per-band mean and spread; frames of digital silence count for nothing."""
+def test_a_voice_is_shifted_to_the_references_mean_band_by_band() -> None:
+    """Speech frames of another level and balance (each band its own mean), heard for 20 s, come out with
+    the reference's per-band mean and their own spread; frames of digital silence count for nothing, and
+    the room noise before the first word drops out of the mean once speech comes."""
     ref, rng = _reference(), np.random.default_rng(0)
     mean, spread = rng.uniform(-1.5, 0.5, 80), rng.uniform(0.4, 1.2, 80)
     speech = (mean[:, None] + spread[:, None] * rng.standard_normal((80, 1600))).clip(-3.0, 3.0)
-    silence = np.full((80, 400), -4.0)
     norm = VoiceNorm(ref)
-    norm(silence[:, :200])
+    norm(np.full((80, 200), -4.0))
     assert norm.speech_frames == 0
-    out = norm(np.concatenate([speech[:, :800], silence[:, 200:], speech[:, 800:]], axis=1))[:, -800:]
-    assert norm.speech_frames == 1600
+    norm(np.full((80, 100), -3.0) + 0.05 * rng.standard_normal((80, 100)))  # room noise, taken for speech
+    assert norm.speech_frames > 90
+    out = norm(np.concatenate([speech[:, :800], np.full((80, 200), -4.0), speech[:, 800:]], axis=1))[:, -800:]
+    assert norm.speech_frames == 1600  # the noise no longer counts
     np.testing.assert_allclose(out.mean(axis=1), ref.mean, atol=0.1)
-    np.testing.assert_allclose(out.std(axis=1), ref.std, rtol=0.12)
+    np.testing.assert_allclose(out.std(axis=1), speech[:, 800:].std(axis=1), rtol=0.05)
     assert np.abs(out).max() <= MelConfig.max_abs_value
 
 
-def test_the_mapping_starts_as_none_and_any_chunking_gives_the_same_frames() -> None:
-    """Before any speech a frame passes unchanged; the mapping grows over FULL_STRENGTH_FRAMES of speech;
+def test_the_shift_starts_at_none_and_any_chunking_gives_the_same_frames() -> None:
+    """Before any speech a frame passes unchanged; the shift grows over FULL_STRENGTH_FRAMES of speech;
     frames pushed whole or in pieces come out equal."""
     ref, rng = _reference(), np.random.default_rng(1)
-    first = ref.mean[:, None] + 2.0 + 0.3 * rng.standard_normal((80, 1))
-    assert np.allclose(VoiceNorm(ref)(np.full((80, 3), -4.0)), -4.0)
-    quiet = VoiceNorm(ref)
-    # the first speech frame is its own history at a weight of 1/FULL_STRENGTH_FRAMES
-    moved = quiet(first)[:, 0] - first[:, 0]
-    assert np.abs(moved).max() < 2.5 / FULL_STRENGTH_FRAMES * 10
+    assert np.array_equal(VoiceNorm(ref)(np.full((80, 3), -4.0)), np.full((80, 3), -4.0))
+    loud = VoiceNorm(ref)
+    offset = 1.5
+    shifted = [
+        loud(ref.mean[:, None] + offset + 0.3 * rng.standard_normal((80, 1))) for _ in range(2 * FULL_STRENGTH_FRAMES)
+    ]
+    first, last = (shifted[k][:, 0] - ref.mean for k in (FULL_STRENGTH_FRAMES // 4, -1))
+    assert 0.5 * offset < first.mean() < offset  # partly shifted after a quarter of the frames
+    assert abs(last.mean()) < 0.1
     stream = rng.normal(-0.5, 0.7, (80, 300))
     whole = VoiceNorm(ref)(stream)
     pieces, parts = VoiceNorm(ref), np.split(stream, [1, 7, 50, 51, 200], axis=1)
@@ -135,9 +140,9 @@ def test_the_mapping_starts_as_none_and_any_chunking_gives_the_same_frames() -> 
 
 def test_the_shipped_reference_loads_and_a_broken_one_is_refused(tmp_path: Path) -> None:
     ref = VoiceReference.from_json(DEFAULT_REFERENCE)
-    assert ref.mean.shape == ref.std.shape == (MelConfig().n_mels,) and (ref.std > 0).all()
+    assert ref.mean.shape == (MelConfig().n_mels,) and np.isfinite(ref.mean).all()
     bad = tmp_path / "voice.json"
-    for text in ('{"mean": [0, 1]}', '{"mean": [0, 1], "std": [1, 0]}', '{"mean": [0], "std": [1, 1]}'):
+    for text in ('{"means": [0, 1]}', '{"mean": []}', '{"mean": [0, NaN]}', '{"mean": "loud"}'):
         bad.write_text(text)
         with pytest.raises(VoiceReferenceError, match="mean"):
             VoiceReference.from_json(bad)

@@ -128,6 +128,6 @@ class VideoEvalOptions:
     avatar: str | None = None  # a prepared (e.g. personalised) avatar to score instead of preparing one
     motion_gain: float | None = None  # the render's; None: the server's (realtime.settings.MOTION_GAIN)
     voice_warp: float | None = DEFAULT_WARP  # the render's formant warp (dsp/voice.py); None: by the voice's pitch
-    voice_norm: bool = VOICE_NORM  # the render maps the voice to the learnt voice's statistics (VoiceNorm)
+    voice_norm: bool = VOICE_NORM  # the render shifts the voice to the learnt voice's mean spectrum (VoiceNorm)
     keep_template: bool = KEEP_TEMPLATE  # the render keeps the template where the audio changes nothing (rest_keep)
     show_progress: bool = True

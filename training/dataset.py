@@ -179,7 +179,7 @@ def build_dataset(
 
 
 def voice_reference(root: Path, identity: str = "grid_s1", split: str = "train") -> tuple[VoiceReference, int]:
-    """The speech statistics of one identity's clips in the cache at `root` (each clip's speech frames by
+    """The mean speech spectrum of one identity's clips in the cache at `root` (each clip's speech frames by
     dsp.voice.speech_mask): the reference that sessions' voices are normalised to. Returns it and the
     number of speech frames it was measured on."""
     index_path = root / INDEX
@@ -195,4 +195,4 @@ def voice_reference(root: Path, identity: str = "grid_s1", split: str = "train")
         raise ValueError(f"no {split} clip of identity {identity!r} with speech in {root}; name one the cache holds")
     speech = np.concatenate(frames, axis=1)
     source = f"{identity} {split} clips of {root.name} ({len(clips)} clips)"
-    return VoiceReference(speech.mean(axis=1), speech.std(axis=1), source), speech.shape[1]
+    return VoiceReference(speech.mean(axis=1), source), speech.shape[1]

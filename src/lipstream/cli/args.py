@@ -161,8 +161,8 @@ def add_mouth_options(parser: argparse.ArgumentParser) -> None:
         "--voice-norm",
         choices=("on", "off"),
         default="on" if VOICE_NORM else "off",
-        help="map each band of the speaker's log-mel, over their speech, to the mean and spread of the voice "
-        "the model learnt (off: the voice as it is) (%(default)s)",
+        help="shift each band of the speaker's log-mel so that its mean over their speech is the one of the "
+        "voice the model learnt (off: the voice as it is) (%(default)s)",
     )
     parser.add_argument(
         "--keep-template",

@@ -83,7 +83,7 @@ def cmd_dataset_voice(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else DEFAULT_REFERENCE
     reference.to_json(out, frames)
-    print(f"wrote {out}: speech statistics of {reference.source}, {frames} speech frames")
+    print(f"wrote {out}: mean speech spectrum of {reference.source}, {frames} speech frames")
     return 0
 
 
@@ -255,7 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_dataset_build)
     voice = dataset_sub.add_parser(
-        "voice", help="the learnt voice's speech statistics, which sessions' voices are normalised to (--voice-norm)"
+        "voice", help="the learnt voice's mean speech spectrum, which sessions' voices are shifted to (--voice-norm)"
     )
     voice.add_argument("--cache", help="training cache (default: <cache>/dataset/rt)")
     voice.add_argument("--identity", default="grid_s1", help="the identity whose voice the model learnt (grid_s1)")
