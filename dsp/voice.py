@@ -208,8 +208,9 @@ class VoiceNorm:
     the band's mean over the speech among the last SPEECH_HISTORY frames kept, grown from the reference's
     own (no shift) over the first FULL_STRENGTH_FRAMES of speech.
 
-    Which kept frames are speech is decided again whenever the mean is measured (every MEASURE_EVERY
-    frames), against the stream's loud end of the moment: room noise heard before the first word, taken
+    A frame is kept when it is within SPEECH_BELOW_PEAK of the loud end last measured; which kept frames
+    are speech is decided again whenever the loud end and the mean are measured (every MEASURE_EVERY
+    frames), against the loud end of the moment: room noise heard before the first word, taken
     for speech while nothing louder had come, drops out once speech arrives. Like VoiceWarp, it outlives
     a stream: a session's speaker stays the same across interruptions."""
 
@@ -241,14 +242,16 @@ class VoiceNorm:
         if level > SPEECH_FLOOR:  # silence neither lowers the loud end nor is kept
             self._loudness[self._sounding % LOUDNESS_HISTORY] = level
             self._sounding += 1
-            recent = self._loudness[: min(self._sounding, LOUDNESS_HISTORY)]
-            rank = round((len(recent) - 1) * SPEECH_PEAK_PERCENTILE / 100)
-            self._peak = float(np.partition(recent, rank)[rank])
+            if self._sounding == 1:
+                self._peak = level
             if level >= self._peak - SPEECH_BELOW_PEAK:
                 slot = self._count % SPEECH_HISTORY
                 self._kept[slot], self._kept_loudness[slot] = frame, level
                 self._count += 1
-        if not self._frames % MEASURE_EVERY:
+        if not self._frames % MEASURE_EVERY and self._sounding:
+            recent = self._loudness[: min(self._sounding, LOUDNESS_HISTORY)]
+            rank = round((len(recent) - 1) * SPEECH_PEAK_PERCENTILE / 100)
+            self._peak = float(np.partition(recent, rank)[rank])
             speech = (self._kept_loudness >= self._peak - SPEECH_BELOW_PEAK).astype(np.float64)
             self.speech_frames = count = int(speech.sum())
             if count:
