@@ -37,6 +37,14 @@ REST_SIGMA = 2.0
 # REST_SIGMA) always come from the model: the template's lips showing through a nearly unchanged mouth
 # damped its motion (opening correlation with the real mouth 0.27 -> 0.13 on nine unseen clips).
 REST_LIPS_MARGIN = 3
+# The model's lips are tinted (GRID s4's one-shot lips came out grey-blue: chroma Cr 16 and Cb -15 off
+# the template's, steady over frames), so each frame's lips are shifted in chroma by what separates the
+# template's lips from the model's in silence on that frame (luma, which shows the opening, is left).
+# RGB change per unit of Cr and Cb (the inverse of ITU-R BT.601's YCrCb, as OpenCV's 8-bit conversion).
+CHROMA_TO_RGB = np.array([[1.403, 0.0], [-0.714, -0.344], [0.0, 1.773]], np.float32)  # [RGB, (Cr, Cb)]
+RGB_TO_CHROMA = np.array(
+    [[0.713 * 0.701, -0.713 * 0.587, -0.713 * 0.114], [-0.564 * 0.299, -0.564 * 0.587, 0.564 * 0.886]], np.float32
+)
 
 
 def lips_weight(crop_points: np.ndarray, size: int) -> np.ndarray:
@@ -48,6 +56,18 @@ def lips_weight(crop_points: np.ndarray, size: int) -> np.ndarray:
     grow = 2 * REST_LIPS_MARGIN + 1
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
     return cv2.GaussianBlur(mask, (0, 0), REST_SIGMA)
+
+
+def lips_tint(canvas: np.ndarray, crop: np.ndarray, lips: np.ndarray) -> np.ndarray:
+    """The RGB offset [3] that moves the generated lips of `canvas` ([rows, S, 3] float, the model's
+    region in silence, colour-matched) to the chroma of the template crop's ([rows, S, 3]) over the lips
+    weight `lips` [rows, S]: their mean (Cr, Cb) difference, turned into RGB with no change of luma."""
+    total = float(lips.sum())
+    if total < 1.0:
+        return np.zeros(3, np.float32)
+    diff = (crop.astype(np.float32) - canvas) * lips[..., None]
+    chroma = RGB_TO_CHROMA @ (diff.sum(axis=(0, 1)) / total)
+    return CHROMA_TO_RGB @ chroma
 
 
 def rest_keep(region: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -89,6 +109,8 @@ class AvatarAssets:
         # frames speech is shown on (the idle loop's); Runtime.with_rest renders them once per load.
         self.rest: dict[int, np.ndarray] = {}
         self.rest_lips: dict[int, np.ndarray] = {}  # [rows, S] float32: lips_weight of the same frames
+        # lips_tint of the same frames, [3] float32, and the box [rows, S] of the lips weight it goes by
+        self.rest_tint: dict[int, tuple[np.ndarray, tuple[slice, slice]]] = {}
 
     def attach_rest(self, regions: dict[int, np.ndarray]) -> None:
         """Turns on rest keeping (rest_keep) with regions [3, rows, S] in [-1, 1] by template frame; the
@@ -100,6 +122,11 @@ class AvatarAssets:
             lips = lips_weight(crop_landmarks(np.asarray(landmarks[index]), self.transforms[index]), size)[-rows:]
             self.rest[index] = np.round((np.clip(region, -1, 1) + 1) * 127.5).astype(np.uint8)
             self.rest_lips[index] = lips
+            crop, weight = np.asarray(self.crops[index]), self.paste_masks[index].astype(np.float32) / 255.0
+            canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
+            ys, xs = np.nonzero(lips > 1e-3)
+            box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(0), slice(0))
+            self.rest_tint[index] = (lips_tint(canvas[-rows:], crop[-rows:], lips), box)
 
     @property
     def hd(self) -> bool:
@@ -170,7 +197,10 @@ class AvatarAssets:
         upsampled = crop.shape[0] != self.crops.shape[1]
         rest = self.rest.get(index)
         if rest is not None and rest.shape == region.shape:  # not the upsampler's 2x region
-            kept = (rest_keep(region, rest) * (1.0 - self.rest_lips[index]))[..., None]
+            lips = self.rest_lips[index]
+            tint, box = self.rest_tint[index]
+            canvas[-rows:][box] += lips[box][..., None] * tint
+            kept = (rest_keep(region, rest) * (1.0 - lips))[..., None]
             canvas[-rows:] = kept * crop[-rows:] + (1.0 - kept) * canvas[-rows:]
         keep = detail_keep(canvas, crop)  # once: the paste and the lent detail both use it
         out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=upsampled, keep=keep)

@@ -16,7 +16,15 @@ from lipstream.benchmarks.motion import mouth_box, transition_report
 from lipstream.benchmarks.transitions import play
 from lipstream.dsp.voice import DEFAULT_REFERENCE, FULL_STRENGTH_FRAMES, VoiceReference, alpha_for_pitch
 from lipstream.realtime.clock import MonotonicClock
-from lipstream.realtime.compositor import REST_REACH, REST_SIGMA, AvatarAssets, rest_keep
+from lipstream.realtime.compositor import (
+    CHROMA_TO_RGB,
+    REST_REACH,
+    REST_SIGMA,
+    RGB_TO_CHROMA,
+    AvatarAssets,
+    lips_tint,
+    rest_keep,
+)
 from lipstream.realtime.metrics import Metrics
 from lipstream.realtime.runtime import Runtime
 from lipstream.realtime.scheduler import FrameScheduler
@@ -309,6 +317,25 @@ def test_the_sessions_voice_normalisation_hears_speech_across_interrupts() -> No
     session.push_audio(voice[:8_000])
     assert session.norm.speech_frames > heard
     assert _fake_session()[0].norm is None
+
+
+def test_the_lips_tint_moves_the_models_lips_to_the_templates_chroma_and_keeps_their_luma() -> None:
+    """lips_tint: generated lips that are the template's with a blue cast get back the template's chroma
+    over the lips weight, and their brightness (what shows the mouth's opening) stays the model's."""
+    rng = np.random.default_rng(0)
+    crop = rng.integers(90, 170, (32, 64, 3)).astype(np.uint8)
+    lips = np.zeros((32, 64), np.float32)
+    lips[10:20, 20:44] = 1.0
+    cast = CHROMA_TO_RGB @ np.array([-15.0, 14.0], np.float32)  # less red, more blue: GRID s4's one-shot lips
+    canvas = crop.astype(np.float32) + cast - 6.0  # and darker
+    tint = lips_tint(canvas, crop, lips)
+    fixed = canvas + tint
+    to_ycrcb = np.array([[0.299, 0.587, 0.114], *RGB_TO_CHROMA], np.float32)
+    y_fixed, *chroma_fixed = to_ycrcb @ fixed[15, 30]
+    y_crop, *chroma_crop = to_ycrcb @ crop[15, 30].astype(np.float32)
+    np.testing.assert_allclose(chroma_fixed, chroma_crop, atol=0.3)
+    assert y_fixed == pytest.approx(y_crop - 6.0, abs=0.3)
+    assert not lips_tint(canvas, crop, np.zeros_like(lips)).any()  # no lips: no tint
 
 
 def _within(moved: np.ndarray, crop_area: np.ndarray, transform: np.ndarray, rows: int) -> bool:
