@@ -218,7 +218,7 @@ class StreamingMel:
     `push` returns the mel frames completed by a chunk; `flush` ends the stream (zero padding, as the
     batch function does) and returns the rest. With a `voice`, each frame goes through the voice's
     filterbank of the moment (`dsp.voice`), and the voice hears every chunk first; with a `norm`, the
-    frames are then mapped to the learnt voice's speech statistics (`dsp.voice.VoiceNorm`).
+    frames are then shifted to the learnt voice's mean speech spectrum (`dsp.voice.VoiceNorm`).
     """
 
     def __init__(
@@ -280,7 +280,8 @@ class StreamingMelWindows:
     """Per-video-frame mel windows of a stream, each emitted as soon as the audio it needs has arrived.
 
     For any chunking, the concatenated output equals `mel_windows(melspectrogram(all), 0, K)` with
-    K = `num_video_frames(total samples)`, once `flush` has been called.
+    K = `num_video_frames(total samples)`, once `flush` has been called; with a `norm`, the windows
+    depend on what the stream heard before them, but still not on its chunking.
     """
 
     def __init__(

@@ -15,6 +15,9 @@ learnt voice did) gains (opening correlation 0.36 -> 0.42 at her alpha of 1.24),
 faces, whose kind of voices the training clips did hold, mostly lose (mean of the six 0.31 -> 0.29).
 So the default is 1. Pure numpy; `VoiceWarp` keeps a stream's pitch history so that a session follows
 its speaker.
+
+`VoiceNorm` shifts each band of a stream's log-mel so that its mean over the speech matches the learnt
+voice's (`VoiceReference`, shipped in models/weights/rt.voice.json): on, by default, in every session.
 """
 
 from __future__ import annotations
@@ -175,7 +178,13 @@ class VoiceReference:
 
     @classmethod
     def from_json(cls, path: str | Path) -> VoiceReference:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise VoiceReferenceError(
+                f"cannot read the voice reference {path} ({err}); reinstall lipstream, write it with "
+                "`lipstream dataset voice`, or turn the normalisation off with --voice-norm off"
+            ) from err
         try:
             mean = np.asarray(data["mean"], np.float64)
         except (KeyError, TypeError, ValueError) as err:
@@ -214,9 +223,15 @@ class VoiceNorm:
     for speech while nothing louder had come, drops out once speech arrives. Like VoiceWarp, it outlives
     a stream: a session's speaker stays the same across interruptions."""
 
-    def __init__(self, reference: VoiceReference, max_abs: float = MelConfig.max_abs_value) -> None:
+    def __init__(self, reference: VoiceReference, cfg: MelConfig | None = None) -> None:
+        cfg = cfg or MelConfig()
+        if len(reference.mean) != cfg.n_mels:
+            raise VoiceReferenceError(
+                f"the voice reference {reference.source!r} has {len(reference.mean)} bands, the mel features "
+                f"{cfg.n_mels}; write it again with `lipstream dataset voice` from a cache of these features"
+            )
         self.reference = reference
-        self.max_abs = max_abs  # the normalised log-mel's range, kept
+        self.max_abs = cfg.max_abs_value  # the normalised log-mel's range, kept
         self._loudness = np.zeros(LOUDNESS_HISTORY)  # the last sounding frames' loudness, oldest overwritten
         self._sounding = 0  # frames above SPEECH_FLOOR heard in all
         self._frames = 0  # frames heard in all

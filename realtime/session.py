@@ -118,7 +118,7 @@ class AvatarSession:
         # whole session, across interruptions.
         self.voice = VoiceWarp(self.mel_cfg, fixed=voice_warp)
         # ... and its mean speech spectrum to the learnt voice's (one history across interruptions, too)
-        self.norm = None if voice_norm is None else VoiceNorm(voice_norm, self.mel_cfg.max_abs_value)
+        self.norm = None if voice_norm is None else VoiceNorm(voice_norm, self.mel_cfg)
         self.jitter_frames = jitter_frames
         self.blend_frames = blend_frames
         self._blend = 0.0  # the last frame's weight of the generated lower face

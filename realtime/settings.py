@@ -17,8 +17,8 @@ MAX_MOTION_GAIN = 3.0
 # The mel filterbank's warp towards the voice the model learnt (`serve` and `render --voice-warp`):
 # None follows each session's speaker by pitch, 1 (the default, dsp/voice.py says why) hears it as it is.
 VOICE_WARP: float | None = DEFAULT_WARP
-# Each session's voice shifted, band by band, to the mean speech spectrum of the voice the model learnt (dsp/voice.py's
-# VoiceNorm; `serve` and `render --voice-norm`).
+# Each session's voice shifted, band by band, to the mean speech spectrum of the voice the model
+# learnt (dsp/voice.py's VoiceNorm; `serve`, `render` and `evaluate --voice-norm`).
 VOICE_NORM = True
 
 

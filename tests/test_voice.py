@@ -26,6 +26,7 @@ from lipstream.dsp.voice import (
     frame_pitch,
     warped_filterbank,
 )
+from lipstream.errors import is_user_error
 
 RATE = 16_000
 
@@ -146,6 +147,11 @@ def test_the_shipped_reference_loads_and_a_broken_one_is_refused(tmp_path: Path)
         bad.write_text(text)
         with pytest.raises(VoiceReferenceError, match="mean"):
             VoiceReference.from_json(bad)
+    with pytest.raises(VoiceReferenceError, match="--voice-norm off"):  # gone: the CLI says what to do
+        VoiceReference.from_json(tmp_path / "missing.json")
+    assert is_user_error(VoiceReferenceError("x"))
+    with pytest.raises(VoiceReferenceError, match="bands"):  # a reference for other features
+        VoiceNorm(VoiceReference(np.zeros(40)), MelConfig())
 
 
 def test_a_session_stream_through_the_normalisation_differs_from_the_voice_as_it_is() -> None:

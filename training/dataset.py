@@ -178,7 +178,7 @@ def build_dataset(
     return index
 
 
-def voice_reference(root: Path, identity: str = "grid_s1", split: str = "train") -> tuple[VoiceReference, int]:
+def measure_voice_reference(root: Path, identity: str = "grid_s1", split: str = "train") -> tuple[VoiceReference, int]:
     """The mean speech spectrum of one identity's clips in the cache at `root` (each clip's speech frames by
     dsp.voice.speech_mask): the reference that sessions' voices are normalised to. Returns it and the
     number of speech frames it was measured on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 def user_errors() -> tuple[type[Exception], ...]:
     from lipstream.avatars.errors import AvatarError
     from lipstream.dsp.mel import AudioInputError
+    from lipstream.dsp.voice import VoiceReferenceError
     from lipstream.dsp.wav import WavFormatError
     from lipstream.engines.base import EngineError, EngineInputError
     from lipstream.export.onnx_export import ExportError
@@ -24,6 +25,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (
         AvatarError,
         AudioInputError,
+        VoiceReferenceError,
         WavFormatError,
         UnknownProfileError,
         WeightsError,

@@ -149,8 +149,8 @@ def voice_warp(text: str) -> float | None:
 
 
 def add_mouth_options(parser: argparse.ArgumentParser) -> None:
-    """--motion-gain, --voice-warp and --keep-template: how the audio moves the mouth, and what of the
-    generated face is shown."""
+    """--motion-gain, --voice-warp, --voice-norm and --keep-template: how the audio moves the mouth, and
+    what of the generated face is shown."""
     from lipstream.realtime.settings import KEEP_TEMPLATE, MAX_MOTION_GAIN, MOTION_GAIN, VOICE_NORM, VOICE_WARP
 
     expected = f"a number from 0 (a mouth at rest) to {MAX_MOTION_GAIN:g} (1: as trained)"

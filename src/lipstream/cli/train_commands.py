@@ -73,11 +73,11 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
 
 def cmd_dataset_voice(args: argparse.Namespace) -> int:
     from lipstream.dsp.voice import DEFAULT_REFERENCE
-    from lipstream.training.dataset import default_root, voice_reference
+    from lipstream.training.dataset import default_root, measure_voice_reference
 
     root = Path(args.cache) if args.cache else default_root("rt")
     try:
-        reference, frames = voice_reference(root, args.identity, args.split)
+        reference, frames = measure_voice_reference(root, args.identity, args.split)
     except (FileNotFoundError, ValueError) as err:
         print(f"lipstream dataset voice: error: {err}", file=sys.stderr)
         return 2
