@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from lipstream.cli import main
+from lipstream.dsp.voice import VoiceReference, speech_mask
 from lipstream.training.dataset import (
     HELD_OUT_IDENTITIES,
     ClipSource,
@@ -63,6 +66,24 @@ def test_building_again_skips_unchanged_clips(cache: Path, shared_data: Path) ->
     grid = [s for s in grid_sources(shared_data / "grid_s1") if s.split == "train"][:3]
     build_dataset(grid, cache, show_progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*/meta.json")} == before
+
+
+def test_the_voice_reference_is_the_mean_of_one_identitys_speech_and_a_wrong_identity_is_refused(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lipstream dataset voice` writes GRID s1's mean log-mel over his speech frames, which loads as the
+    reference sessions are shifted to; an identity the cache does not hold is a usage error."""
+    out = tmp_path / "voice.json"
+    assert main(["dataset", "voice", "--cache", str(cache), "--out", str(out)]) == 0
+    reference = VoiceReference.from_json(out)
+    mels = [
+        np.load(cache / c / "mel.npy").astype(np.float64) for c in sorted(os.listdir(cache)) if c.startswith("grid_")
+    ]
+    speech = np.concatenate([mel[:, speech_mask(mel)] for mel in mels], axis=1)
+    assert json.loads(out.read_text())["speech_frames"] == speech.shape[1] > 100
+    np.testing.assert_allclose(reference.mean, speech.mean(axis=1), atol=1e-4)
+    assert main(["dataset", "voice", "--cache", str(cache), "--identity", "nobody_here", "--out", str(out)]) == 2
+    assert "nobody_here" in capsys.readouterr().err
 
 
 def test_sync_pairs_bring_an_in_sync_window_and_a_shifted_one_of_the_same_clip(cache: Path) -> None:
