@@ -4,6 +4,7 @@ options (this module imports neither torch nor the server)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from lipstream.dsp.voice import DEFAULT_REFERENCE, DEFAULT_WARP, VoiceReference
 
@@ -24,7 +25,13 @@ VOICE_NORM = True
 
 def voice_reference(on: bool = VOICE_NORM) -> VoiceReference | None:
     """The reference that sessions' voices are normalised to: the shipped one when `on`, else None."""
-    return VoiceReference.from_json(DEFAULT_REFERENCE) if on else None
+    return _shipped_reference() if on else None
+
+
+@lru_cache(maxsize=1)
+def _shipped_reference() -> VoiceReference:
+    """Read once per process: every Runtime (and `serve`'s options after it) shares it, read-only."""
+    return VoiceReference.from_json(DEFAULT_REFERENCE)
 
 
 # How the CPU engine runs the graph (engines/select.py's ENGINE_VARIANTS): auto times ONNX Runtime's

@@ -157,17 +157,24 @@ def add_mouth_options(parser: argparse.ArgumentParser) -> None:
     gain = _number(float, lambda v: 0 <= v <= MAX_MOTION_GAIN, expected)
     parser.add_argument("--motion-gain", type=gain, default=MOTION_GAIN, metavar="G", help=MOTION_HELP)
     parser.add_argument("--voice-warp", type=voice_warp, default=VOICE_WARP, metavar="auto|off|F", help=VOICE_HELP)
-    parser.add_argument(
+    _on_off(
+        parser,
         "--voice-norm",
-        choices=("on", "off"),
-        default="on" if VOICE_NORM else "off",
-        help="shift each band of the speaker's log-mel so that its mean over their speech is the one of the "
-        "voice the model learnt (off: the voice as it is) (%(default)s)",
+        VOICE_NORM,
+        "shift each band of the speaker's log-mel so that its mean over their speech is the one of the "
+        "voice the model learnt (off: the voice as it is)",
     )
-    parser.add_argument(
+    _on_off(
+        parser,
         "--keep-template",
-        choices=("on", "off"),
-        default="on" if KEEP_TEMPLATE else "off",
-        help="take from the model only what the audio changes and keep the template's own pixels elsewhere "
-        "(off: the whole generated lower face, as before) (%(default)s)",
+        KEEP_TEMPLATE,
+        "take from the model only what the audio changes and keep the template's own pixels elsewhere "
+        "(off: the whole generated lower face, as before)",
+    )
+
+
+def _on_off(parser: argparse.ArgumentParser, flag: str, default: bool, help_text: str) -> None:
+    """A setting that is on or off (the value stays the string), its default the library's."""
+    parser.add_argument(
+        flag, choices=("on", "off"), default="on" if default else "off", help=f"{help_text} (%(default)s)"
     )
