@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lipstream import __version__
-from lipstream.dsp import FPS, MelConfig, to_s16
+from lipstream.dsp import FPS, MelConfig, melspectrogram, to_s16
 from lipstream.models.config import get_profile
 from lipstream.models.personalization import ChannelParamsError, ChannelPersonalization
 from lipstream.models.weights import load_stylesync
@@ -57,6 +57,7 @@ from .options import (
     REFERENCE_PERCENTILE,
     SMOOTHING_SIGMA,
 )
+from .av_sync import AudioSync, measure_audio_sync, shift_audio
 from .source import SourceInfo, iter_frames, probe, read_audio
 
 MAX_UPSCALE = 2.0  # a face enlarged more than this into the crop is too small for the profile
@@ -69,6 +70,7 @@ class PrepareResult:
     path: Path
     manifest: Manifest
     seconds: float
+    audio_sync: AudioSync | None = None  # None for a photo or a silent video, or when no lag could be judged
 
     @property
     def frames_per_second(self) -> float:
@@ -189,13 +191,16 @@ def prepare_avatar(
     reference_percentile: float = REFERENCE_PERCENTILE,
     idle_loop: str = DEFAULT_IDLE_LOOP,
     hd: str = "auto",
+    audio_offset_ms: int = 0,
 ) -> PrepareResult:
     """Prepares SOURCE as avatar NAME under `root` (default: the user's avatar cache).
     reference_percentile: the reference frame's mouth opening, as a percentile of the clip's.
     idle_loop: "quiet" plays the template's stillest QUIET_SECONDS back and forth (whatever the avatar
     shows, speaking or not); "all" plays every frame (evaluation, where frame k must be frame k).
     hd: "auto" turns the hd path (the generated mouth upsampled 2x, models/upsampler.py) on for faces large
-    enough to show it, "on" and "off" as said."""
+    enough to show it, "on" and "off" as said.
+    audio_offset_ms: the template's sound is delayed by this much against its picture (advanced when
+    negative), for a video whose audio track is shifted; `PrepareResult.audio_sync` says how it looks."""
     if hd not in HD_MODES:
         raise ValueError(f"unknown hd mode {hd!r}; choose one of: {', '.join(HD_MODES)}")
     if idle_loop not in IDLE_LOOPS:
@@ -247,11 +252,8 @@ def prepare_avatar(
         if hd_choice.get("method") == "detail":
             hd_choice["bank_frames"] = write_bank(partial, lambda i: read_frame(partial, i), transforms, size)
         mel_cfg = MelConfig()
-        write_wav(
-            partial / "audio.wav",
-            read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame),
-            mel_cfg.sample_rate,
-        )
+        samples, audio_sync = template_audio(info, count, audio_offset_ms, landmarks, detected, mel_cfg)
+        write_wav(partial / "audio.wav", samples, mel_cfg.sample_rate)
         first = cv2.imread(str(frame_file(partial, 0)))
         files = {str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()}
         manifest = Manifest(
@@ -286,14 +288,34 @@ def prepare_avatar(
                 "crop_jitter": {"raw": centre_jitter(raw, size), "smoothed": centre_jitter(transforms, size)},
                 "idle_loop": loop_rule,
                 "hd": hd_choice,
-            },
+            }
+            | audio_sync_record(audio_sync, audio_offset_ms),
         )
         manifest.write(partial)
         _replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return PrepareResult(final, manifest, time.monotonic() - started)
+    return PrepareResult(final, manifest, time.monotonic() - started, audio_sync)
+
+
+def template_audio(
+    info: SourceInfo, count: int, offset_ms: int, landmarks: np.ndarray, detected: np.ndarray, cfg: MelConfig
+) -> tuple[np.ndarray, AudioSync | None]:
+    """The sound of the template's `count` frames, shifted by `offset_ms`, and how it follows the mouth
+    (None without sound)."""
+    wanted = count * cfg.samples_per_frame
+    offset = round(offset_ms * cfg.sample_rate / 1000)
+    samples = shift_audio(read_audio(info, cfg.sample_rate, wanted + max(0, -offset)), offset)[:wanted]
+    if not info.has_audio:
+        return samples, None
+    opening = np.where(detected, mouth_opening(landmarks), np.nan)
+    return samples, measure_audio_sync(opening, melspectrogram(samples))
+
+
+def audio_sync_record(found: AudioSync | None, offset_ms: int) -> dict:
+    """The manifest's `audio_sync` entry (nothing for a source without sound)."""
+    return {} if found is None else {"audio_sync": found.as_dict() | {"audio_offset_ms": offset_ms}}
 
 
 def _replace(partial: Path, final: Path) -> None:

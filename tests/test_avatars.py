@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from lipstream.avatars import Avatar, AvatarCacheError, SourceError
-from lipstream.avatars.align import MATCH_BAND, invert, match_colour, paste_back, transform_points
+from lipstream.avatars.align import MATCH_BAND, mouth_opening, invert, match_colour, paste_back, transform_points
+from lipstream.avatars.av_sync import NATURAL_LAGS, measure_audio_sync, shift_audio
 from lipstream.avatars.default import built_in_avatar, default_avatar, photo_source
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.manifest import Manifest
+from lipstream.dsp import melspectrogram, read_wav
 from lipstream.avatars.masks import crop_landmarks, points_inside
 from lipstream.avatars.prepare import prepare_avatar
 from lipstream.models.weights import load_stylesync
@@ -184,6 +186,42 @@ def test_a_colour_cast_of_the_generated_region_is_matched_away_and_the_mouth_kep
 def test_a_30fps_clip_becomes_25fps(shared_data: Path, root: Path) -> None:
     avatar = prepare(shared_data / "talking" / "hdtf_RD_Radio10_short.mp4", root, "radio")
     assert avatar.frame_count == pytest.approx(62 / 29.97 * 25, abs=1)
+
+
+def test_a_sound_track_shifted_against_the_picture_is_reported_with_the_offset_that_mends_it(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Five GRID s1 sentences joined in step, prepared with their sound 160 ms early and 160 ms late:
+    prepare calls the audio shifted and suggests an offset that undoes it; the same frames with the sound
+    put back are in step."""
+    from lipstream.training.dataset import grid_sources
+    from lipstream.training.template import join_clips
+
+    sources = [s.path for s in grid_sources(shared_data / "grid_s1") if s.split == "test"][:5]
+    join_clips(sources, tmp_path / "joined.mp4")
+    for offset, lags in ((-160, range(-6, -2)), (160, range(4, 8))):
+        result = prepare_avatar(
+            tmp_path / "joined.mp4", "shifted", root=tmp_path, max_seconds=15, audio_offset_ms=offset, show_progress=False
+        )
+        found = result.audio_sync
+        assert found is not None and found.suspect and found.lag_frames in lags, (offset, found)
+        assert abs(found.suggested_offset_ms + offset) <= 80 and "--audio-offset" in found.message()
+        assert result.manifest.extra["audio_sync"] == found.as_dict() | {"audio_offset_ms": offset}
+
+        samples, rate = read_wav(result.path / "audio.wav")
+        put_back = shift_audio(samples, -offset * rate // 1000)
+        opening = mouth_opening(np.load(result.path / "landmarks.npy"))
+        in_step = measure_audio_sync(opening, melspectrogram(put_back))
+        assert in_step is not None and not in_step.suspect, (offset, in_step)
+        assert NATURAL_LAGS[0] <= in_step.lag_frames <= NATURAL_LAGS[1] and in_step.r > found.r_natural
+        assert in_step.message().startswith("in step")
+
+
+def test_shifting_the_sound_keeps_its_length() -> None:
+    samples = np.arange(1, 11, dtype=np.float32)
+    assert shift_audio(samples, 3).tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert shift_audio(samples, -3).tolist() == [4, 5, 6, 7, 8, 9, 10, 0, 0, 0]
+    assert shift_audio(samples, 25).tolist() == shift_audio(samples, -25).tolist() == [0] * 10
 
 
 def test_a_photo_makes_a_one_frame_avatar(root: Path) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from lipstream.avatars.av_sync import frame_loudness, lag_correlations
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
@@ -127,19 +128,11 @@ def lip_audio_r(opening: np.ndarray, mel: np.ndarray) -> tuple[float, int] | Non
     the mouth per frame ([N], NaN where no face was found) and the loudness of the audio (mean log-mel
     of each frame), at the lag within +-MAX_LAG where r is highest. None for a clip too short or
     without a face in most frames."""
-    count = min(len(opening), mel.shape[1] * 5 // 16)
-    loudness = np.array([mel[:, k * 16 // 5 : (k + 1) * 16 // 5].mean() for k in range(count)])
-    best = None
-    for lag in range(-MAX_LAG, MAX_LAG + 1):
-        a = opening[max(0, -lag) : count - max(0, lag)]
-        b = loudness[max(0, lag) : count - max(0, -lag)]
-        keep = ~np.isnan(a)
-        if keep.sum() < 25 or a[keep].std() == 0:
-            continue
-        r = float(np.corrcoef(a[keep], b[keep])[0, 1])
-        if best is None or r > best[0]:
-            best = (r, lag)
-    return best
+    r = lag_correlations(opening, frame_loudness(mel, len(opening)), MAX_LAG)
+    if np.isnan(r).all():
+        return None
+    best = int(np.nanargmax(r))
+    return float(r[best]), best - MAX_LAG
 
 
 def psnr_ssim_lmd(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:

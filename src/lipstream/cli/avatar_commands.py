@@ -84,6 +84,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         reference_percentile=args.reference_percentile,
         idle_loop=args.idle_loop,
         hd=args.hd,
+        audio_offset_ms=args.audio_offset,
     )
     m = result.manifest
     jitter = m.extra["crop_jitter"]
@@ -97,6 +98,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"  hd path {'on' if m.extra['hd']['enabled'] else 'off'}: {m.extra['hd']['why']}\n"
         f"  {result.frames_per_second:.1f} frames/s ({result.seconds:.1f} s)"
     )
+    if result.audio_sync is not None:
+        line = f"sound and mouth: {result.audio_sync.message()}"
+        if result.audio_sync.suspect:
+            print(f"lipstream prepare: warning: {args.name}: {line}", file=sys.stderr)
+        else:
+            print(f"  {line}")
     if args.sheet:
         import cv2
 
@@ -181,6 +188,14 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         )
         return 2
     avatar = Avatar.load(folder)
+    sync = avatar.manifest.extra.get("audio_sync", {})
+    if sync.get("suspect"):
+        print(
+            f"lipstream personalize: warning: {avatar.name}'s sound follows its mouth best at {sync['lag_frames']} "
+            "frames (real speech: 0 to 2), so its audio track looks shifted and personalising learns the shift; "
+            "lipstream prepare said which --audio-offset would fix it",
+            file=sys.stderr,
+        )
     config = PersonalizeConfig(
         epochs=args.epochs,
         batch=args.batch,
@@ -254,6 +269,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=o.HD_MODES,
         default="auto",
         help="the hd path, the generated mouth upsampled 2x for large faces: auto (by the face's size), on or off",
+    )
+    prepare.add_argument(
+        "--audio-offset",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="delay the video's sound by MS against its picture (negative: advance it), for a video whose audio "
+        "track is shifted; prepare reports how the sound follows the mouth and suggests a value",
     )
     prepare.add_argument("--avatars", help="folder of avatars (default: $LIPSTREAM_AVATARS or the user cache)")
     prepare.add_argument("--sheet", help="also write a PNG contact sheet of the middle frame here")
