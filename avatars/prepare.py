@@ -37,6 +37,7 @@ from .align import (
     smooth_transforms,
     warp_to_crop,
 )
+from .av_sync import AudioSync, measure_audio_sync, shift_audio
 from .avatar import CHANNEL_SHIFT, FORMAT_VERSION, frame_file, read_frame, sha256_file
 from .detail import MIN_FRAMES as MIN_BANK_FRAMES
 from .detail import write_bank
@@ -57,7 +58,6 @@ from .options import (
     REFERENCE_PERCENTILE,
     SMOOTHING_SIGMA,
 )
-from .av_sync import AudioSync, measure_audio_sync, shift_audio
 from .source import SourceInfo, iter_frames, probe, read_audio
 
 MAX_UPSCALE = 2.0  # a face enlarged more than this into the crop is too small for the profile

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from lipstream.avatars import Avatar, AvatarCacheError, SourceError
-from lipstream.avatars.align import MATCH_BAND, mouth_opening, invert, match_colour, paste_back, transform_points
+from lipstream.avatars.align import MATCH_BAND, invert, match_colour, mouth_opening, paste_back, transform_points
 from lipstream.avatars.av_sync import NATURAL_LAGS, measure_audio_sync, shift_audio
 from lipstream.avatars.default import built_in_avatar, default_avatar, photo_source
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.manifest import Manifest
-from lipstream.dsp import melspectrogram, read_wav
 from lipstream.avatars.masks import crop_landmarks, points_inside
 from lipstream.avatars.prepare import prepare_avatar
+from lipstream.dsp import melspectrogram, read_wav
 from lipstream.models.weights import load_stylesync
 from lipstream.paths import InvalidNameError
 
@@ -201,7 +201,12 @@ def test_a_sound_track_shifted_against_the_picture_is_reported_with_the_offset_t
     join_clips(sources, tmp_path / "joined.mp4")
     for offset, lags in ((-160, range(-6, -2)), (160, range(4, 8))):
         result = prepare_avatar(
-            tmp_path / "joined.mp4", "shifted", root=tmp_path, max_seconds=15, audio_offset_ms=offset, show_progress=False
+            tmp_path / "joined.mp4",
+            "shifted",
+            root=tmp_path,
+            max_seconds=15,
+            audio_offset_ms=offset,
+            show_progress=False,
         )
         found = result.audio_sync
         assert found is not None and found.suspect and found.lag_frames in lags, (offset, found)
