@@ -451,6 +451,42 @@ def test_personalisation_without_replay_stops_on_ctrl_c_and_resumes_to_the_same_
     assert all(torch.equal(first["delta_w"][k], second["delta_w"][k]) for k in first["delta_w"])
 
 
+def test_the_motion_term_measures_what_the_audio_changes_not_the_look(shared_data: Path, tmp_path: Path) -> None:
+    """Personalising with lambda_motion compares what the audio changes in the lips (render minus the
+    render in silence) with the general model's: a new colour leaves it at zero, a new response to the
+    styles does not; the term is logged and reported."""
+    from lipstream.avatars import Avatar
+    from lipstream.avatars.prepare import prepare_avatar
+    from lipstream.models.weights import WEIGHTS_DIR
+    from lipstream.training import personalize as module
+
+    source = grid_sources(shared_data / "grid_s1")[-1].path
+    avatar = Avatar.load(prepare_avatar(source, "motion", root=tmp_path, max_seconds=3.2, show_progress=False).path)
+    expert = WEIGHTS_DIR.parent / "experts" / "syncnet-seed0.pt"
+    config = module.PersonalizeConfig(epochs=1, batch=2, lambda_motion=30.0)
+    trainer = module.Personalizer("rt", None, expert, config)
+    batch = next(iter(module._batches(module.template_clip(avatar), [], config, steps=1)))
+
+    def motion_l1() -> float:
+        with torch.no_grad():
+            trainer.generate(batch)
+            return float(trainer.penalties()["motion_l1"])
+
+    assert motion_l1() < 1e-6  # personalisation starts from the general model
+    generator = dict(trainer.model.generator.named_parameters())
+    with torch.no_grad():
+        generator["to_rgbs.4.bias"] += 0.3  # another colour, the same motion
+    assert motion_l1() < 1e-5
+    with torch.no_grad():
+        generator["convs.9.conv.modulation.affine.weight"] *= 1.5  # another response to the styles
+    assert motion_l1() > 1e-3
+
+    summary = module.personalize(avatar, None, expert, config, log=False)
+    assert summary["lambda_motion"] == 30.0
+    history = (avatar.path / module.PERSONAL_DIR / module.LOG).read_text().splitlines()
+    assert history and all("motion_l1" in json.loads(line) for line in history)
+
+
 def test_the_lips_discriminator_sees_the_mouth_and_trains_with_feature_matching(cache: Path, tmp_path: Path) -> None:
     from lipstream.models.config import get_profile
     from lipstream.models.discriminator import MouthDiscriminator, mouth_crop

@@ -99,6 +99,9 @@ class PersonalizeConfig:
     batch: int = 4  # template samples per step; as many general ones join them (1:1)
     lr: float | None = None  # None: DELTA_P_LR of the mode
     lambda_p: float = 1e-3  # Eq. 6 penalty on sum dW^2 + sum dP^2
+    # L1 on the lips' box between how the audio moves the personalised mouth (its render minus its render
+    # in silence) and how it moves the general model's; 0: off (training/personalize.py)
+    lambda_motion: float = 0.0
     hold_out_seconds: float = 0.0  # the template's last seconds, kept out (for evaluation)
     seed: int = 0
     # The generator's shift dP: "channels" (per-channel biases, served by the general model beside other

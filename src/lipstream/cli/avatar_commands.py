@@ -201,6 +201,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         batch=args.batch,
         lr=args.lr,
         lambda_p=args.lambda_p,
+        lambda_motion=args.lambda_motion,
         hold_out_seconds=args.hold_out,
         delta_p=args.delta_p,
     )
@@ -327,6 +328,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the general model beside other avatars) or every parameter (full: a model of the avatar's own)",
     )
     personal.add_argument("--lambda-p", type=non_negative_float, default=p["lambda_p"], help="L2 penalty on dW and dP")
+    personal.add_argument(
+        "--lambda-motion",
+        type=non_negative_float,
+        default=p["lambda_motion"],
+        metavar="W",
+        help="keep the general model's motion: weight of the L1 between what the audio changes in the personalised "
+        "lips and in the general model's (30 was measured; 0, the default: off; doubles the training time)",
+    )
     personal.add_argument(
         "--hold-out",
         type=non_negative_float,
