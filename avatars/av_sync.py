@@ -58,6 +58,7 @@ class AudioSync:
     r: float  # the correlation there
     r_natural: float  # the best correlation within NATURAL_LAGS
     seconds: float
+    applied_offset_ms: int = 0  # the --audio-offset the sound was measured with
 
     @property
     def suspect(self) -> bool:
@@ -69,7 +70,7 @@ class AudioSync:
     @property
     def suggested_offset_ms(self) -> int:
         """The `prepare --audio-offset` (positive: delay the sound) that puts the peak at TYPICAL_LAG."""
-        return (TYPICAL_LAG - self.lag_frames) * FRAME_MS
+        return self.applied_offset_ms + (TYPICAL_LAG - self.lag_frames) * FRAME_MS
 
     def message(self) -> str:
         when = "after" if self.lag_frames >= 0 else "before"
@@ -94,12 +95,15 @@ class AudioSync:
             "r_natural": round(self.r_natural, 3),
             "seconds": round(self.seconds, 1),
             "suspect": self.suspect,
+            "audio_offset_ms": self.applied_offset_ms,
+            "suggested_offset_ms": self.suggested_offset_ms,
         }
 
 
-def measure_audio_sync(opening: np.ndarray, mel: np.ndarray) -> AudioSync | None:
-    """opening: the mouth's opening per frame [N] (NaN where unknown); mel: the frames' log-mel [bands, T].
-    None when no lag can be judged (too short, no movement or no sound)."""
+def measure_audio_sync(opening: np.ndarray, mel: np.ndarray, applied_offset_ms: int = 0) -> AudioSync | None:
+    """opening: the mouth's opening per frame [N] (NaN where unknown); mel: the frames' log-mel [bands, T],
+    of sound already shifted by `applied_offset_ms`. None when no lag can be judged (too short, no
+    movement or no sound)."""
     loudness = frame_loudness(mel, len(opening))
     r = lag_correlations(np.asarray(opening, np.float64), loudness, SEARCH_FRAMES)
     if np.isnan(r).all():
@@ -112,6 +116,7 @@ def measure_audio_sync(opening: np.ndarray, mel: np.ndarray) -> AudioSync | None
         r=float(r[best]),
         r_natural=float(np.nanmax(natural)) if not np.isnan(natural).all() else float("nan"),
         seconds=len(loudness) / 25,
+        applied_offset_ms=applied_offset_ms,
     )
 
 

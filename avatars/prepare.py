@@ -289,7 +289,7 @@ def prepare_avatar(
                 "idle_loop": loop_rule,
                 "hd": hd_choice,
             }
-            | audio_sync_record(audio_sync, audio_offset_ms),
+            | ({} if audio_sync is None else {"audio_sync": audio_sync.as_dict()}),
         )
         manifest.write(partial)
         _replace(partial, final)
@@ -310,12 +310,7 @@ def template_audio(
     if not info.has_audio:
         return samples, None
     opening = np.where(detected, mouth_opening(landmarks), np.nan)
-    return samples, measure_audio_sync(opening, melspectrogram(samples))
-
-
-def audio_sync_record(found: AudioSync | None, offset_ms: int) -> dict:
-    """The manifest's `audio_sync` entry (nothing for a source without sound)."""
-    return {} if found is None else {"audio_sync": found.as_dict() | {"audio_offset_ms": offset_ms}}
+    return samples, measure_audio_sync(opening, melspectrogram(samples), offset_ms)
 
 
 def _replace(partial: Path, final: Path) -> None:

@@ -193,7 +193,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         print(
             f"lipstream personalize: warning: {avatar.name}'s sound follows its mouth best at {sync['lag_frames']} "
             "frames (real speech: 0 to 2), so its audio track looks shifted and personalising learns the shift; "
-            "lipstream prepare said which --audio-offset would fix it",
+            f"prepare it again with --audio-offset {sync['suggested_offset_ms']}",
             file=sys.stderr,
         )
     config = PersonalizeConfig(
