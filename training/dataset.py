@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lipstream.avatars.align import frame_to_crop, smooth_transforms, warp_to_crop
+from lipstream.avatars.align import frame_to_crop, mouth_opening, smooth_transforms, warp_to_crop
+from lipstream.avatars.av_sync import measure_audio_sync
 from lipstream.avatars.errors import SourceError
 from lipstream.avatars.masks import crop_landmarks
 from lipstream.avatars.prepare import check_face_size, track_face
@@ -110,7 +111,8 @@ def build_clip(
         np.save(partial / "landmarks.npy", in_crop.astype(np.float16))
         mel_cfg = MelConfig()
         audio = read_audio(info, mel_cfg.sample_rate, count * mel_cfg.samples_per_frame)
-        np.save(partial / "mel.npy", melspectrogram(audio, mel_cfg).astype(np.float16))
+        mel = melspectrogram(audio, mel_cfg)
+        np.save(partial / "mel.npy", mel.astype(np.float16))
         np.save(partial / "audio.npy", audio.astype(np.float16))  # not int16: decoded audio may pass 1
         meta = {
             "clip_id": source.clip_id,
@@ -126,6 +128,8 @@ def build_clip(
             "interpolated_frames": int((~detected).sum()),
             "has_audio": info.has_audio,
         }
+        if info.has_audio and (found := measure_audio_sync(np.where(detected, mouth_opening(in_crop), np.nan), mel)):
+            meta["audio_sync"] = found.as_dict()  # a sound track shifted against the picture trains the shift
         (partial / "meta.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)

@@ -68,6 +68,13 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     print(f"dataset at {root}: {len(index['clips'])} clips, frames per split {splits}, {len(index['failed'])} failed")
     for clip_id, reason in index["failed"].items():
         print(f"  skipped {clip_id}: {reason}")
+    for clip_id, meta in index["clips"].items():
+        if (sync := meta.get("audio_sync") or {}).get("suspect"):
+            print(
+                f"  {clip_id}: its sound follows the mouth best at {sync['lag_frames']} frames (r {sync['r']}; real "
+                f"speech 0 to 2, r {sync['r_natural']}): the audio track looks shifted "
+                f"(audio offset to mend it: {sync['suggested_offset_ms']} ms)"
+            )
     return 0
 
 
