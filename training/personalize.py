@@ -15,12 +15,12 @@ Both carry the L2 penalty of Eq. 6, L_p = L_g + lambda_p (sum dW^2 + sum dP^2). 
 (`lambda_motion` > 0) a third term keeps the general model's motion: L1 on the lips' box between what
 the audio changes in the personalised mouth, P(audio) - P(silence), and what it changes in the general
 one, G(audio) - G(silence), on the same template frames. Why: personalised on 30 s of GRID s4, the mouth
-took her look (LMD 2.36 -> 1.83 px on her unseen `test` clips) but moved less and less in time with the
+took her look (LMD 2.36 -> 1.83 px on her unseen `test` clips) but moved less, and less in step with the
 sound (opening amplitude 0.84 -> 0.61, opening r 0.33 -> 0.19), whether the audio encoder was tuned too
 or not, with or without the sync loss, with or without more weight on the lips' L1. With the motion term
-(30): amplitude 0.77, opening r 0.25, LMD 1.95 (docs/results/personalize-audio-side.json). It doubles a
-step's cost. E_a, E_face and the
-mapping network stay frozen (the paper: E_a is person-agnostic, E_face would overfit one person).
+(30): amplitude 0.77, opening r 0.25, LMD 1.95; (100): 0.81, 0.31, 2.21
+(docs/results/personalize-audio-side.json). It doubles a step's cost. E_a, E_face and the mapping network stay frozen (the paper: E_a is
+person-agnostic, E_face would overfit one person).
 Samples: five consecutive frames of the template with their audio and a reference frame >= 1 s
 away, as in general training, mixed 1:1 with samples of the general training data when a training
 cache is at hand (replay), or the template alone on a fresh install; `epochs` passes over the
