@@ -19,8 +19,8 @@ took her look (LMD 2.36 -> 1.83 px on her unseen `test` clips) but moved less, a
 sound (opening amplitude 0.84 -> 0.61, opening r 0.33 -> 0.19), whether the audio encoder was tuned too
 or not, with or without the sync loss, with or without more weight on the lips' L1. With the motion term
 (30): amplitude 0.77, opening r 0.25, LMD 1.95; (100): 0.81, 0.31, 2.21
-(docs/results/personalize-audio-side.json). It doubles a step's cost. E_a, E_face and the mapping network stay frozen (the paper: E_a is
-person-agnostic, E_face would overfit one person).
+(docs/results/personalize-audio-side.json). It doubles a step's cost. E_a, E_face and the mapping
+network stay frozen (the paper: E_a is person-agnostic, E_face would overfit one person).
 Samples: five consecutive frames of the template with their audio and a reference frame >= 1 s
 away, as in general training, mixed 1:1 with samples of the general training data when a training
 cache is at hand (replay), or the template alone on a fresh install; `epochs` passes over the
