@@ -35,19 +35,29 @@ def frame_loudness(mel: np.ndarray, count: int) -> np.ndarray:
     return np.array([mel[:, k * 16 // 5 : (k + 1) * 16 // 5].mean() for k in range(count)])
 
 
-def lag_correlations(signal: np.ndarray, loudness: np.ndarray, max_lag: int, min_frames: int = 25) -> np.ndarray:
-    """Pearson's r between signal[t] ([N], NaN where unknown) and loudness[t + lag] for lag in
-    [-max_lag, max_lag]; NaN where fewer than `min_frames` pairs are known or the signal is flat.
+def lag_correlations(signal: np.ndarray, other: np.ndarray, max_lag: int, min_frames: int = 25) -> np.ndarray:
+    """Pearson's r between signal[t] and other[t + lag] ([N] each, NaN where unknown) for lag in
+    [-max_lag, max_lag]; NaN where fewer than `min_frames` pairs are known or either side is flat.
     [2 max_lag + 1]"""
-    count = min(len(signal), len(loudness))
+    count = min(len(signal), len(other))
     out = np.full(2 * max_lag + 1, np.nan)
     for i, lag in enumerate(range(-max_lag, max_lag + 1)):
         a = signal[max(0, -lag) : count - max(0, lag)]
-        b = loudness[max(0, lag) : count - max(0, -lag)]
-        keep = ~np.isnan(a)
+        b = other[max(0, lag) : count - max(0, -lag)]
+        keep = ~(np.isnan(a) | np.isnan(b))
         if keep.sum() >= min_frames and a[keep].std() > 0 and b[keep].std() > 0:
             out[i] = np.corrcoef(a[keep], b[keep])[0, 1]
     return out
+
+
+def best_lag(signal: np.ndarray, other: np.ndarray, max_lag: int, min_frames: int = 25) -> tuple[float, int] | None:
+    """(r, lag) where `lag_correlations` is highest (positive lag: `signal` moves first), None where no
+    lag has enough pairs."""
+    r = lag_correlations(signal, other, max_lag, min_frames)
+    if np.isnan(r).all():
+        return None
+    best = int(np.nanargmax(r))
+    return float(r[best]), best - max_lag
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import numpy as np
 
 from lipstream.avatars import Avatar
 from lipstream.avatars.align import invert, paste_back, warp_to_crop
+from lipstream.avatars.av_sync import best_lag
 from lipstream.avatars.avatar import read_frame
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
@@ -104,12 +105,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 def lagged_pearson(a: np.ndarray, b: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int] | None:
     """(Pearson's r, lag in frames) at the lag within +-max_lag where r is highest; a positive lag
     means `a` moves that many frames before `b`."""
-    count = min(len(a), len(b))
-    shifted = (
-        (pearson(a[: count - lag], b[lag:count]) if lag >= 0 else pearson(a[-lag:count], b[: count + lag]), lag)
-        for lag in range(-max_lag, max_lag + 1)
-    )
-    return max(((r, lag) for r, lag in shifted if r is not None), default=None)
+    return best_lag(a, b, max_lag, min_frames=3)
 
 
 class Measured:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from lipstream.avatars.av_sync import frame_loudness, lag_correlations
+from lipstream.avatars.av_sync import best_lag, frame_loudness
 from lipstream.avatars.landmarks import LIP_POINTS
 from lipstream.avatars.masks import ushape_mask
 from lipstream.dsp import MelConfig, mel_windows
@@ -128,11 +128,7 @@ def lip_audio_r(opening: np.ndarray, mel: np.ndarray) -> tuple[float, int] | Non
     the mouth per frame ([N], NaN where no face was found) and the loudness of the audio (mean log-mel
     of each frame), at the lag within +-MAX_LAG where r is highest. None for a clip too short or
     without a face in most frames."""
-    r = lag_correlations(opening, frame_loudness(mel, len(opening)), MAX_LAG)
-    if np.isnan(r).all():
-        return None
-    best = int(np.nanargmax(r))
-    return float(r[best]), best - MAX_LAG
+    return best_lag(opening, frame_loudness(mel, len(opening)), MAX_LAG)
 
 
 def psnr_ssim_lmd(rendered: np.ndarray, truth: np.ndarray, rows: int, mouths: MouthLandmarks) -> dict:

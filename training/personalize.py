@@ -139,20 +139,21 @@ class Personalizer(GeneratorTrainer):
         self._delta_w = face.delta_w
         fake = self.model.render(mels, face.f_f, face.delta_w, face.maps)
         if self.general_model is not None:
-            self._motion = self._motions(fake, mels, face, (targets, reference, mask))
+            self._motion = self._motions(fake, mels, face)
         return fake, targets[..., -self.rows :, :], targets
 
-    def _motions(
-        self, fake: torch.Tensor, mels: torch.Tensor, face: FaceFeatures, inputs: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _motions(self, fake: torch.Tensor, mels: torch.Tensor, face: FaceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """What the audio changes in the lips' box: (personalised, general), each render minus the same
-        frame's render in silence."""
+        frame's render in silence. The face encoder is frozen, so both models share `face`'s maps and f_f;
+        the general model has its own dW."""
         silence = torch.full_like(mels, -MelConfig().max_abs_value)
         mine = fake - self.model.render(silence, face.f_f, face.delta_w, face.maps)
         with torch.no_grad():
-            general = self.general_model.encode_face(*inputs)
-            theirs = self.general_model.render(mels, general.f_f, general.delta_w, general.maps)
-            theirs = theirs - self.general_model.render(silence, general.f_f, general.delta_w, general.maps)
+            general = self.general_model
+            delta_w = general.delta_w(face.f_f)
+            theirs = general.render(mels, face.f_f, delta_w, face.maps) - general.render(
+                silence, face.f_f, delta_w, face.maps
+            )
         cfg = self.model.cfg
         return mouth_crop(mine, cfg), mouth_crop(theirs, cfg)
 
