@@ -212,6 +212,18 @@ def speech_mask(mel: np.ndarray, peak: float | None = None) -> np.ndarray:
     return (level >= peak - SPEECH_BELOW_PEAK) & (level > SPEECH_FLOOR)
 
 
+def normalise_speech(mel: np.ndarray, reference: VoiceReference, cfg: MelConfig | None = None) -> np.ndarray:
+    """A whole recording's `VoiceNorm` at once: every band shifted by the reference's mean minus the
+    band's mean over the recording's speech frames (`speech_mask`), as a session is once it has heard its
+    speaker for a while. mel: [n_mels, T] normalised log-mel. float32"""
+    speech = speech_mask(mel)
+    if not speech.any():
+        return mel.astype(np.float32)
+    shift = reference.mean - mel[:, speech].astype(np.float64).mean(axis=1)
+    top = (cfg or MelConfig()).max_abs_value
+    return np.clip(mel + shift[:, None], -top, top).astype(np.float32)
+
+
 class VoiceNorm:
     """A stream's speech-level normalisation towards `reference`: each band x -> x - m + m_ref, m being
     the band's mean over the speech among the last SPEECH_HISTORY frames kept, grown from the reference's

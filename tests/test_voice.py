@@ -24,8 +24,11 @@ from lipstream.dsp.voice import (
     VoiceWarpError,
     alpha_for_pitch,
     frame_pitch,
+    normalise_speech,
+    speech_mask,
     warped_filterbank,
 )
+from lipstream.dsp.wav import read_wav
 from lipstream.errors import is_user_error
 
 RATE = 16_000
@@ -137,6 +140,23 @@ def test_the_shift_starts_at_none_and_any_chunking_gives_the_same_frames() -> No
     whole = VoiceNorm(ref)(stream)
     pieces, parts = VoiceNorm(ref), np.split(stream, [1, 7, 50, 51, 200], axis=1)
     np.testing.assert_array_equal(np.concatenate([pieces(p) for p in parts], axis=1), whole)
+
+
+def test_a_whole_recording_normalised_at_once_is_what_a_session_comes_to(shared_data: Path) -> None:
+    """normalise_speech, the clip-wide form that training uses, on a real voice: its speech frames get the
+    reference's mean, and a session's VoiceNorm, once it has heard the speaker, gives nearly the same
+    frames (within a fifth of the shift). Silence alone passes unchanged."""
+    ref = VoiceReference.from_json(DEFAULT_REFERENCE)
+    samples, _ = read_wav(shared_data / "speech" / "hdtf_RD_Radio31_000.wav")
+    mel = melspectrogram(samples, MelConfig())
+    whole = normalise_speech(mel, ref)
+    speech = speech_mask(mel)
+    np.testing.assert_allclose(whole[:, speech].mean(axis=1), ref.mean, atol=0.05)
+    session = VoiceNorm(ref)(mel)
+    last = np.s_[:, -200:]  # its last 2.5 s
+    assert np.abs(session[last] - whole[last]).mean() < 0.2 * np.abs(mel[last] - whole[last]).mean()
+    silence = np.full((80, 50), -4.0, np.float32)
+    np.testing.assert_array_equal(normalise_speech(silence, ref), silence)
 
 
 def test_the_shipped_reference_loads_and_a_broken_one_is_refused(tmp_path: Path) -> None:

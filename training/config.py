@@ -88,6 +88,26 @@ class UpsamplerTrainConfig:
     max_minutes: float = 120.0  # one chunk; resume for more
 
 
+@dataclass
+class VoiceDistillConfig:
+    """`lipstream train voice` (training/voice_distill.py)."""
+
+    seed: int = 0
+    steps: int = 4000
+    batch: int = 128  # mel windows per step
+    lr: float = 1e-4
+    warp: float = 1.25  # formants warped by a factor in [1 / warp, warp]
+    lambda_recorded: float = 1.0  # the student's distance from the teacher on the unwarped window
+    grid_share: float = 0.5
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 500
+    validate_every: int = 500
+    validate_clips: int = 8
+    max_minutes: float = 120.0  # one chunk; resume for more
+    init: str | None = None  # rt weights: the teacher and the student's start (None: the shipped ones)
+    reference: str | None = None  # the learnt voice (None: the shipped rt.voice.json)
+
+
 # The generator's shift dP (see personalize.py), with the learning rate each was measured best at.
 DELTA_P_MODES = ("channels", "full")
 DELTA_P_LR = {"channels": 1e-3, "full": 1e-4}

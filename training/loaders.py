@@ -131,12 +131,32 @@ def by_identity(clips: list[Clip]) -> list[list[Clip]]:
     return list(people.values())
 
 
+class ClipDraw:
+    """Draws a clip: GRID s1's with probability `grid_share` (there are ~25 times more of them than of the
+    other identities' clips, which are longer), and within a group every person equally often, whatever
+    their footage. `grid_share` None, or clips of one group only: every person equally often."""
+
+    def __init__(self, clips: list[Clip], grid_share: float | None = None) -> None:
+        if not clips:
+            raise ValueError("no clips with audio in this split; build the dataset first (lipstream dataset build)")
+        grid = [c for c in clips if c.meta["identity"] == "grid_s1"]
+        other = [c for c in clips if c.meta["identity"] != "grid_s1"]
+        if grid_share is None or not grid or not other:
+            self.groups, self.shares = [by_identity(clips)], [1.0]
+        else:
+            self.groups, self.shares = [by_identity(grid), by_identity(other)], [grid_share, 1.0 - grid_share]
+
+    def __call__(self, rng: np.random.Generator) -> Clip:
+        people = self.groups[rng.choice(len(self.groups), p=self.shares)]
+        clips = people[rng.integers(len(people))]
+        return clips[rng.integers(len(clips))]
+
+
 class GeneratorSamples(Dataset):
     """Five consecutive target frames with their own mel windows, a reference frame at least 1 s away
     in the same clip, the lower-face mask, and the expert's window for the five frames.
 
-    `grid_share` is the probability of drawing a GRID s1 clip (there are ~25 times more of them than of
-    the other identities' clips, which are longer); within a group every person is equally likely.
+    Clips are drawn by `ClipDraw` (`grid_share`: the probability of a GRID s1 clip).
     `augment` mirrors a sample and changes its brightness and contrast, and with `colour_cast` each
     channel's too (see _augment), the same for all its frames and its reference (mirroring leaves the
     sync with the audio intact). `voice` = (largest warp factor, largest level change in mel units):
@@ -159,12 +179,7 @@ class GeneratorSamples(Dataset):
             raise ValueError("no clips with audio in this split; build the dataset first (lipstream dataset build)")
         self.length, self.seed, self.augment, self.colour_cast = length, seed, augment, colour_cast
         self.voice = voice
-        grid = [c for c in clips if c.meta["identity"] == "grid_s1"]
-        other = [c for c in clips if c.meta["identity"] != "grid_s1"]
-        if grid_share is None or not grid or not other:
-            self.groups, self.shares = [by_identity(clips)], [1.0]
-        else:
-            self.groups, self.shares = [by_identity(grid), by_identity(other)], [grid_share, 1.0 - grid_share]
+        self.draw = ClipDraw(clips, grid_share)
         self.mel_cfg = mel_cfg or MelConfig()
         size = clips[0].crops.shape[1]
         self.mask = torch.from_numpy(ushape_mask(size))[None]  # [1, S, S]
@@ -174,9 +189,7 @@ class GeneratorSamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))
-        people = self.groups[rng.choice(len(self.groups), p=self.shares)]
-        clips = people[rng.integers(len(people))]  # every person equally likely, whatever their footage
-        clip = clips[rng.integers(len(clips))]
+        clip = self.draw(rng)
         while True:
             first = int(rng.integers(0, clip.frames - SYNC_FRAMES + 1))
             if clip.has_sync_window(first):

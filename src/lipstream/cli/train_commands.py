@@ -17,6 +17,7 @@ from lipstream.training.config import (
     SyncTrainConfig,
     UpsamplerTrainConfig,
     VideoEvalOptions,
+    VoiceDistillConfig,
 )
 
 from .args import (
@@ -40,6 +41,7 @@ SYNCNET = defaults(SyncTrainConfig)
 GENERATOR = defaults(GeneratorTrainConfig)
 VIDEO_EVAL = defaults(VideoEvalOptions)
 UPSAMPLER = defaults(UpsamplerTrainConfig)
+VOICE = defaults(VoiceDistillConfig)
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -141,6 +143,27 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     )
     result = GeneratorTrainer(_cache(args), out, config, resume=args.resume).run()
     print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    return 0
+
+
+def cmd_train_voice(args: argparse.Namespace) -> int:
+    from lipstream.training.voice_distill import VoiceDistiller
+
+    out = Path(args.out) if args.out else cache_dir() / "train" / f"voice-seed{args.seed}"
+    config = VoiceDistillConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        warp=args.warp,
+        grid_share=args.grid_share,
+        validate_every=args.validate_every,
+        max_minutes=args.max_minutes,
+        init=args.init,
+    )
+    result = VoiceDistiller(_cache(args), out, config, resume=args.resume).run()
+    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    print(f"weights: lipstream train export generator {out / 'checkpoint.pt'} -o WEIGHTS.pt")
     return 0
 
 
@@ -348,6 +371,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     generator.add_argument("--init", help="fp16 weights to start from, e.g. models/weights/rt.pt (a fine-tune)")
     generator.set_defaults(func=cmd_train_generator)
+
+    v = VOICE
+    voice = train_sub.add_parser(
+        "voice", help="the audio encoder, taught to hear voices with other formants as the voice it learnt"
+    )
+    _add_job_options(voice, v, "voice")
+    voice.add_argument("--batch", type=positive_int, default=v["batch"], help="mel windows per step (%(default)s)")
+    voice.add_argument("--lr", type=positive_float, default=v["lr"], help="(%(default)s)")
+    voice.add_argument(
+        "--warp",
+        type=voice_factor,
+        default=v["warp"],
+        metavar="FACTOR",
+        help="formants warped by a factor in [1/FACTOR, FACTOR] (%(default)s)",
+    )
+    voice.add_argument(
+        "--grid-share", type=share, default=v["grid_share"], help="probability of a GRID s1 window (%(default)s)"
+    )
+    voice.add_argument("--init", help="rt weights to start from, and the teacher (default: the shipped ones)")
+    voice.set_defaults(func=cmd_train_voice)
 
     u = UPSAMPLER
     upsampler = train_sub.add_parser("upsampler", help="the hd path's region upsampler (on 256-px crops)")
