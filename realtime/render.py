@@ -15,12 +15,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipstream.dsp import PLAYBACK_RATE, num_video_frames, to_s16
+from lipstream.dsp import FPS, PLAYBACK_RATE, num_video_frames, to_s16
 
 from .audio_in import SAMPLE_RATE, read_audio_streams
 from .clock import MonotonicClock
 from .runtime import Runtime
-from .session import AvatarSession, OutputFrame
+from .session import MAX_BUFFER_SECONDS, AvatarSession, OutputFrame
+
+AHEAD_SECONDS = MAX_BUFFER_SECONDS / 3  # how far the pushed audio runs ahead of the frames rendered
 
 
 @dataclass
@@ -47,12 +49,16 @@ async def rendered_frames(
     scheduler = runtime.scheduler(MonotonicClock())
     scheduler.add(session)
     step, ratio = SAMPLE_RATE, PLAYBACK_RATE // SAMPLE_RATE  # a second at a time
-    for start in range(0, len(samples), step):
-        last = start + step >= len(samples)
-        part = None if playback is None else playback[start * ratio : None if last else (start + step) * ratio]
-        session.push_audio(samples[start : start + step], part)
-    session.end_of_input()
-    for _ in range(total):
+    pushed = 0
+    for number in range(total):
+        # audio stays at most AHEAD_SECONDS ahead of the frames: a session holds MAX_BUFFER_SECONDS at most
+        while pushed < len(samples) and pushed < (number / FPS + AHEAD_SECONDS) * SAMPLE_RATE:
+            end = pushed + step
+            part = None if playback is None else playback[pushed * ratio : None if end >= len(samples) else end * ratio]
+            session.push_audio(samples[pushed:end], part)
+            pushed = min(end, len(samples))
+            if pushed == len(samples):
+                session.end_of_input()
         await scheduler.tick()
         yield await session.next_frame()
 

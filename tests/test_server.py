@@ -25,6 +25,7 @@ from lipstream.dsp import read_wav, to_s16
 from lipstream.realtime.audio_in import RateConverter
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import Runtime
+from lipstream.realtime.session import MAX_BUFFER_SECONDS
 from lipstream.realtime.server import ServerSettings, create_app
 
 
@@ -190,6 +191,25 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
         assert abs(np.median(skews)) <= 0.08, f"video minus audio arrival: {np.median(skews):+.3f} s"
 
     asyncio.run(scenario())
+
+
+def test_a_render_longer_than_a_session_holds_gives_every_frame_and_the_same_frames(
+    runtime: Runtime, speech: np.ndarray
+) -> None:
+    """An offline render (render, evaluate --video) feeds its session a little ahead of the frames, so audio
+    longer than a session may hold waiting (MAX_BUFFER_SECONDS) renders whole, with the frames that a
+    shorter render of its start gives."""
+    samples = np.tile(speech, 6)[: int((MAX_BUFFER_SECONDS + 6) * 16_000)]
+
+    async def frames(audio: np.ndarray) -> list:
+        return [frame async for frame in rendered_frames(runtime, audio)]
+
+    whole = asyncio.run(frames(samples))
+    assert len(whole) == len(samples) // 640
+    assert sum(frame.kind == "speech" for frame in whole[-250:]) > 100  # the last 10 s are spoken too
+    start = asyncio.run(frames(samples[: 8 * 16_000]))
+    for long, short in zip(whole[:150], start[:150], strict=True):
+        np.testing.assert_array_equal(long.image, short.image)
 
 
 async def push_wav(http: aiohttp.ClientSession, base: str, session_id: str, path: Path) -> dict:
