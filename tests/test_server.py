@@ -25,8 +25,8 @@ from lipstream.dsp import read_wav, to_s16
 from lipstream.realtime.audio_in import RateConverter
 from lipstream.realtime.render import rendered_frames
 from lipstream.realtime.runtime import Runtime
-from lipstream.realtime.session import MAX_BUFFER_SECONDS
 from lipstream.realtime.server import ServerSettings, create_app
+from lipstream.realtime.session import MAX_BUFFER_SECONDS
 
 
 def mouth_change(runtime: Runtime, image: np.ndarray) -> float:
