@@ -175,11 +175,9 @@ class GeneratorSamples(Dataset):
         colour_cast: bool = True,
         voice: tuple[float, float] | None = None,
     ) -> None:
-        if not clips:
-            raise ValueError("no clips with audio in this split; build the dataset first (lipstream dataset build)")
+        self.draw = ClipDraw(clips, grid_share)  # refuses an empty list
         self.length, self.seed, self.augment, self.colour_cast = length, seed, augment, colour_cast
         self.voice = voice
-        self.draw = ClipDraw(clips, grid_share)
         self.mel_cfg = mel_cfg or MelConfig()
         size = clips[0].crops.shape[1]
         self.mask = torch.from_numpy(ushape_mask(size))[None]  # [1, S, S]
