@@ -95,7 +95,7 @@ class VoiceDistillConfig:
     seed: int = 0
     steps: int = 4000
     batch: int = 128  # mel windows per step
-    lr: float = 1e-4
+    lr: float = 3e-4
     warp: float = 1.25  # formants warped by a factor in [1 / warp, warp]
     lambda_recorded: float = 1.0  # the student's distance from the teacher on the unwarped window
     grid_share: float = 0.5

@@ -122,10 +122,13 @@ class VoiceDistiller:
             state = torch.load(out / CHECKPOINT, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
+            # the teacher the run started with, even if the shipped weights have changed since
+            self.teacher.audio_encoder.load_state_dict(state["teacher_audio_encoder"])
             self.step = state["step"]
 
     def save(self) -> None:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
+        state["teacher_audio_encoder"] = self.teacher.audio_encoder.state_dict()
         torch.save(state | {"config": asdict(self.config)}, self.out / (CHECKPOINT + ".tmp"))
         (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
 
