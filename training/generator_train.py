@@ -42,13 +42,12 @@ from lipstream.models.syncnet import SyncNet
 from lipstream.models.weights import INIT_SEED
 from lipstream.progress import Progress
 
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import SYNC_FRAMES, GeneratorTrainConfig
 from .evaluate import MouthLandmarks, render_clip, score
 from .loaders import GeneratorSamples, load_clips
 from .losses import expert_sync_loss, ms_ssim
 from .stopping import StopRequest
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def load_expert(path: str | Path, device: torch.device) -> SyncNet:
@@ -87,8 +86,7 @@ class GeneratorTrainer:
         self.expert = load_expert(config.expert, self.device) if config.expert else None
         self.step = 0
         out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / CHECKPOINT).is_file():
-            state = torch.load(out / CHECKPOINT, map_location=self.device, weights_only=False)
+        if resume and (state := load_checkpoint(out / CHECKPOINT, self.device)) is not None:
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["discriminator"])
             self.g_opt.load_state_dict(state["g_opt"])
@@ -110,8 +108,7 @@ class GeneratorTrainer:
         }
         if self.mouth_disc is not None:
             state |= {"mouth_discriminator": self.mouth_disc.state_dict(), "mouth_opt": self.mouth_opt.state_dict()}
-        torch.save(state, self.out / (CHECKPOINT + ".tmp"))
-        (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
+        save_checkpoint(state, self.out / CHECKPOINT)
 
     def generate(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(generated region, real region, targets) with the five frames flattened into the batch."""

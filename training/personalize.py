@@ -55,6 +55,7 @@ from lipstream.models.personalization import ChannelPersonalization, channel_shi
 from lipstream.models.stylesync import FaceFeatures
 from lipstream.models.weights import load_stylesync
 
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import DELTA_P_MODES, SYNC_FRAMES, GeneratorTrainConfig, PersonalizeConfig
 from .dataset import INDEX, default_root
 from .generator_train import GeneratorTrainer, load_expert, plot_curves
@@ -63,7 +64,6 @@ from .stopping import StopRequest
 
 PERSONAL_DIR = "personal"
 LOG = "personalize.jsonl"
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_SECONDS = 120.0
 
 
@@ -227,8 +227,7 @@ def _save(trainer: Personalizer, path: Path, seconds: float, replay: str) -> Non
         "seconds": seconds,
         "replay": replay,
     }
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    save_checkpoint(state, path)
 
 
 def personalize(
@@ -257,8 +256,7 @@ def personalize(
     folder.mkdir(exist_ok=True)
     history, checkpoint = folder / LOG, folder / CHECKPOINT
     done_before = 0.0
-    if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=trainer.device, weights_only=False)
+    if resume and (state := load_checkpoint(checkpoint, trainer.device)) is not None:
         if state["replay"] != replay:
             raise PersonalizeError(f"the checkpoint was made with replay {state['replay']}, not {replay}; start anew")
         made_with = state.get("delta_p", "full")  # checkpoints from before the option: every parameter

@@ -25,11 +25,10 @@ from torch.utils.data import DataLoader
 
 from lipstream.models.syncnet import SyncNet
 
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import SYNC_FRAMES, SyncTrainConfig
 from .loaders import Clip, SyncPairs, load_clips, to_unit
 from .stopping import StopRequest
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def contrastive_loss(
@@ -80,8 +79,7 @@ def train_syncnet(cache: Path, out: Path, config: SyncTrainConfig, resume: bool 
     net = SyncNet().to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     step = 0
-    if resume and (out / CHECKPOINT).is_file():
-        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
+    if resume and (state := load_checkpoint(out / CHECKPOINT, device)) is not None:
         net.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
@@ -99,11 +97,8 @@ def train_syncnet(cache: Path, out: Path, config: SyncTrainConfig, resume: bool 
     window: list[tuple[float, float]] = []
 
     def save() -> None:
-        torch.save(
-            {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "config": asdict(config)},
-            out / (CHECKPOINT + ".tmp"),
-        )
-        (out / (CHECKPOINT + ".tmp")).replace(out / CHECKPOINT)
+        state = {"model": net.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "config": asdict(config)}
+        save_checkpoint(state, out / CHECKPOINT)
 
     with StopRequest() as stop:
         for faces, in_sync, off_sync in loader:

@@ -40,12 +40,12 @@ from lipstream.models.upsampler import SCALE, RegionUpsampler, load_upsampler
 from lipstream.models.weights import load_stylesync
 from lipstream.progress import Progress
 
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import UpsamplerTrainConfig
 from .generator_train import discriminator_step, train_chunk
 from .loaders import Clip, by_identity, load_clips, to_unit
 from .losses import ms_ssim
 
-CHECKPOINT = "checkpoint.pt"
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
@@ -174,8 +174,7 @@ class UpsamplerTrainer:
             self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=config.lr, betas=(0.5, 0.99))
         self.step = 0
         out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / CHECKPOINT).is_file():
-            state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        if resume and (state := load_checkpoint(out / CHECKPOINT)) is not None:
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
             self.step = state["step"]
@@ -188,8 +187,7 @@ class UpsamplerTrainer:
         if self.disc is not None:
             state |= {"disc": self.disc.state_dict(), "d_opt": self.d_opt.state_dict()}
         state |= {"config": asdict(self.config), "net_config": self.net.config(), "generator_id": self.generator_id}
-        torch.save(state, self.out / (CHECKPOINT + ".tmp"))
-        (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
+        save_checkpoint(state, self.out / CHECKPOINT)
 
     @torch.no_grad()
     def inputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

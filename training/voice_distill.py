@@ -40,8 +40,9 @@ from lipstream.models.layers import normalize_2nd_moment
 from lipstream.models.stylesync import StyleSync
 from lipstream.models.weights import load_stylesync
 
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import VoiceDistillConfig
-from .generator_train import CHECKPOINT, plot_curves, train_chunk
+from .generator_train import train_chunk
 from .loaders import VOICE_STEP, Clip, ClipDraw, load_clips
 
 CHART_WARPS = (0.8, 0.9, 1.0, 1.1, 1.25)  # the warps of the sample chart and of validation
@@ -118,8 +119,7 @@ class VoiceDistiller:
         self.reference = VoiceReference.from_json(config.reference or DEFAULT_REFERENCE)
         self.step = 0
         out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / CHECKPOINT).is_file():
-            state = torch.load(out / CHECKPOINT, map_location=self.device, weights_only=False)
+        if resume and (state := load_checkpoint(out / CHECKPOINT, self.device)) is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             # the teacher the run started with, even if the shipped weights have changed since
@@ -129,8 +129,7 @@ class VoiceDistiller:
     def save(self) -> None:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
         state["teacher_audio_encoder"] = self.teacher.audio_encoder.state_dict()
-        torch.save(state | {"config": asdict(self.config)}, self.out / (CHECKPOINT + ".tmp"))
-        (self.out / (CHECKPOINT + ".tmp")).replace(self.out / CHECKPOINT)
+        save_checkpoint(state | {"config": asdict(self.config)}, self.out / CHECKPOINT)
 
     def distances(self, recorded: torch.Tensor, warped: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mean squared distance of the student's features, warped and not, from the teacher's."""
@@ -200,8 +199,6 @@ class VoiceDistiller:
                 return {}
             return {f"val_{k}": v for k, v in self.by_warp(val_windows, frames).items() if k.startswith("student")}
 
-        result = train_chunk(
+        return train_chunk(
             self, iter(loader), (val_windows, frames), log, validation, lambda: self.step % c.validate_every == 0
         )
-        plot_curves(self.out / "log.jsonl", self.out / "loss_curves.png")
-        return result
