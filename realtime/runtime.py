@@ -32,6 +32,7 @@ from .scheduler import FrameScheduler, frame_feed
 from .settings import ENGINE_VARIANT, KEEP_TEMPLATE, MOTION_GAIN, VOICE_WARP, voice_reference
 from .tracks import video_frame
 from .upsampling import Upsampler
+from .video_encoder import AvatarVp8Encoder
 
 logger = logging.getLogger("lipstream.realtime")
 REST_BATCH = 8  # frames per engine call when an avatar's rest regions are rendered
@@ -185,9 +186,7 @@ def _median_seconds(call: Callable[[], object], runs: int) -> float:
 def time_tick(runtime: Runtime, max_batch: int, runs: int = 3) -> TickModel:
     """Times this host's tick for admission (capacity.TickModel): the engine at batch sizes 1..max_batch,
     compositing a generated frame onto the default avatar (through the upsampler where it has the hd
-    path), and VP8-encoding one of its frames, as aiortc does for a viewer."""
-    from aiortc.codecs.vpx import Vp8Encoder
-
+    path), and VP8-encoding one of its frames, as a viewer's sender does."""
     engine, assets = runtime.engine, runtime.assets
     inference = {}
     for batch in range(1, min(max_batch, engine.max_batch) + 1):
@@ -204,7 +203,7 @@ def time_tick(runtime: Runtime, max_batch: int, runs: int = 3) -> TickModel:
     composite_seconds = _median_seconds(composite, runs + 2)
     # Speech changes the mouth from frame to frame, and a frame that repeats its predecessor costs the
     # encoder next to nothing: the timed frames alternate between the template and a generated mouth.
-    encoder = Vp8Encoder()
+    encoder = AvatarVp8Encoder()
     shown = (assets.template(0), assets.composite(0, region if assets.upsampler is None else upsampled()))
     numbers = iter(range(runs + 3))
 

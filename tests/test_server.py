@@ -149,7 +149,9 @@ def test_offer_round_trip_streams_the_avatar_in_sync(runtime: Runtime, speech_th
             player = MediaPlayer(str(speech_then_silence))
             await connect(http, base, viewer, send_audio=player.audio)
             await wait_for_frames(viewer, 130)
+            health = await (await http.get(f"{base}/health")).json()
             await viewer.close()
+        assert health["video_encoder"] == "vp8, denoiser off"  # realtime/video_encoder.py
         assert_25_fps(viewer.stamps[10:], [t for t, _ in viewer.frames[10:]])
         width, height = runtime.assets.frame_size
         assert viewer.frames[0][1].shape == (height, width, 3)
