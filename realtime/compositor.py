@@ -8,6 +8,7 @@ template frames, kept in a bounded cache.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from threading import Lock
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,16 @@ def rest_keep(region: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - change / REST_FADE, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class RestFrame:
+    """One template frame's silent rendering, as rest keeping (rest_keep) uses it."""
+
+    region: np.ndarray  # [3, rows, S] uint8: the region the model generates for the frame in silence
+    lips: np.ndarray  # [rows, S] float32: lips_weight of the frame, kept out of rest keeping
+    tint: np.ndarray  # [3] float32: lips_tint of the frame
+    lips_box: tuple[slice, slice]  # where `lips` is not zero, in the region's rows
+
+
 class AvatarAssets:
     def __init__(self, avatar: Avatar, cache_bytes: int = FRAME_CACHE_BYTES) -> None:
         self.avatar = avatar
@@ -105,12 +116,9 @@ class AvatarAssets:
         self.upsampler: Upsampler | None = None  # the hd path of a photo, when weights exist
         self.hd_features: np.ndarray | None = None
         self.detail = DetailBank.of(avatar) if self.hd_method == "detail" else None  # a video's hd path
-        # Template frame -> the region the model generates for it in silence, uint8 [3, rows, S], for the
-        # frames speech is shown on (the idle loop's); Runtime.with_rest renders them once per load.
-        self.rest: dict[int, np.ndarray] = {}
-        self.rest_lips: dict[int, np.ndarray] = {}  # [rows, S] float32: lips_weight of the same frames
-        # lips_tint of the same frames, [3] float32, and the box [rows, S] of the lips weight it goes by
-        self.rest_tint: dict[int, tuple[np.ndarray, tuple[slice, slice]]] = {}
+        # Template frame -> what rest keeping needs of it (RestFrame), for the frames speech is shown on
+        # (the idle loop's); Runtime.with_rest renders them once per load.
+        self.rest: dict[int, RestFrame] = {}
 
     def attach_rest(self, regions: dict[int, np.ndarray]) -> None:
         """Turns on rest keeping (rest_keep) with regions [3, rows, S] in [-1, 1] by template frame; the
@@ -120,13 +128,16 @@ class AvatarAssets:
         for index, region in regions.items():
             rows = region.shape[1]
             lips = lips_weight(crop_landmarks(np.asarray(landmarks[index]), self.transforms[index]), size)[-rows:]
-            self.rest[index] = np.round((np.clip(region, -1, 1) + 1) * 127.5).astype(np.uint8)
-            self.rest_lips[index] = lips
             crop, weight = np.asarray(self.crops[index]), self.paste_masks[index].astype(np.float32) / 255.0
             canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
             ys, xs = np.nonzero(lips > 1e-3)
             box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(0), slice(0))
-            self.rest_tint[index] = (lips_tint(canvas[-rows:], crop[-rows:], lips), box)
+            self.rest[index] = RestFrame(
+                np.round((np.clip(region, -1, 1) + 1) * 127.5).astype(np.uint8),
+                lips,
+                lips_tint(canvas[-rows:], crop[-rows:], lips),
+                box,
+            )
 
     @property
     def hd(self) -> bool:
@@ -196,11 +207,10 @@ class AvatarAssets:
         canvas = match_colour(region_to_crop(crop, region), crop, weight, rows)
         upsampled = crop.shape[0] != self.crops.shape[1]
         rest = self.rest.get(index)
-        if rest is not None and rest.shape == region.shape:  # not the upsampler's 2x region
-            lips = self.rest_lips[index]
-            tint, box = self.rest_tint[index]
-            canvas[-rows:][box] += lips[box][..., None] * tint
-            kept = (rest_keep(region, rest) * (1.0 - lips))[..., None]
+        if rest is not None and rest.region.shape == region.shape:  # not the upsampler's 2x region
+            lips, box = rest.lips, rest.lips_box
+            canvas[-rows:][box] += lips[box][..., None] * rest.tint
+            kept = (rest_keep(region, rest.region) * (1.0 - lips))[..., None]
             canvas[-rows:] = kept * crop[-rows:] + (1.0 - kept) * canvas[-rows:]
         keep = detail_keep(canvas, crop)  # once: the paste and the lent detail both use it
         out = paste_back(frame, canvas, transform, weight * blend, crop, sharp=upsampled, keep=keep)

@@ -357,11 +357,11 @@ def test_compositing_takes_from_the_model_only_what_the_audio_changes(runtime: R
     change to the generated mouth reaches the frame only around that change (rest_keep) and the lips,
     not the rest of the lower face."""
     assets = runtime.assets
-    assert sorted(assets.rest) == sorted(assets.rest_lips) == sorted({int(i) for i in assets.loop})
+    assert sorted(assets.rest) == sorted({int(i) for i in assets.loop})
     index = int(assets.loop[0])
-    rest = assets.rest[index].astype(np.float32) / 127.5 - 1.0
+    rest = assets.rest[index].region.astype(np.float32) / 127.5 - 1.0
     rows, size = rest.shape[1:]
-    lips = assets.rest_lips[index] > 0
+    lips = assets.rest[index].lips > 0
     assert 0 < lips.mean() < 0.3
     template, transform = assets.template(index), assets.transforms[index]
 
@@ -376,7 +376,7 @@ def test_compositing_takes_from_the_model_only_what_the_audio_changes(runtime: R
     block[rows // 2 - 4 : rows // 2 + 4, 10:26] = True  # a patch on the left cheek, away from the lips
     assert not (block & lips).any()
     changed[:, block] = np.where(rest[:, block] > 0, -1.0, 1.0)  # far from what silence gives there
-    keep = rest_keep(changed, assets.rest[index])
+    keep = rest_keep(changed, assets.rest[index].region)
     assert keep[rows // 2, 18] == 0.0 and keep[2, size - 3] == 1.0 and keep[-2, -2] == 1.0
     grown = cv2.dilate(block.astype(np.uint8), np.ones((2 * REST_REACH + 1,) * 2, np.uint8)) > 0
     # (by more than rounding: the patch shifts the colour match, and the lips' faint smoothed edge with it)
