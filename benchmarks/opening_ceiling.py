@@ -11,9 +11,10 @@ blocks (the frames within 8 of a test block are left out of its training):
 The readout is fitted on the clip's own person, so it is what a person-specific linear model with this
 audio window could reach; the general model's opening correlation on the same clip says how much of it
 the shipped model reaches. `--fit-on CLIP` fits the readout on another clip (another person's voice,
-the way the general model learnt it) and scores it on each clip whole.
+the way the general model learnt it) and scores it on each clip whole; given several times, on all of
+them pooled, each clip's opening standardised (does a readout learnt from many voices carry over?).
 
-python -m benchmarks.opening_ceiling NAME=CLIP.mp4 ... [--fit-on NAME=CLIP.mp4] [--weights rt.pt]
+python -m benchmarks.opening_ceiling NAME=CLIP.mp4 ... [--fit-on NAME=CLIP.mp4 ...] [--weights rt.pt]
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def named(text: str) -> tuple[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("clips", nargs="+", type=named, help="NAME=CLIP.mp4, a talking-head video with its sound")
-    parser.add_argument("--fit-on", type=named, help="NAME=CLIP.mp4: fit the readout here, score it on the clips")
+    parser.add_argument(
+        "--fit-on",
+        type=named,
+        action="append",
+        help="NAME=CLIP.mp4: fit the readout here (repeat to pool several), score it on the clips",
+    )
     parser.add_argument("--weights", help="rt weights whose audio encoder is read (default: the shipped ones)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
@@ -119,10 +125,13 @@ def main() -> None:
         y = real_opening(path)
         return y, audio_features(path, len(y), model)
 
-    fitted = None
-    if args.fit_on is not None:
-        y_fit, x_fit = measured(args.fit_on[1])
+    fitted, fit_name = None, None
+    if args.fit_on:
+        pooled = [measured(path) for _, path in args.fit_on]
+        y_fit = np.concatenate([(y - y.mean()) / (y.std() + 1e-9) for y, _ in pooled])
+        x_fit = {key: np.concatenate([x[key] for _, x in pooled]) for key in pooled[0][1]}
         fitted = {key: _fit(x, y_fit, cross_validated_r(x, y_fit)["penalty"]) for key, x in x_fit.items()}
+        fit_name = args.fit_on[0][0] if len(args.fit_on) == 1 else f"{len(args.fit_on)}_clips"
     rows = {}
     for name, path in args.clips:
         y, features = measured(path)
@@ -131,7 +140,7 @@ def main() -> None:
             row |= {f"{key}_r": cross_validated_r(x, y)["r"] for key, x in features.items()}
         if fitted is not None:
             row |= {
-                f"{key}_r_fit_on_{args.fit_on[0]}": float(np.corrcoef(_predict(fitted[key], x), y)[0, 1])
+                f"{key}_r_fit_on_{fit_name}": float(np.corrcoef(_predict(fitted[key], x), y)[0, 1])
                 for key, x in features.items()
             }
         rows[name] = row
@@ -144,7 +153,7 @@ def main() -> None:
             "machine": machine_info(),
             "commit": git_commit(),
             "model_id": model_id,
-            "fit_on": None if args.fit_on is None else str(args.fit_on[1]),
+            "fit_on": [str(path) for _, path in args.fit_on or []],
             "clips": rows,
         },
     )
