@@ -89,3 +89,21 @@ def test_fanout_benchmark_writes_fps_lost_frames_and_cpu(
     assert saved["viewers"] == 2 and saved["via"] == via and payload["files"] == [str(tmp_path / "fanout.json")]
     assert 10 < saved["min_fps"] <= saved["median_fps"] < 35 and saved["frames_lost"] >= 0
     assert saved["lipstream_cpu_cores"] > 0 and (saved["janus_cpu_cores"] > 0) == (via == "janus")
+
+
+def test_the_opening_ceiling_readout_finds_a_linear_signal_and_not_noise() -> None:
+    import numpy as np
+
+    from lipstream.benchmarks.opening_ceiling import _fit, _predict, cross_validated_r
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((600, 32))
+    # a slow signal (as a mouth is), read linearly out of the features
+    truth = np.convolve(rng.standard_normal(600), np.ones(5) / 5, mode="same")
+    features[:, 0] += 6 * truth  # r about 0.94 at best against the unit noise
+    assert cross_validated_r(features, truth)["r"] > 0.8
+    assert cross_validated_r(rng.standard_normal((600, 32)), truth)["r"] < 0.3  # nothing to read
+    scaled = 10 * truth + 2  # the readout keeps the target's offset and scale
+    fitted = _fit(features, scaled, 1e-2)
+    predicted = _predict(fitted, features)
+    assert abs(predicted.mean() - scaled.mean()) < 0.05 and 0.8 < predicted.std() / scaled.std() < 1.05
