@@ -3,7 +3,7 @@
 aiortc opens libvpx with `noise-sensitivity 4`, a denoiser made for camera noise. An avatar's frames are
 a template video with a generated mouth pasted in: the denoiser's work there is smoothing the mouth's
 detail away, and it costs CPU on every frame of every viewer. Measured on 150 frames of GRID s4 (720 x
-576, 1 Mb/s, one thread, AMD EPYC family 25 model 17, `python benchmarks/vp8_settings.py`): denoiser on
+576, 1 Mb/s, one thread, AMD EPYC family 25 model 17, `python -m benchmarks.vp8_settings`): denoiser on
 3.7-3.9 ms a frame and 40.2 dB luma PSNR against the input, off 2.6-2.9 ms and 41.9 dB. Everything else
 (rate control, real-time deadline, speed) stays as aiortc sets it, so congestion control behaves as it
 always did.
