@@ -1,7 +1,8 @@
 """What libvpx's VP8 settings cost and give on real video: per setting (denoiser strength, speed), the
-median milliseconds to encode a frame on one thread, the bit rate reached and the luma PSNR of the
-decoded frames against the input, at each target rate. With `--avatar`, also the PSNR inside that
-avatar's lips box, where a viewer looks. The server's choice (realtime/video_encoder.py) rests on this.
+median milliseconds to encode a frame (on the threads aiortc gives a frame this size; one on 2 cores),
+the bit rate reached and the luma PSNR of the decoded frames against the input, at each target rate.
+With `--avatar`, also the PSNR inside that avatar's lips box, where a viewer looks. The server's
+choice (realtime/video_encoder.py) rests on this.
 
 python -m benchmarks.vp8_settings [--video FILE ...] [--avatar NAME] [--frames 150] [--rates 500000,1000000]
 on a render: lipstream render default speech.wav -o r.mp4
