@@ -99,37 +99,23 @@ def cmd_dataset_voice(args: argparse.Namespace) -> int:
 def cmd_train_syncnet(args: argparse.Namespace) -> int:
     from lipstream.training.syncnet_train import train_syncnet
 
-    out = Path(args.out) if args.out else cache_dir() / "train" / f"syncnet-seed{args.seed}"
-    config = SyncTrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        max_minutes=args.max_minutes,
-        validate_every=args.validate_every,
-    )
-    result = train_syncnet(_cache(args), out, config, resume=args.resume)
-    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
-    return 0
+    out, job = _job(args, "syncnet")
+    result = train_syncnet(_cache(args), out, SyncTrainConfig(**job), resume=args.resume)
+    return _stopped(result, out)
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from lipstream.training.generator_train import GeneratorTrainer
 
-    out = Path(args.out) if args.out else cache_dir() / "train" / f"generator-rt-seed{args.seed}"
+    out, job = _job(args, "generator-rt")
     if args.expert and not Path(args.expert).is_file():
         print(f"lipstream train generator: error: expert {args.expert} does not exist", file=sys.stderr)
         return 2
     config = GeneratorTrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
+        **job,
         d_lr=args.lr,
         perceptual=args.perceptual,
         gan_from_step=args.gan_from_step,
-        max_minutes=args.max_minutes,
-        validate_every=args.validate_every,
         expert=args.expert,
         grid_share=args.grid_share,
         lambda_sync=args.lambda_sync,
@@ -141,28 +127,16 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         trainable=args.trainable,
         init=args.init,
     )
-    result = GeneratorTrainer(_cache(args), out, config, resume=args.resume).run()
-    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
-    return 0
+    return _stopped(GeneratorTrainer(_cache(args), out, config, resume=args.resume).run(), out)
 
 
 def cmd_train_voice(args: argparse.Namespace) -> int:
     from lipstream.training.voice_distill import VoiceDistiller
 
-    out = Path(args.out) if args.out else cache_dir() / "train" / f"voice-seed{args.seed}"
-    config = VoiceDistillConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        warp=args.warp,
-        grid_share=args.grid_share,
-        validate_every=args.validate_every,
-        max_minutes=args.max_minutes,
-        init=args.init,
-    )
+    out, job = _job(args, "voice")
+    config = VoiceDistillConfig(**job, warp=args.warp, grid_share=args.grid_share, init=args.init)
     result = VoiceDistiller(_cache(args), out, config, resume=args.resume).run()
-    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
+    _stopped(result, out)
     print(f"weights: lipstream train export generator {out / 'checkpoint.pt'} -o WEIGHTS.pt")
     return 0
 
@@ -171,23 +145,17 @@ def cmd_train_upsampler(args: argparse.Namespace) -> int:
     from lipstream.training.dataset import default_root
     from lipstream.training.upsampler_train import UpsamplerTrainer
 
-    out = Path(args.out) if args.out else cache_dir() / "train" / f"upsampler-seed{args.seed}"
+    out, job = _job(args, "upsampler")
     cache = Path(args.cache) if args.cache else default_root("rt", 256)
     config = UpsamplerTrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
+        **job,
         width=args.width,
         lambda_laplacian=args.lambda_laplacian,
         lambda_adv=args.lambda_adv,
         adv_from_step=args.adv_from_step,
-        max_minutes=args.max_minutes,
         weights=args.weights,
     )
-    result = UpsamplerTrainer(cache, out, config, resume=args.resume).run()
-    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
-    return 0
+    return _stopped(UpsamplerTrainer(cache, out, config, resume=args.resume).run(), out)
 
 
 def cmd_train_export(args: argparse.Namespace) -> int:
@@ -252,6 +220,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report["systems"], indent=2))
     print(f"wrote {args.out}/evaluation.json, side_by_side.mp4, contact_sheet.png")
+    return 0
+
+
+def _job(args: argparse.Namespace, model: str) -> tuple[Path, dict]:
+    """A training job's checkpoint folder, and the config fields every job takes (those of
+    `_add_job_options`, with --batch and --lr)."""
+    out = Path(args.out) if args.out else cache_dir() / "train" / f"{model}-seed{args.seed}"
+    fields = {
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "max_minutes": args.max_minutes,
+    }
+    if hasattr(args, "validate_every"):  # jobs whose config validates on a schedule
+        fields["validate_every"] = args.validate_every
+    return out, fields
+
+
+def _stopped(result: dict, out: Path) -> int:
+    print(f"stopped at step {result['step']}; checkpoint in {out} (continue with --resume)")
     return 0
 
 
