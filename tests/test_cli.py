@@ -129,6 +129,16 @@ def test_prepare_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Ca
     assert stop.value.code == 2 and "expected a number above 0, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("job", ["syncnet", "generator", "voice", "upsampler"])
+def test_a_training_job_without_a_cache_says_how_to_build_one(
+    job: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", job, "--cache", str(tmp_path), "--out", str(tmp_path / "out"), "--steps", "1"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("lipstream train: error:") and "lipstream dataset build" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_prepare_makes_an_avatar_and_a_contact_sheet(tmp_path: Path) -> None:
     from lipstream.avatars.default import photo_source
 

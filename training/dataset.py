@@ -43,6 +43,21 @@ HELD_OUT_IDENTITIES = ("hdtf_KatieHill", "vox2_Input_00098", "may", "news_anchor
 INDEX = "index.json"
 
 
+class TrainingCacheError(FileNotFoundError):
+    """A folder given as a training cache that holds none; the message says how to build one."""
+
+
+def read_index(root: Path) -> dict:
+    """The index of the training cache at `root`."""
+    path = root / INDEX
+    if not path.is_file():
+        raise TrainingCacheError(
+            f"{root} holds no training cache ({INDEX}); build one with `lipstream dataset build` "
+            "(README: Training data and the lip-sync expert), or give the cache's folder with --cache"
+        )
+    return json.loads(path.read_text())
+
+
 @dataclass(frozen=True)
 class ClipSource:
     path: Path
@@ -186,13 +201,8 @@ def measure_voice_reference(root: Path, identity: str = "grid_s1", split: str = 
     """The mean speech spectrum of one identity's clips in the cache at `root` (each clip's speech frames by
     dsp.voice.speech_mask): the reference that sessions' voices are normalised to. Returns it and the
     number of speech frames it was measured on."""
-    index_path = root / INDEX
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{root} holds no training cache ({INDEX}); build one with `lipstream dataset build`")
     clips = [
-        c
-        for c, meta in json.loads(index_path.read_text())["clips"].items()
-        if meta["identity"] == identity and meta["split"] == split
+        c for c, meta in read_index(root)["clips"].items() if meta["identity"] == identity and meta["split"] == split
     ]
     frames = [mel[:, speech_mask(mel)] for mel in (np.load(root / c / "mel.npy").astype(np.float64) for c in clips)]
     if not frames or not sum(f.shape[1] for f in frames):

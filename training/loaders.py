@@ -14,7 +14,6 @@ audio, so the sync loss still judges against the true voice.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +27,7 @@ from lipstream.dsp import MelConfig, mel_windows, melspectrogram
 from lipstream.dsp.voice import warped_filterbank
 
 from .config import SYNC_FRAMES
-from .dataset import INDEX
+from .dataset import read_index
 
 MIN_OFFSET = 5  # an off-sync pair is at least this many frames (0.2 s) away
 VOICE_STEP = 0.05  # warp factors are drawn on this grid, so each clip's warped mel is made a few times only
@@ -78,7 +77,7 @@ class Clip:
 
 
 def load_clips(root: Path, split: str, identities: set[str] | None = None) -> list[Clip]:
-    index = json.loads((root / INDEX).read_text())
+    index = read_index(root)
     clips = [
         Clip(root / clip_id, meta)
         for clip_id, meta in sorted(index["clips"].items())

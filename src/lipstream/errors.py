@@ -20,6 +20,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lipstream.realtime.ice import IceSettingsError
     from lipstream.realtime.security import InvalidTokensError
     from lipstream.realtime.tts import TTSError
+    from lipstream.training.dataset import TrainingCacheError
     from lipstream.training.personalize import PersonalizeError
 
     return (
@@ -37,6 +38,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         IceSettingsError,
         PersonalizeError,
         TTSError,
+        TrainingCacheError,
     )
 
 
